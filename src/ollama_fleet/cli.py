@@ -1,0 +1,28 @@
+"""`ollama-fleet lab|verify|status`: thin wrappers over the lab and verify packages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ollama_fleet.lab import commands as lab_commands
+    from ollama_fleet.verify import commands as verify_commands
+
+    parser = argparse.ArgumentParser(prog="ollama-fleet", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    lab_commands.register(subparsers)
+    verify_commands.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

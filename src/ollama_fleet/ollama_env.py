@@ -1,0 +1,151 @@
+"""The environment variables Ollama reads (envconfig/config.go), with a checker for each.
+
+Ollama is lenient in dangerous ways: a boolean it cannot parse counts as true, a bad duration silently
+becomes the default, and a malformed origin panics the server at start. Every value we write into the
+systemd drop-in passes through `check_value` first, so none of that reaches a host.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Checker = Callable[[str], str | None]
+"""Returns None when the value is fine, else a sentence saying what is wrong and how to fix it."""
+
+_BOOL_WORDS = {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}
+_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+def check_bool(value: str) -> str | None:
+    if value in _BOOL_WORDS:
+        return None
+    return (
+        f"{value!r} is not a boolean Ollama can parse, and Ollama treats unparsable booleans as TRUE; "
+        "use 1/true or 0/false"
+    )
+
+
+def check_duration(value: str) -> str | None:
+    if re.fullmatch(r"-?\d+", value) or _DURATION.match(value):
+        return None
+    return (
+        f"{value!r} is not a duration; Ollama would silently use its default. "
+        "Use seconds (300), a Go duration (5m, 1h30m) or a negative value to keep models loaded forever"
+    )
+
+
+def check_uint(value: str) -> str | None:
+    if re.fullmatch(r"\d+", value):
+        return None
+    return f"{value!r} is not a non-negative integer"
+
+
+def check_choice(*choices: str) -> Checker:
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        return f"{value!r} is not one of {', '.join(choices)}"
+
+    return check
+
+
+def check_origin(origin: str) -> str | None:
+    """One OLLAMA_ORIGINS entry, as gin-contrib/cors validates it (a failure panics `ollama serve`)."""
+    if origin == "*":
+        return None
+    if origin != origin.strip() or " " in origin:
+        return f"origin {origin!r} contains a space; Ollama splits on commas without trimming and panics"
+    if origin.count("*") > 1:
+        return f"origin {origin!r} has more than one '*'; Ollama panics on it"
+    if "://" not in origin:
+        return f"origin {origin!r} has no scheme; write it as https://{origin} (Ollama panics otherwise)"
+    return None
+
+
+def check_origins(value: str) -> str | None:
+    for origin in value.split(","):
+        problem = check_origin(origin)
+        if problem:
+            return problem
+    return None
+
+
+def check_any(value: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class OllamaVar:
+    name: str
+    check: Checker
+    summary: str
+
+
+KNOWN: dict[str, OllamaVar] = {
+    v.name: v
+    for v in [
+        OllamaVar("OLLAMA_HOST", check_any, "bind address (managed by ollama-fleet: set ollama_listen)"),
+        OllamaVar("OLLAMA_ORIGINS", check_origins, "extra CORS origins (managed: set ollama_origins)"),
+        OllamaVar("OLLAMA_MODELS", check_any, "models directory (managed: set ollama_models_dir)"),
+        OllamaVar("OLLAMA_KEEP_ALIVE", check_duration, "how long a model stays loaded (default 5m)"),
+        OllamaVar("OLLAMA_LOAD_TIMEOUT", check_duration, "how long a model load may stall (default 5m)"),
+        OllamaVar("OLLAMA_MAX_LOADED_MODELS", check_uint, "models loaded at once (0 = 3 per GPU)"),
+        OllamaVar("OLLAMA_NUM_PARALLEL", check_uint, "parallel requests per model (default 1)"),
+        OllamaVar("OLLAMA_MAX_QUEUE", check_uint, "queued requests before 503 (default 512)"),
+        OllamaVar("OLLAMA_FLASH_ATTENTION", check_bool, "enable flash attention"),
+        OllamaVar("OLLAMA_KV_CACHE_TYPE", check_choice("f16", "q8_0", "q4_0"), "K/V cache quantisation"),
+        OllamaVar("OLLAMA_CONTEXT_LENGTH", check_uint, "default context length"),
+        OllamaVar("OLLAMA_DEBUG", check_choice("0", "1", "2", "false", "true"), "1 debug, 2 trace"),
+        OllamaVar("OLLAMA_GPU_OVERHEAD", check_uint, "bytes of VRAM to reserve per GPU"),
+        OllamaVar("OLLAMA_SCHED_SPREAD", check_bool, "spread a model over all GPUs"),
+        OllamaVar("OLLAMA_NOPRUNE", check_bool, "do not prune unused blobs at start"),
+        OllamaVar("OLLAMA_NOHISTORY", check_bool, "no readline history"),
+        OllamaVar("OLLAMA_LLM_LIBRARY", check_any, "force an LLM library"),
+        OllamaVar("OLLAMA_MAX_TRANSFER_STREAMS", check_uint, "parallel download streams"),
+        OllamaVar("OLLAMA_NO_CLOUD", check_bool, "disable cloud models"),
+        OllamaVar("OLLAMA_INTEL_GPU", check_bool, "experimental Intel GPU support"),
+        OllamaVar("OLLAMA_MULTIUSER_CACHE", check_bool, "prompt cache for many users (older releases)"),
+        OllamaVar("OLLAMA_NEW_ENGINE", check_bool, "new engine (older releases)"),
+        OllamaVar("CUDA_VISIBLE_DEVICES", check_any, "NVIDIA GPUs to use"),
+        OllamaVar("HIP_VISIBLE_DEVICES", check_any, "AMD GPUs to use"),
+        OllamaVar("ROCR_VISIBLE_DEVICES", check_any, "AMD GPUs to use"),
+        OllamaVar("GPU_DEVICE_ORDINAL", check_any, "GPU order"),
+        OllamaVar("HSA_OVERRIDE_GFX_VERSION", check_any, "AMD GFX version override"),
+        OllamaVar("HTTPS_PROXY", check_any, "proxy for registry pulls"),
+        OllamaVar("HTTP_PROXY", check_any, "proxy for registry pulls"),
+        OllamaVar("NO_PROXY", check_any, "hosts not to proxy"),
+    ]
+}
+
+# Variables we set from dedicated settings; writing them in ollama_env would fight those settings.
+MANAGED = {"OLLAMA_HOST": "ollama_listen", "OLLAMA_ORIGINS": "ollama_origins", "OLLAMA_MODELS": "ollama_models_dir"}
+
+REMOVED: dict[str, str] = {
+    "OLLAMA_MAX_VRAM": "was removed from Ollama in May 2025; use OLLAMA_GPU_OVERHEAD to reserve VRAM",
+    "OLLAMA_RUNNERS_DIR": "was removed from Ollama; runners are bundled in lib/ollama",
+    "OLLAMA_TMPDIR": "was removed from Ollama; nothing replaces it",
+    "OLLAMA_AUTH": "is client-side request signing, not server auth; set auth_* to require API keys at nginx",
+}
+
+
+def problem_with(name: str, value: str) -> str | None:
+    """Why NAME=VALUE must not go into Ollama's environment, or None when it is fine."""
+    if name in REMOVED:
+        return f"{name} {REMOVED[name]}"
+    if name in MANAGED:
+        return f"{name} is managed by ollama-fleet; set {MANAGED[name]} instead"
+    var = KNOWN.get(name)
+    if var is None:
+        close = [k for k in KNOWN if _similar(k, name)]
+        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(sorted(KNOWN))}"
+        return f"{name} is not a variable Ollama reads{hint}"
+    return var.check(value)
+
+
+def _similar(a: str, b: str) -> bool:
+    """Cheap typo detector: same length +-1 and at most two differing characters after alignment."""
+    from difflib import SequenceMatcher
+
+    return SequenceMatcher(None, a, b).ratio() >= 0.85
