@@ -138,6 +138,7 @@ class NginxSettings(_Section):
     send_timeout: int = Field(default=900, ge=600)
     connect_timeout: int = Field(default=10, gt=0)
     client_max_body_size: str = "64g"
+    hsts_max_age: int = Field(default=0, ge=0)  # seconds of Strict-Transport-Security; 0 sends none
     site_template: str = "nginx-site.conf.j2"
     template_dirs: list[Path] = Field(default_factory=list)  # searched before the built-in templates
 
@@ -147,6 +148,27 @@ class NginxSettings(_Section):
         if not re.fullmatch(r"\d+[kKmMgG]?", value):
             raise ValueError(f"{value!r} is not an nginx size; write it like 64g, 512m or 0 (no limit)")
         return value
+
+    @field_validator("server_names")
+    @classmethod
+    def _server_names(cls, value: list[str]) -> list[str]:
+        return _host_names(value)
+
+
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def _host_names(names: list[str]) -> list[str]:
+    """Names that go into nginx's server_name and certificate SANs: DNS names or IP addresses only."""
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not _DNS_NAME.fullmatch(name) or len(name) > 253:
+                raise ValueError(
+                    f"{name!r} is neither a DNS name nor an IP address; write it like ollama1.lan or 10.0.0.5"
+                ) from None
+    return names
 
 
 class TlsSettings(_Section):
@@ -160,6 +182,11 @@ class TlsSettings(_Section):
     cert_days: int = Field(default=397, ge=1)
     renew_before_days: int = Field(default=30, ge=1)
     remote_dir: Path = Path("/etc/ollama-fleet/tls")
+
+    @field_validator("extra_sans")
+    @classmethod
+    def _sans(cls, value: list[str]) -> list[str]:
+        return _host_names(value)
 
     @model_validator(mode="after")
     def _provided_files_exist(self) -> TlsSettings:
