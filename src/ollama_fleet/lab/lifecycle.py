@@ -1,0 +1,252 @@
+"""`lab up`, `lab down`, `lab status`: the steps in order, each undone by `down` by name or recorded PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ollama_fleet.lab import cgroups, hosts, mirror, network, rootfs, state, sysctls
+from ollama_fleet.lab.inventory import render_inventory, render_ssh_config
+from ollama_fleet.lab.paths import inventory_path, runtime_dir, state_dir
+from ollama_fleet.lab.plan import MIRROR_PORT, SlotPlan
+from ollama_fleet.lab.run import LabError, run
+from ollama_fleet.lab.state import HostState, LabState
+
+REQUIRED_TOOLS = (
+    "systemd-nspawn", "debootstrap", "nft", "ip", "ssh", "ssh-keygen", "dpkg-scanpackages", "mount"
+)  # fmt: skip
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (systemd-nspawn, mounts, bridges, nft)")
+    missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise LabError(
+            f"missing tools: {', '.join(missing)} (apt-get install systemd-container debootstrap "
+            "nftables iproute2 openssh-client dpkg-dev)"
+        )
+
+
+def ensure_key(slot: int) -> Path:
+    key = state_dir(slot) / "id_ed25519"
+    if not key.is_file():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"ollama-fleet-lab{slot}", "-f", str(key)])
+    return key
+
+
+def up(host_count: int, slot: int, log: bool = True) -> LabState:
+    """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot)."""
+    check_prerequisites()
+    plan = SlotPlan(slot)
+    everyone = plan.hosts(host_count)
+    t0 = time.monotonic()
+    down(slot, log=False)
+    base = rootfs.ensure_base(log=log)
+    mirror.ensure_debs(base)
+    t_prepared = time.monotonic()
+    key = ensure_key(slot)
+    directory = state_dir(slot)
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    lab = LabState(
+        slot=slot,
+        hosts=[],
+        key_path=str(key),
+        ssh_config_path=str(directory / "ssh_config"),
+        inventory_path=str(inventory_path(slot)),
+        outsider_netns=plan.netns,
+        outsider_ip=plan.outsider_ip,
+        mirror_url=plan.mirror_base_url,
+        base_rootfs=str(base),
+        runtime_dir=str(runtime_dir(slot)),
+        cgroup_roots=[str(path) for path in cgroups.lab_roots(plan.cgroup_name)],
+    )
+    # Recorded before anything is made, so `down` can clear a crash at any point below.
+    state.save(lab)
+    sysctls.claim(slot, sysctls.wanted_for(host_count))
+    network.up(plan)
+    cgroups.make([Path(root) for root in lab.cgroup_roots])
+    lab.mirror_pid = mirror.start_server(plan.gateway_ip, MIRROR_PORT, directory / "logs" / "mirror.log")
+    cgroups.move_pid(lab.mirror_pid, [Path(root) / "mirror" for root in lab.cgroup_roots])
+    state.save(lab)
+    Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(directory)))
+
+    public_key = Path(f"{key}.pub").read_text()
+    started: dict[str, float] = {}
+    for me in everyone:
+        host_dir = runtime_dir(slot) / me.machine
+        root = hosts.prepare_root(base, host_dir, me, plan, everyone, public_key)
+        host_cgroups = [Path(r) / me.machine for r in lab.cgroup_roots]
+        lab.hosts.append(HostState(me.name, me.machine, me.ip, str(root), [str(c) for c in host_cgroups]))
+        state.save(lab)
+        started[me.name] = time.monotonic()
+        lab.hosts[-1].pid = hosts.start(root, me, plan, host_cgroups, directory / "logs" / f"{me.name}.log")
+        state.save(lab)
+    Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(directory)))
+
+    with ThreadPoolExecutor(max_workers=min(32, host_count)) as pool:
+        results = list(
+            pool.map(lambda h: hosts.wait_ready(h.name, h.ip, key, h.pid or 0, started[h.name]), lab.hosts)
+        )
+    t_ready = time.monotonic()
+    lab.timings = {
+        "prepare_s": round(t_prepared - t0, 2),
+        "boot_to_ssh_ready_s": round(t_ready - t_prepared, 2),
+        "total_s": round(t_ready - t0, 2),
+    }
+    not_ready = [r for r in results if not r.ssh_ready]
+    if not_ready:
+        state.save(lab)
+        details = "; ".join(f"{r.name}: {r.system_state}" for r in not_ready)
+        raise LabError(f"hosts not SSH-ready: {details} (logs in {directory / 'logs'}); run `lab down`")
+    degraded = [r for r in results if r.system_state != "running"]
+    for result in degraded:
+        print(f"lab: WARNING {result.name} is {result.system_state}; failed units:\n{result.failed_units}")
+    lab.phase = "ready"
+    state.save(lab)
+    inventory = Path(lab.inventory_path)
+    inventory.parent.mkdir(parents=True, exist_ok=True)
+    inventory.write_text(render_inventory(lab))
+    return lab
+
+
+def _host_pids(lab: LabState | None, plan: SlotPlan, roots: list[Path]) -> list[int]:
+    """Each host's own nspawn PID: as recorded, plus any found in the lab's host cgroups after a crash that
+    lost the record (nspawn moves itself to `<host>/supervisor` in the hierarchies it manages). A PID counts
+    only while it is a systemd-nspawn inside the lab's cgroups, so a reused PID is never signalled."""
+    candidates = {host.pid for host in lab.hosts if host.pid} if lab else set()
+    for root in roots:
+        for host_cgroup in root.iterdir() if root.is_dir() else []:
+            if host_cgroup.is_dir() and host_cgroup.name != "mirror":
+                candidates.update(cgroups.pids_anywhere_in(host_cgroup))
+    return sorted(
+        pid for pid in candidates if pid and cgroups.pid_is_in(pid, plan.cgroup_name) and hosts.is_nspawn(pid)
+    )
+
+
+def _mirror_pids(lab: LabState | None, plan: SlotPlan, roots: list[Path]) -> list[int]:
+    candidates = {lab.mirror_pid} if lab and lab.mirror_pid else set()
+    for root in roots:
+        candidates.update(cgroups.pids_directly_in(root / "mirror"))
+    return sorted(pid for pid in candidates if mirror.is_server_process(pid, plan.gateway_ip))
+
+
+def _lab_mounts(runtime: Path) -> list[str]:
+    """Mount points under the slot's runtime dir, deepest first."""
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == str(runtime) or point.startswith(f"{runtime}/"):
+            mounts.append(point)
+    return sorted(mounts, key=len, reverse=True)
+
+
+def _remove_nspawn_lock(root: Path) -> None:
+    """nspawn locks each root in /run/systemd/nspawn/locks/inode-DEV:INO and leaves the file behind when it
+    is killed; remove the one of this (still mounted) root."""
+    try:
+        st = root.stat()
+    except OSError:
+        return
+    Path(f"/run/systemd/nspawn/locks/inode-{st.st_dev}:{st.st_ino}").unlink(missing_ok=True)
+
+
+def _close_ssh_masters(lab: LabState) -> None:
+    """End ControlPersist masters users opened through the lab's ssh_config (they would outlive the hosts)."""
+    if not Path(lab.ssh_config_path).is_file():
+        return
+    for host in lab.hosts:
+        subprocess.run(
+            ["ssh", "-F", lab.ssh_config_path, "-O", "exit", host.name],
+            capture_output=True, timeout=10, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+
+def down(slot: int, log: bool = True) -> list[str]:
+    """Remove everything the lab of `slot` made; safe to run twice and after a crash. Returns what it did."""
+    plan = SlotPlan(slot)
+    lab = state.load(slot) if state.exists(slot) else None
+    roots = [Path(r) for r in lab.cgroup_roots] if lab else cgroups.lab_roots(plan.cgroup_name)
+    runtime = Path(lab.runtime_dir) if lab else runtime_dir(slot)
+    done: list[str] = []
+    if lab:
+        _close_ssh_masters(lab)
+    host_pids = _host_pids(lab, plan, roots)
+    if host_pids:
+        killed = hosts.stop(host_pids)
+        done.append(f"stopped hosts (nspawn PIDs {host_pids})" + (f", SIGKILLed {killed}" if killed else ""))
+    mirror_pids = _mirror_pids(lab, plan, roots)
+    if mirror_pids:
+        killed = hosts.stop(mirror_pids, timeout=5)
+        done.append(f"stopped mirror server (PID {mirror_pids})" + (f", SIGKILLed {killed}" * bool(killed)))
+    for point in _lab_mounts(runtime):
+        _remove_nspawn_lock(Path(point))
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
+            run(["umount", "--lazy", point])
+        done.append(f"unmounted {point}")
+    if runtime.exists():
+        shutil.rmtree(runtime)
+        done.append(f"removed {runtime}")
+    for root in roots:
+        if root.is_dir():
+            if not cgroups.remove_tree(root):
+                left = cgroups.pids_anywhere_in(root)
+                raise LabError(f"cgroup {root} still has processes {left}; not killing them by guess")
+            done.append(f"removed cgroup {root}")
+    done += network.down(plan)
+    restored = sysctls.release(slot)
+    if restored:
+        done.append(f"restored {', '.join(restored)}")
+    for leftover in (
+        state.state_file(slot),
+        state_dir(slot) / "ssh_config",
+        Path(lab.inventory_path) if lab else inventory_path(slot),
+    ):
+        if leftover.exists():
+            leftover.unlink()
+            done.append(f"removed {leftover}")
+    for socket_path in state_dir(slot).glob("cm-*"):
+        socket_path.unlink()
+    if log:
+        print("\n".join(f"lab: {line}" for line in done) or f"lab: slot {slot} had nothing to remove")
+    return done
+
+
+def status(slot: int) -> dict[str, object]:
+    """What is running in the slot: hosts, IPs, running/stopped, SSH-ready, and the mirror."""
+    if not state.exists(slot):
+        return {"slot": slot, "up": False, "hosts": []}
+    lab = state.load(slot)
+    key = Path(lab.key_path)
+
+    def host_status(host: HostState) -> dict[str, object]:
+        running = (
+            bool(host.pid)
+            and hosts.is_alive(host.pid or 0)
+            and cgroups.pid_is_in(host.pid or 0, lab.plan.cgroup_name)
+        )
+        ready = running and subprocess.run(
+            hosts.ssh_probe_command(key, host.ip, "true", connect_timeout=2),
+            capture_output=True, timeout=15, check=False, stdin=subprocess.DEVNULL,
+        ).returncode == 0  # fmt: skip
+        return {"name": host.name, "ip": host.ip, "pid": host.pid, "running": running, "ssh_ready": ready}
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        host_rows = list(pool.map(host_status, lab.hosts))
+    mirror_up = bool(lab.mirror_pid) and mirror.is_server_process(lab.mirror_pid or 0, lab.plan.gateway_ip)
+    return {
+        "slot": slot,
+        "up": True,
+        "phase": lab.phase,
+        "hosts": host_rows,
+        "mirror": {"url": lab.mirror_url, "pid": lab.mirror_pid, "running": mirror_up},
+        "outsider": {"netns": lab.outsider_netns, "ip": lab.outsider_ip},
+        "ssh_config": lab.ssh_config_path,
+        "inventory": lab.inventory_path,
+        "timings": lab.timings,
+    }

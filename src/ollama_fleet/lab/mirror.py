@@ -1,0 +1,207 @@
+"""The lab's LAN mirror: an apt repository of the .debs the deploy installs on hosts, plus Ollama release
+artifacts and models, served over HTTP by a small background server on the controller's lab bridge address.
+
+The .debs are fetched once with ordinary apt, resolving against the base rootfs' dpkg status (so only what the
+base lacks is downloaded), with an apt configuration of its own that reads only Debian's archives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import os
+import posixpath
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from email.utils import formatdate
+from pathlib import Path
+from typing import ClassVar
+
+from ollama_fleet.lab import rootfs
+from ollama_fleet.lab.paths import cache_dir
+from ollama_fleet.lab.run import LabError, run
+
+MIRROR_PACKAGES = ("nginx", "ufw", "zstd")
+"""What the deploy installs on hosts (their dependencies come along). Add here when the deploy needs more."""
+
+DEBIAN_SOURCES = (
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian "
+    "bookworm bookworm-updates main\n"
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security "
+    "bookworm-security main\n"
+)
+SERVER_MODULE = "ollama_fleet.lab.mirror"
+
+
+def debs_recipe_hash() -> str:
+    recipe = {"base": rootfs.recipe_hash(), "packages": sorted(MIRROR_PACKAGES), "sources": DEBIAN_SOURCES}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def routes() -> dict[str, Path]:
+    """URL prefix -> directory. Directories that do not exist (yet) simply answer 404."""
+    artifacts = cache_dir() / "artifacts"
+    return {
+        "/debian/": cache_dir() / "debs" / debs_recipe_hash(),
+        "/ollama/": artifacts / "ollama",
+        "/models/": artifacts / "models",
+    }
+
+
+def _apt_options(base: Path, repo: Path) -> list[str]:
+    apt_dir = cache_dir() / "apt"
+    options = {
+        "Dir::Etc::SourceList": str(apt_dir / "sources.list"),
+        "Dir::Etc::SourceParts": str(apt_dir / "empty"),
+        "Dir::Etc::Preferences": str(apt_dir / "empty" / "preferences"),
+        "Dir::Etc::PreferencesParts": str(apt_dir / "empty"),
+        "Dir::State::Lists": str(apt_dir / "lists"),
+        "Dir::State::status": str(base / "var/lib/dpkg/status"),
+        "Dir::State::extended_states": str(apt_dir / "extended_states"),
+        "Dir::Cache": str(apt_dir / "cache"),
+        "Dir::Cache::archives": str(repo),
+        "APT::Architecture": "amd64",
+        # Download-only never touches dpkg; skipping apt's system locks lets this run beside other apt users.
+        "Debug::NoLocking": "true",
+    }
+    return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+
+
+def _prepare_apt_dirs() -> None:
+    apt_dir = cache_dir() / "apt"
+    for sub in ("empty", "lists/partial", "cache"):
+        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
+    (apt_dir / "sources.list").write_text(DEBIAN_SOURCES)
+
+
+def ensure_debs(base: Path) -> Path:
+    """Return the apt repository for the current package list, downloading and indexing it when missing."""
+    final = routes()["/debian/"]
+    if (final / "Release").is_file():
+        return final
+    with rootfs.cache_lock(cache_dir() / "debs" / ".lock"):
+        if (final / "Release").is_file():
+            return final
+        building = final.with_name(f".build-{final.name}-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        (building / "partial").mkdir(parents=True)
+        print(f"lab: downloading mirror packages {', '.join(MIRROR_PACKAGES)} into {final}", flush=True)
+        _prepare_apt_dirs()
+        options = _apt_options(base, building)
+        run(["apt-get", "-q", *options, "update"], timeout=900)
+        run(
+            ["apt-get", "-q", "-y", *options, "install", "--download-only", *MIRROR_PACKAGES],
+            timeout=900,
+        )
+        shutil.rmtree(building / "partial")
+        (building / "lock").unlink(missing_ok=True)
+        index_repository(building)
+        shutil.rmtree(final, ignore_errors=True)
+        building.rename(final)
+    return final
+
+
+def index_repository(repo: Path) -> None:
+    """Write Packages and Release for a flat repository (`deb [trusted=yes] URL ./`)."""
+    for deb in repo.glob("*%3a*"):
+        # The epoch's ':' is URL-quoted in the file name; apt would ask for a name that does not exist.
+        deb.rename(deb.with_name(deb.name.replace("%3a", "_")))
+    # Run from the repository so Filename: fields are relative to it.
+    packages = subprocess.run(
+        ["dpkg-scanpackages", "-m", "."], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    (repo / "Packages").write_text(packages)
+    (repo / "Release").write_text(release_text(packages, formatdate(usegmt=True)))
+
+
+def release_text(packages: str, date: str) -> str:
+    data = packages.encode()
+    return (
+        "Origin: ollama-fleet-lab\nLabel: ollama-fleet-lab\nArchitectures: amd64\n"
+        f"Date: {date}\nSHA256:\n {hashlib.sha256(data).hexdigest()} {len(data)} Packages\n"
+    )
+
+
+# --- the HTTP server (runs as `python -m ollama_fleet.lab.mirror`) ---
+
+
+def resolve(url_path: str, table: dict[str, Path]) -> Path | None:
+    """Map a request path to a file under one route, or None (404). Never escapes a route's directory."""
+    path = urllib.parse.unquote(url_path.split("?", 1)[0].split("#", 1)[0])
+    normalized = posixpath.normpath(path)
+    if path.endswith("/"):
+        normalized += "/"
+    for prefix, directory in table.items():
+        if normalized == prefix.rstrip("/"):
+            normalized = prefix
+        if normalized.startswith(prefix):
+            parts = [part for part in normalized[len(prefix) :].split("/") if part not in ("", ".", "..")]
+            return directory.joinpath(*parts)
+    return None
+
+
+class MirrorHandler(http.server.SimpleHTTPRequestHandler):
+    table: ClassVar[dict[str, Path]] = {}
+
+    def translate_path(self, path: str) -> str:
+        resolved = resolve(path, self.table)
+        return str(resolved) if resolved is not None else "/nonexistent/ollama-fleet-lab"
+
+
+def serve(bind: str, port: int, table: dict[str, Path]) -> None:
+    handler = type("Handler", (MirrorHandler,), {"table": table})
+    with http.server.ThreadingHTTPServer((bind, port), handler) as server:
+        server.serve_forever()
+
+
+def server_command(bind: str, port: int) -> list[str]:
+    return [sys.executable, "-m", SERVER_MODULE, "--bind", bind, "--port", str(port)]
+
+
+def start_server(bind: str, port: int, log: Path) -> int:
+    """Start the server in its own session; return its PID once it accepts connections."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            server_command(bind, port),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"mirror server exited with {proc.returncode}; see {log}")
+        try:
+            socket.create_connection((bind, port), timeout=0.5).close()
+            return proc.pid
+        except OSError:
+            time.sleep(0.1)
+    raise LabError(f"mirror server did not listen on {bind}:{port} within 15s; see {log}")
+
+
+def is_server_process(pid: int, bind: str) -> bool:
+    """Whether PID is our mirror server for this bind address (guards the kill against PID reuse)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return SERVER_MODULE.encode() in argv and bind.encode() in argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the lab mirror (started by `lab up`).")
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    serve(args.bind, args.port, routes())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The base root filesystem every lab host boots from (read-only lower layer of its overlay).
+
+Built with debootstrap once per recipe and cached under <cache>/rootfs/<recipe-hash>/. It is built in a
+temporary directory and renamed into place only when complete, so a crash never leaves a half base behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from ollama_fleet.lab.paths import cache_dir
+from ollama_fleet.lab.run import run
+
+SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+VARIANT = "minbase"
+INCLUDE = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "iproute2",
+    "curl",
+    "ca-certificates",
+    "sudo",
+    "iputils-ping",
+)
+CUSTOMIZATION_VERSION = 1
+"""Bump when `_customize` changes, so cached bases are rebuilt."""
+
+SSHD_LAB_CONF = "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n"
+
+
+def recipe() -> dict[str, object]:
+    return {
+        "suite": SUITE,
+        "mirror": DEBIAN_MIRROR,
+        "variant": VARIANT,
+        "include": sorted(INCLUDE),
+        "customization": CUSTOMIZATION_VERSION,
+    }
+
+
+def recipe_hash() -> str:
+    return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def rootfs_cache() -> Path:
+    return cache_dir() / "rootfs"
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Serialize builds of one cache across concurrent labs (other slots, other clones)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_base(log: bool = True) -> Path:
+    """Return the cached base for the current recipe, building it first when missing."""
+    final = rootfs_cache() / recipe_hash()
+    if final.is_dir():
+        return final
+    with cache_lock(rootfs_cache() / ".lock"):
+        if final.is_dir():
+            return final
+        for stale in rootfs_cache().glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        building = rootfs_cache() / f".build-{recipe_hash()}-{os.getpid()}"
+        if log:
+            print(f"lab: building base rootfs {final} (debootstrap {SUITE}, ~1-2 min, once)", flush=True)
+        run(
+            [
+                "debootstrap",
+                f"--variant={VARIANT}",
+                f"--include={','.join(INCLUDE)}",
+                SUITE,
+                str(building),
+                DEBIAN_MIRROR,
+            ],
+            timeout=1800,
+        )
+        _customize(building)
+        building.rename(final)
+    return final
+
+
+def _customize(root: Path) -> None:
+    """Make the base host-neutral: per-host identity, apt source and network live in each upper layer."""
+    run(["chroot", str(root), "systemctl", "enable", "systemd-networkd"])
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/ssh/sshd_config.d/ollama-fleet-lab.conf").write_text(SSHD_LAB_CONF)
+    (root / "etc/machine-id").write_text("")
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.exists() and not dbus_id.is_symlink():
+        dbus_id.unlink()
+    for name in ("etc/apt/sources.list", "etc/hostname", "etc/resolv.conf"):
+        (root / name).unlink(missing_ok=True)
+    (root / "etc/resolv.conf").write_text("# lab hosts have no DNS; names are in /etc/hosts\n")
+    run(["chroot", str(root), "apt-get", "clean"])
+    for entry in (root / "var/lib/apt/lists").iterdir():
+        if entry.is_file():
+            entry.unlink()

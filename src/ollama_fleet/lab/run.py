@@ -1,0 +1,37 @@
+"""Running controller commands with errors that say what failed."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message says which and why."""
+
+
+def run(cmd: Sequence[str], *, input_text: str | None = None, timeout: float | None = 600) -> str:
+    """Run a command, return its stdout; raise LabError with its stderr when it fails."""
+    try:
+        proc = subprocess.run(
+            list(cmd), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"timed out after {timeout}s: {' '.join(cmd)}") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise LabError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{detail}")
+    return proc.stdout
+
+
+def succeeds(cmd: Sequence[str], timeout: float | None = 60) -> bool:
+    """True when the command exits 0; for probes and best-effort teardown steps."""
+    try:
+        return (
+            subprocess.run(
+                list(cmd), capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            ).returncode
+            == 0
+        )
+    except subprocess.TimeoutExpired:
+        return False
