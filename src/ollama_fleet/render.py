@@ -1,0 +1,197 @@
+"""Pure rendering: validated settings in, file text out.
+
+Templates live in the top-level templates/ directory (packaged as ollama_fleet/templates) and can be
+overridden by file name from `nginx_template_dirs`, which are searched first. Templates only lay text out;
+every value that needs quoting or escaping for its target syntax (systemd, nginx, Modelfile) goes through a
+filter defined here, so a user's template override gets the same protection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+import jinja2
+
+from ollama_fleet.settings import CustomModel, FleetSettings
+
+API_KEYS_PATH = PurePosixPath("/etc/nginx/ollama-fleet/api-keys.conf")
+OLLAMA_BIN = PurePosixPath("/usr/local/bin/ollama")
+# install.sh bakes the installing shell's $PATH into the unit; a fixed, standard one keeps hosts identical.
+SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+UNIT_TEMPLATE = "ollama.service.j2"
+DROPIN_TEMPLATE = "ollama-override.conf.j2"
+API_KEYS_TEMPLATE = "nginx-api-keys.conf.j2"
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    """Where a host keeps its TLS material (nginx reads cert and key; ca is for local clients)."""
+
+    cert: PurePosixPath  # leaf certificate followed by any intermediates
+    key: PurePosixPath
+    ca: PurePosixPath
+
+
+def tls_paths(s: FleetSettings) -> TlsPaths:
+    remote = PurePosixPath(s.tls.remote_dir)
+    return TlsPaths(cert=remote / "fullchain.pem", key=remote / "privkey.pem", ca=remote / "ca.pem")
+
+
+def render_unit(s: FleetSettings) -> str:
+    """The base ollama.service, equivalent to the one Ollama's install.sh writes."""
+    return _render(s, UNIT_TEMPLATE, ollama_bin=OLLAMA_BIN, service_path=SERVICE_PATH)
+
+
+def render_dropin(s: FleetSettings) -> str:
+    """ollama.service.d/override.conf: one Environment= line per validated setting."""
+    return _render(s, DROPIN_TEMPLATE, environment=s.ollama.environment())
+
+
+def render_nginx_site(s: FleetSettings, *, api_keys_path: PurePosixPath = API_KEYS_PATH) -> str:
+    """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama.
+
+    `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there.
+    """
+    return _render(
+        s,
+        s.nginx.site_template,
+        server_names=" ".join(s.server_names),
+        tls=tls_paths(s),
+        api_keys_path=api_keys_path,
+        https_redirect=https_redirect(s.nginx.https_port),
+        upstream=f"http://{upstream_address(s.ollama.listen_host)}:{s.ollama.listen_port}",
+        upstream_host=f"localhost:{s.ollama.listen_port}",
+        origin_patterns=[origin_regex(origin) for origin in s.ollama.origins],
+    )
+
+
+def render_api_keys(s: FleetSettings) -> str:
+    """The body of the `$ollama_fleet_key_ok` map: one entry per key. SECRET: never print or diff it."""
+    entries = [(key.name, bearer_regex(key.name, key.key.get_secret_value())) for key in s.auth.keys]
+    return _render(s, API_KEYS_TEMPLATE, entries=entries)
+
+
+def render_modelfile(s: FleetSettings, custom: CustomModel, base_ref: str | None = None) -> str:
+    """A Modelfile for `custom`. `base_ref` is what FROM names on the host: pass the remote path of the GGUF
+    when `custom.base` is one of models_gguf; by default it is `custom.base`, a model Ollama already has."""
+    base = custom.base if base_ref is None else base_ref
+    _check_modelfile_line("FROM", base, custom.name)
+    for name, value in custom.parameters.items():
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            raise ValueError(
+                f"models_custom {custom.name!r}: parameter name {name!r} may hold only A-Z a-z 0-9 _"
+            )
+        _check_modelfile_line(f"PARAMETER {name}", str(value), custom.name)
+    if custom.system is not None and '"""' in custom.system:
+        raise ValueError(
+            f'models_custom {custom.name!r}: SYSTEM may not contain """ (Modelfile has no escape for it)'
+        )
+    parameters = sorted((name, modelfile_value(str(value))) for name, value in custom.parameters.items())
+    return _render(s, custom.template, model=custom, base=base, parameters=parameters)
+
+
+# --- helpers: each turns one value into safe text for one syntax ---
+
+
+def https_redirect(https_port: int) -> str:
+    """Redirect target keeping host and URI; $host has no port, so a non-default port is written out."""
+    port = "" if https_port == 443 else f":{https_port}"
+    return f"https://$host{port}$request_uri"
+
+
+def upstream_address(listen_host: str) -> str:
+    """The address nginx dials for Ollama: a literal IP, so `localhost` can't resolve to ::1 unexpectedly."""
+    if listen_host == "localhost":
+        return "127.0.0.1"
+    return f"[{listen_host}]" if ipaddress.ip_address(listen_host).version == 6 else listen_host
+
+
+def origin_regex(origin: str) -> str:
+    """An OLLAMA_ORIGINS entry as a case-sensitive nginx map regex that matches no more than Ollama does.
+
+    Ollama (gin-contrib/cors) lowercases exact origins and compares them with the Origin header as sent;
+    an entry with one `*` matches by prefix and suffix. `*` alone allows every origin.
+    """
+    if "*" not in origin:
+        return f"~^{regex_literal(origin.lower())}$"
+    prefix, _, suffix = origin.partition("*")
+    return f"~^{regex_literal(prefix)}.*{regex_literal(suffix)}$"
+
+
+def bearer_regex(name: str, key: str) -> str:
+    """The map source matching `Authorization: Bearer <key>`.
+
+    A regex (not a plain map string) because nginx compares plain map strings ignoring case, which would
+    accept a key with its letters' case changed. The scheme itself is case-insensitive (RFC 9110).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_\-.~+/=]{16,}", key):
+        raise ValueError(
+            f"API key {name!r} is too short or holds characters unsafe in a header (value not shown)"
+        )
+    return f"~^(?i:bearer) +{regex_literal(key)}$"
+
+
+def regex_literal(text: str) -> str:
+    """`text` as a PCRE literal, readable in a config: metacharacters as one-character classes (`[.]`)."""
+    return "".join(f"[{c}]" if c in ".$|()?*+{[" else f"\\{c}" if c in "\\^" else c for c in text)
+
+
+def nginx_quote(text: object) -> str:
+    """A double-quoted nginx string; nginx unescapes only \\\\, \\", \\' and \\t \\r \\n inside quotes."""
+    value = str(text)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} holds a control character and cannot go into an nginx config")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def systemd_quote(text: object) -> str:
+    """A double-quoted systemd word: backslash and quote escaped, `%` doubled (specifier expansion)."""
+    value = str(text)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} holds a control character and cannot go into a systemd unit")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+def modelfile_value(value: str) -> str:
+    """A PARAMETER value as Ollama's parser reads it: bare unless edge spaces would be lost, then quoted."""
+    if value != value.strip() or value.startswith('"') or not value:
+        return f'"""{value}"""' if '"' in value else f'"{value}"'
+    return value
+
+
+def _check_modelfile_line(what: str, value: str, model: str) -> None:
+    if any(ord(c) < 32 for c in value) or '"""' in value:
+        raise ValueError(f'models_custom {model!r}: {what} value {value!r} holds a control character or """')
+
+
+# --- template environment ---
+
+
+def builtin_templates_dir() -> Path:
+    """templates/ inside the installed wheel, or at the top of the source tree (editable installs)."""
+    packaged = Path(__file__).parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "templates"
+
+
+@lru_cache(maxsize=8)
+def _environment(template_dirs: tuple[Path, ...]) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*template_dirs, builtin_templates_dir()]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # config files, not HTML: escaping is the job of the filters below
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["nginx_quote"] = nginx_quote
+    env.filters["systemd_quote"] = systemd_quote
+    return env
+
+
+def _render(s: FleetSettings, template: str, **context: object) -> str:
+    return _environment(tuple(s.nginx.template_dirs)).get_template(template).render(s=s, **context)

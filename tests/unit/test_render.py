@@ -1,0 +1,588 @@
+"""Rendering: reviewed expected files, escaping rules, and the nginx site run by a real nginx.
+
+The nginx tests start nginx from a temporary prefix on loopback ports in front of a fake Ollama (a small
+HTTP server on loopback that records what reaches it), then talk to it over TLS with a certificate from
+the fleet CA. They need the nginx binary (Debian: nginx-light) but no lab host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_fleet import render
+from ollama_fleet.pki import FleetCA
+from ollama_fleet.settings import CustomModel, FleetSettings, settings_for_host
+
+pytestmark = pytest.mark.unit
+
+EXPECTED = Path(__file__).parent / "expected"
+ALICE_KEY = "sk-alice.0123456789+abcdef"
+CI_KEY = "ci-bot_ABCDEFGHIJKLMNOP/=="
+ENVIRON = {"OLLAMA_FLEET_API_KEY_ALICE": ALICE_KEY, "OLLAMA_FLEET_API_KEY_CI_BOT": CI_KEY}
+ORIGINS = ["https://app.example.com", "https://*.example.org"]
+
+
+def fleet_settings(tmp_path: Path, **data: Any) -> FleetSettings:
+    base: dict[str, Any] = {
+        "nginx_server_names": ["ollama1.lan", "10.0.0.11"],
+        "firewall_client_subnets": ["10.0.0.0/24"],
+        "firewall_admin_subnets": ["10.0.9.0/24"],
+        "auth_key_names": ["alice", "ci-bot"],
+        "auth_secrets_file": str(tmp_path / "no-secrets.json"),
+        "ollama_origins": ORIGINS,
+        "ollama_env": {
+            "OLLAMA_KEEP_ALIVE": "30m",
+            "OLLAMA_NUM_PARALLEL": "2",
+            "HTTPS_PROXY": 'http://p:3128/"x"',
+        },
+    }
+    return settings_for_host("ollama1", {**base, **data}, ENVIRON)
+
+
+# --- reviewed expected files ---
+
+
+@pytest.mark.parametrize(
+    ("expected", "make"),
+    [
+        ("nginx-site.conf", render.render_nginx_site),
+        ("ollama-override.conf", render.render_dropin),
+        ("ollama.service", render.render_unit),
+    ],
+)
+def test_rendered_file_matches_reviewed_expected(tmp_path: Path, expected: str, make: Any) -> None:
+    assert make(fleet_settings(tmp_path)) == (EXPECTED / expected).read_text()
+
+
+def test_api_keys_name_each_key_and_match_it_exactly(tmp_path: Path) -> None:
+    text = render.render_api_keys(fleet_settings(tmp_path))
+    assert text == (EXPECTED / "api-keys.conf").read_text()
+    assert "# key: alice\n" in text and "# key: ci-bot\n" in text
+
+
+def test_modelfile_from_gguf_path_with_system_and_sorted_parameters(tmp_path: Path) -> None:
+    custom = CustomModel(
+        name="vehicle-assistant",
+        base="tiny",
+        system='You answer questions about "vehicles".\nBe brief.',
+        parameters={"temperature": 0.2, "stop": "<|end|>", "num_ctx": 2048},
+    )
+    text = render.render_modelfile(
+        fleet_settings(tmp_path), custom, base_ref="/var/lib/ollama-fleet/tiny.gguf"
+    )
+    assert text == (EXPECTED / "Modelfile").read_text()
+
+
+def test_modelfile_defaults_to_the_base_name(tmp_path: Path) -> None:
+    custom = CustomModel(name="helper", base="llama3.2:1b")
+    text = render.render_modelfile(fleet_settings(tmp_path), custom)
+    assert text.splitlines()[1:] == ["FROM llama3.2:1b"]
+
+
+@pytest.mark.parametrize(
+    ("custom", "problem"),
+    [
+        (CustomModel(name="m", base="b", system='say """hi"""'), 'SYSTEM may not contain """'),
+        (CustomModel(name="m", base="b", parameters={"stop\nSYSTEM": "x"}), "parameter name"),
+        (CustomModel(name="m", base="b", parameters={"stop": "a\nFROM evil"}), "control character"),
+        (CustomModel(name="m", base="b\nSYSTEM x"), "FROM value"),
+    ],
+)
+def test_modelfile_refuses_values_that_would_change_its_structure(
+    tmp_path: Path, custom: CustomModel, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        render.render_modelfile(fleet_settings(tmp_path), custom)
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [("0.2", "0.2"), ("<|end|>", "<|end|>"), (" x", '" x"'), ('"q', '""""q"""'), ("a b", "a b")],
+)
+def test_modelfile_parameter_quoting(value: str, written: str) -> None:
+    assert render.modelfile_value(value) == written
+
+
+def test_user_template_dir_overrides_builtin_by_file_name(tmp_path: Path) -> None:
+    (tmp_path / "ollama-override.conf.j2").write_text("[Service]\n# custom for {{ s.host }}\n")
+    s = fleet_settings(tmp_path, nginx_template_dirs=[str(tmp_path)])
+    assert render.render_dropin(s) == "[Service]\n# custom for ollama1\n"
+    assert render.render_unit(s) == (EXPECTED / "ollama.service").read_text()  # others still built in
+
+
+def test_tls_paths_follow_remote_dir(tmp_path: Path) -> None:
+    paths = render.tls_paths(fleet_settings(tmp_path, tls_remote_dir="/srv/tls"))
+    assert (paths.cert, paths.key, paths.ca) == (
+        PurePosixPath("/srv/tls/fullchain.pem"),
+        PurePosixPath("/srv/tls/privkey.pem"),
+        PurePosixPath("/srv/tls/ca.pem"),
+    )
+
+
+# --- escaping helpers ---
+
+
+@pytest.mark.parametrize(
+    ("text", "quoted"),
+    [("a=b", '"a=b"'), ('say "x"', '"say \\"x\\""'), ("100%", '"100%%"'), ("C:\\d", '"C:\\\\d"')],
+)
+def test_systemd_quote(text: str, quoted: str) -> None:
+    assert render.systemd_quote(text) == quoted
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\x00b"])
+def test_quoting_refuses_control_characters(bad: str) -> None:
+    with pytest.raises(ValueError, match="control character"):
+        render.systemd_quote(bad)
+    with pytest.raises(ValueError, match="control character"):
+        render.nginx_quote(bad)
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "refused"),
+    [
+        (
+            "https://App.Example.com",
+            ["https://app.example.com"],
+            ["https://appXexample.com", "https://App.Example.com"],
+        ),
+        (
+            "https://*.example.org",
+            ["https://a.example.org", "https://a.b.example.org"],
+            ["https://example.org.evil"],
+        ),
+        ("http://localhost:*", ["http://localhost:3000"], ["https://localhost:3000", "http://localhostevil"]),
+        ("*", ["https://anything.test"], []),
+    ],
+)
+def test_origin_regex_matches_like_ollama_or_narrower(
+    origin: str, allowed: list[str], refused: list[str]
+) -> None:
+    pattern = render.origin_regex(origin)
+    assert pattern.startswith("~")
+    for candidate in allowed:
+        assert re.search(pattern[1:], candidate), candidate
+    for candidate in refused:
+        assert not re.search(pattern[1:], candidate), candidate
+
+
+def test_api_key_error_never_shows_the_key() -> None:
+    with pytest.raises(ValueError) as caught:
+        render.bearer_regex("bob", 'zq9"xv')
+    assert "zq9" not in str(caught.value) and "'bob'" in str(caught.value)
+
+
+def test_https_redirect_keeps_a_non_default_port() -> None:
+    assert render.https_redirect(443) == "https://$host$request_uri"
+    assert render.https_redirect(8443) == "https://$host:8443$request_uri"
+
+
+def test_systemd_accepts_the_rendered_unit(tmp_path: Path) -> None:
+    """systemd-analyze verify parses the unit plus the drop-in's lines and reports no unknown key."""
+    s = fleet_settings(tmp_path)
+    unit = render.render_unit(s).replace(f"ExecStart={render.OLLAMA_BIN}", "ExecStart=/bin/true")
+    dropin_lines = render.render_dropin(s).split("[Service]\n", 1)[1]
+    path = tmp_path / "ollama.service"
+    path.write_text(unit.replace("[Service]\n", "[Service]\n" + dropin_lines, 1))
+    result = subprocess.run(
+        [_binary("systemd-analyze"), "verify", "--man=no", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ollama.service" not in result.stderr, result.stderr  # warnings name the file
+
+
+# --- the site under a real nginx ---
+
+
+@dataclass
+class FakeOllama:
+    """Records every request that reaches 'Ollama' and answers like it for the paths the tests use."""
+
+    server: ThreadingHTTPServer
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    first_chunk_read: threading.Event = field(default_factory=threading.Event)
+    streamed_before_finish: list[bool] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+def _fake_ollama() -> FakeOllama:
+    fake: FakeOllama
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            fake.seen.append(
+                {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            )
+            if self.path == "/v1/chat/completions":
+                return self._stream()
+            text = b"Ollama is running" if self.path == "/" else json.dumps({"path": self.path}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        def _stream(self) -> None:
+            """Send one SSE chunk, then wait until the client has read it: only unbuffered proxying lets
+            the client see it before the response ends."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._chunk(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n')
+            fake.streamed_before_finish.append(fake.first_chunk_read.wait(timeout=5))
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        do_GET = do_POST = do_HEAD = do_OPTIONS = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake = FakeOllama(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return fake
+
+
+@dataclass
+class Proxy:
+    https: str
+    http: str
+    upstream: FakeOllama
+    ca_file: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.https, verify=ssl.create_default_context(cafile=self.ca_file), **kwargs
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if not found:
+        pytest.fail(f"{name} is not installed; on Debian: apt-get install nginx-light systemd (.ci/run does)")
+    return found
+
+
+def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
+    """A self-contained nginx prefix holding the rendered site, its keys include and a host certificate."""
+    tls = render.tls_paths(s)
+    Path(tls.cert).parent.mkdir(parents=True)
+    cert_pem, key_pem = ca.issue("localhost", ["localhost", "127.0.0.1"])
+    Path(tls.cert).write_text(cert_pem)
+    Path(tls.key).write_text(key_pem)
+    keys = tmp / "api-keys.conf"
+    keys.write_text(render.render_api_keys(s))
+    site = render.render_nginx_site(s, api_keys_path=PurePosixPath(keys))
+    # The lab and real hosts listen on every address; the test listens on loopback only.
+    site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
+    (tmp / "site.conf").write_text(site)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp / "nginx.conf").write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'} info;\n"
+        f"events {{ worker_connections 64; }}\n"
+        f"http {{\n    access_log {tmp / 'access.log'};\n{temp_paths}\n    include {tmp / 'site.conf'};\n}}\n"
+    )
+    return tmp / "nginx.conf"
+
+
+def nginx_config_test(conf: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_binary("nginx"), "-t", "-p", str(conf.parent), "-c", str(conf)], capture_output=True, text=True
+    )
+
+
+@contextlib.contextmanager
+def running_nginx(tmp: Path, ca: FleetCA, **data: Any) -> Iterator[Proxy]:
+    """nginx serving the rendered site on loopback in front of a fake Ollama, for the `with` block."""
+    upstream = _fake_ollama()
+    https_port, http_port = _free_port(), _free_port()
+    s = fleet_settings(
+        tmp,
+        **{
+            "nginx_server_names": ["localhost"],
+            "nginx_https_port": https_port,
+            "nginx_http_port": http_port,
+            "ollama_listen": f"127.0.0.1:{upstream.port}",
+            "tls_remote_dir": str(tmp / "tls"),
+            "firewall_enabled": False,
+            **data,
+        },
+    )
+    conf = _nginx_prefix(tmp, s, ca)
+    process = subprocess.Popen(
+        [_binary("nginx"), "-p", str(tmp), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_listening(https_port, process, tmp / "error.log")
+        yield Proxy(
+            f"https://127.0.0.1:{https_port}",
+            f"http://127.0.0.1:{http_port}",
+            upstream,
+            ca.directory / "ca.pem",
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        upstream.server.shutdown()
+        upstream.server.server_close()
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], error_log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"nginx exited: {error_log.read_text() if error_log.exists() else process.returncode}"
+            )
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail("nginx did not start listening within 10 s")
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> FleetCA:
+    return FleetCA.load_or_create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Proxy]:
+    with running_nginx(tmp_path_factory.mktemp("nginx"), ca) as running:
+        yield running
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"auth_enabled": False},
+        {"auth_health_open": False, "ollama_origins": []},
+        {
+            "ollama_origins": ["*"],
+            "nginx_hsts_max_age": 31536000,
+            "nginx_https_port": 8443,
+            "nginx_http_port": 8080,
+        },
+    ],
+    ids=["default", "auth-off", "health-closed-no-origins", "wildcard-hsts-ports"],
+)
+def test_nginx_accepts_the_rendered_site(tmp_path: Path, ca: FleetCA, data: dict[str, Any]) -> None:
+    s = fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls"), **data)
+    result = nginx_config_test(_nginx_prefix(tmp_path, s, ca))
+    assert result.returncode == 0, result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+def test_nginx_rejects_a_broken_site_so_the_config_test_means_something(tmp_path: Path, ca: FleetCA) -> None:
+    conf = _nginx_prefix(tmp_path, fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls")), ca)
+    site = tmp_path / "site.conf"
+    site.write_text(site.read_text().replace("proxy_buffering off;", "proxy_buffering of;"))
+    assert nginx_config_test(conf).returncode != 0
+
+
+def test_request_without_key_gets_openai_style_401(proxy: Proxy) -> None:
+    with proxy.client() as client:
+        response = client.post("/v1/chat/completions", json={"model": "m"})
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        f"Bearer {ALICE_KEY.upper()}",
+        f"Bearer {ALICE_KEY}x",
+        f"Bearer x{ALICE_KEY}",
+        "Bearer",
+        ALICE_KEY,
+        f"Basic {ALICE_KEY}",
+        f"Bearer {ALICE_KEY.replace('.', 'X')}",
+    ],
+)
+def test_wrong_keys_are_refused(proxy: Proxy, authorization: str) -> None:
+    before = len(proxy.upstream.seen)
+    with proxy.client() as client:
+        assert client.get("/api/tags", headers={"Authorization": authorization}).status_code == 401
+    assert len(proxy.upstream.seen) == before
+
+
+@pytest.mark.parametrize("authorization", [f"Bearer {ALICE_KEY}", f"bearer {ALICE_KEY}", f"Bearer {CI_KEY}"])
+def test_each_key_reaches_ollama_with_the_loopback_host_and_without_the_key(
+    proxy: Proxy, authorization: str
+) -> None:
+    with proxy.client() as client:
+        response = client.get("/api/tags?x=1", headers={"Authorization": authorization})
+    assert response.status_code == 200, response.text
+    seen = proxy.upstream.seen[-1]
+    assert seen["path"] == "/api/tags?x=1"
+    assert seen["headers"]["Host"] == f"localhost:{proxy.upstream.port}"
+    assert seen["headers"]["X-Forwarded-Proto"] == "https"
+    assert seen["headers"]["X-Forwarded-Host"] == "127.0.0.1"
+    assert seen["headers"]["X-Real-IP"] == "127.0.0.1"
+    assert "Authorization" not in seen["headers"]
+
+
+def test_streamed_tokens_reach_the_client_before_the_response_ends(proxy: Proxy) -> None:
+    with (
+        proxy.client(timeout=20) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={"stream": True}, headers=_bearer(ALICE_KEY)
+        ) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: {")
+        proxy.upstream.first_chunk_read.set()
+        rest = [line for line in lines if line]
+    assert rest == ["data: [DONE]"]
+    assert proxy.upstream.streamed_before_finish == [True]
+
+
+def test_health_is_open_and_asks_ollama_root(proxy: Proxy) -> None:
+    with proxy.client() as client:
+        response = client.get("/health")
+        assert client.post("/health").status_code == 403
+    assert response.status_code == 200 and response.text == "Ollama is running"
+    assert proxy.upstream.seen[-1]["path"] == "/"
+
+
+@pytest.mark.parametrize("origin", ["https://app.example.com", "https://chat.example.org"])
+def test_preflight_from_allowed_origin_is_answered_by_nginx(proxy: Proxy, origin: str) -> None:
+    before = len(proxy.upstream.seen)
+    asked = "authorization,content-type,x-stainless-lang,x-stainless-retry-count"
+    with proxy.client() as client:
+        response = client.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": asked,
+            },
+        )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == origin
+    assert response.headers["access-control-allow-headers"] == asked
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert response.headers["access-control-max-age"] == "7200"
+    assert len(proxy.upstream.seen) == before
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://evil.test", "https://appXexample.com", "http://app.example.com", None]
+)
+def test_preflight_from_other_origin_is_refused(proxy: Proxy, origin: str | None) -> None:
+    headers = {"Access-Control-Request-Method": "POST", **({"Origin": origin} if origin else {})}
+    with proxy.client() as client:
+        response = client.options("/v1/chat/completions", headers=headers)
+    assert response.status_code == 403
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_401_carries_cors_header_for_allowed_origin_only(proxy: Proxy) -> None:
+    with proxy.client() as client:
+        allowed = client.get("/v1/models", headers={"Origin": "https://app.example.com"})
+        other = client.get("/v1/models", headers={"Origin": "https://evil.test"})
+    assert allowed.status_code == other.status_code == 401
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_plain_http_redirects_to_https_keeping_host_port_and_uri(proxy: Proxy) -> None:
+    https_port = proxy.https.rsplit(":", 1)[1]
+    response = httpx.get(f"{proxy.http}/v1/models?a=b", headers={"Host": "ollama1.lan"})
+    assert response.status_code == 301
+    assert response.headers["location"] == f"https://ollama1.lan:{https_port}/v1/models?a=b"
+
+
+def _handshake(proxy: Proxy, context: ssl.SSLContext) -> str | None:
+    port = int(proxy.https.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return tls.version()
+
+
+def _client_context(proxy: Proxy) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=proxy.ca_file)
+    context.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer what the server must refuse
+    return context
+
+
+def test_tls_13_and_12_with_aead_are_accepted(proxy: Proxy) -> None:
+    assert _handshake(proxy, _client_context(proxy)) == "TLSv1.3"
+    context = _client_context(proxy)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert _handshake(proxy, context) == "TLSv1.2"
+
+
+def test_cbc_suites_are_refused(proxy: Proxy) -> None:
+    """TLS 1.0/1.1 need no test of their own: Debian's OpenSSL refuses them whatever nginx is told, and every
+    suite the site lists exists only in TLS 1.2+ (the expected file pins ssl_protocols too)."""
+    context = _client_context(proxy)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError, match=r"HANDSHAKE_FAILURE|handshake failure"):
+        _handshake(proxy, context)
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "headers", "status"),
+    [
+        ({"auth_enabled": False}, "/api/tags", {}, 200),
+        ({"auth_health_open": False}, "/health", {}, 401),
+        ({"auth_health_open": False}, "/health", {"Authorization": f"Bearer {ALICE_KEY}"}, 200),
+    ],
+    ids=["auth-off-needs-no-key", "closed-health-needs-key", "closed-health-with-key"],
+)
+def test_auth_settings_change_what_needs_a_key(
+    tmp_path: Path, ca: FleetCA, data: Mapping[str, Any], path: str, headers: dict[str, str], status: int
+) -> None:
+    with running_nginx(tmp_path, ca, **data) as running, running.client() as client:
+        assert client.get(path, headers=headers).status_code == status
