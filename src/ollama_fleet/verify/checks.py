@@ -1,0 +1,506 @@
+"""The checks, one function each: they use a host as a client would, through nginx, with the CA and a key.
+
+A check returns a CheckResult or raises CheckFailed with the reason. Checks that need something an earlier
+check establishes (a TLS connection, a running Ollama, an accepted key, the models) declare it in `needs`;
+when it is missing they are reported as blocked, so a fault shows as one failed check, not a cascade.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from ollama_fleet.settings import FleetSettings
+from ollama_fleet.verify import probes
+from ollama_fleet.verify.reasons import (
+    CheckFailed,
+    explain_status,
+    explain_tls,
+    explain_transport,
+    is_openai_error,
+)
+from ollama_fleet.verify.sse import judge_stream, timing_from_reads
+from ollama_fleet.verify.targets import Target
+
+CHAT_MAX_TOKENS = 8  # the tiny lab model never emits EOS, so every completion runs to max_tokens
+STREAM_MAX_TOKENS = 64  # enough chunks to tell a token-by-token stream from a buffered one
+DISALLOWED_ORIGIN = "https://disallowed.ollama-fleet-verify.invalid"
+PROMPT = [{"role": "user", "content": "Say hello to the fleet."}]
+
+
+class Status(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    BLOCKED = "blocked"  # not run: something it needs failed earlier (counts as not passing)
+    NA = "n/a"  # does not apply to this host's settings (e.g. outsider probe outside the lab)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    status: Status
+    figure: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, float | int | str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.PASS, Status.NA)
+
+
+def passed(figure: str, **metrics: float | int | str) -> CheckResult:
+    return CheckResult("", Status.PASS, figure=figure, metrics=metrics)
+
+
+def not_applicable(figure: str) -> CheckResult:
+    return CheckResult("", Status.NA, figure=figure)
+
+
+@dataclass
+class HostContext:
+    """What the checks of one host share: the client, the key found to work, what is established."""
+
+    target: Target
+    client: httpx.Client
+    timeout: float
+    key: str | None = None
+    established: set[str] = field(default_factory=set)
+
+    @property
+    def settings(self) -> FleetSettings:
+        return self.target.settings
+
+    def configured_keys(self) -> list[tuple[str, str]]:
+        return [(k.name, k.key.get_secret_value()) for k in self.settings.auth.keys]
+
+    def auth_header(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
+        """One request; transport failures become CheckFailed with an actionable reason."""
+        headers = {**self.auth_header(key), **kwargs.pop("headers", {})}
+        try:
+            return self.client.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            reason = explain_transport(exc, self.target.address, self.target.port, f"{method} {path}")
+            raise CheckFailed(reason) from None
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request with the working key that must answer 200 with JSON."""
+        response = self.request(method, path, key=self.key, **kwargs)
+        if response.status_code != 200:
+            raise CheckFailed(explain_status(response.status_code, response.text, f"{method} {path}"))
+        try:
+            return response.json()
+        except ValueError:
+            raise CheckFailed(f"{method} {path} answered 200 but not JSON: {response.text[:120]!r}") from None
+
+
+def make_client(target: Target, timeout: float) -> httpx.Client:
+    verify: ssl.SSLContext | bool = False
+    if target.https:
+        ca = target.ca_file
+        verify = probes.client_ssl_context(ca if ca and ca.is_file() else None)
+    return httpx.Client(
+        base_url=target.base_url,
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        trust_env=False,  # never route through a proxy from the environment: talk to the host itself
+        headers={"User-Agent": "ollama-fleet-verify"},
+    )
+
+
+# --- the checks, in the order they run ---------------------------------------------------------------
+
+
+def check_tls(ctx: HostContext) -> CheckResult:
+    target, tls = ctx.target, ctx.settings.tls
+    if not target.https:
+        ctx.established.add("reachable")
+        return not_applicable("nginx disabled: Ollama serves plain HTTP, no TLS to check")
+    ca = target.ca_file
+    if ca is not None and not ca.is_file():
+        raise CheckFailed(
+            f"the fleet CA {ca} is missing on the controller: run the deploy (it creates the CA) "
+            "or fix tls_ca_dir"
+        )
+    if probes.tcp_connect(target.address, target.port, timeout=min(ctx.timeout, 5.0)) == "open":
+        ctx.established.add("reachable")
+    try:
+        facts = probes.tls_handshake(target.address, target.port, probes.client_ssl_context(ca), ctx.timeout)
+    except (OSError, ssl.SSLError) as exc:
+        reason = explain_tls(exc, target.address, target.port, str(ca or "the system store"))
+        if isinstance(exc, ssl.SSLCertVerificationError) and "match" in str(exc.verify_message):
+            names = probes.certificate_names(target.address, target.port, ctx.timeout)
+            reason += f"; the certificate names {', '.join(names) or 'nothing'}"
+        raise CheckFailed(reason) from None
+    days = facts.days_left()
+    if days < tls.renew_before_days:
+        raise CheckFailed(
+            f"the certificate expires in {days:.0f} days, inside tls_renew_before_days="
+            f"{tls.renew_before_days}: re-run the deploy to renew it"
+        )
+    return passed(
+        f"{facts.version}, expires in {days:.0f} days", days_left=round(days, 1), version=facts.version
+    )
+
+
+def check_root(ctx: HostContext) -> CheckResult:
+    auth = ctx.settings.auth
+    open_health = ctx.target.https and auth.enabled and auth.health_open
+    path = "/health" if open_health else "/"
+    keys = ctx.configured_keys()
+    key = keys[0][1] if keys and ctx.target.https and auth.enabled and not open_health else None
+    started = time.perf_counter()
+    response = ctx.request("GET", path, key=key)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise CheckFailed(explain_status(response.status_code, response.text, f"GET {path}"))
+    if "Ollama is running" not in response.text:
+        raise CheckFailed(
+            f"GET {path} answered 200 but not 'Ollama is running' (got {response.text[:60]!r}): "
+            f"the nginx site does not proxy {path} to Ollama's /"
+        )
+    return passed(f"GET {path}: Ollama is running ({elapsed * 1000:.0f} ms)", ms=round(elapsed * 1000, 1))
+
+
+def check_auth(ctx: HostContext) -> CheckResult:
+    auth = ctx.settings.auth
+    if not (ctx.target.https and auth.enabled):
+        response = ctx.request("GET", "/v1/models")
+        if response.status_code != 200:
+            raise CheckFailed(
+                explain_status(response.status_code, response.text, "GET /v1/models without a key")
+            )
+        ctx.established.add("key")
+        return passed("auth disabled: the API answers without a key")
+    problems = _keyless_problems(ctx)
+    accepted, rejected = [], []
+    for name, key in ctx.configured_keys():
+        response = ctx.request("GET", "/v1/models", key=key)
+        if response.status_code == 200:
+            accepted.append(name)
+            ctx.key = ctx.key or key
+        elif response.status_code == 401:
+            rejected.append(name)
+        else:
+            problems.append(
+                explain_status(response.status_code, response.text, f"GET /v1/models with key {name!r}")
+            )
+    if ctx.key:
+        ctx.established.add("key")
+    if rejected:
+        problems.append(
+            f"401 with the configured key(s) {', '.join(rejected)}: the key list on the host is stale; "
+            "re-run the deploy"
+        )
+    total = len(accepted) + len(rejected)
+    figure = f"no key 401, wrong key 401, {len(accepted)}/{total} keys accepted"
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return passed(figure, keys_accepted=len(accepted))
+
+
+def _keyless_problems(ctx: HostContext) -> list[str]:
+    problems = []
+    wrong_key = "ollama-fleet-verify-wrong-" + secrets.token_hex(8)
+    for label, key in (("without a key", None), ("with a wrong key", wrong_key)):
+        response = ctx.request("GET", "/v1/models", key=key)
+        if response.status_code == 200:
+            problems.append(
+                f"GET /v1/models {label} answered 200: nginx does not enforce API keys; the site must "
+                "include the api-keys file and check Authorization (re-run the deploy)"
+            )
+        elif response.status_code != 401:
+            problems.append(f"GET /v1/models {label}: expected 401, got {response.status_code}")
+        elif not is_openai_error(response.text):
+            problems.append(
+                f"GET /v1/models {label} answered 401 without an OpenAI-style JSON body "
+                f"(got {response.text[:60]!r}): OpenAI clients cannot show the error; "
+                "fix the site's 401 handler"
+            )
+    return problems
+
+
+def check_version(ctx: HostContext) -> CheckResult:
+    version = str(ctx.api("GET", "/api/version").get("version", ""))
+    wanted = ctx.settings.ollama.version
+    if version != wanted:
+        raise CheckFailed(
+            f"the host runs Ollama {version or '?'} but ollama_version is {wanted}: re-run the deploy "
+            "(or restart ollama if the new binary is installed but not running)"
+        )
+    return passed(version, version=version)
+
+
+def check_models(ctx: HostContext) -> CheckResult:
+    wanted = ctx.settings.models.names()
+    tags = [str(m.get("name")) for m in ctx.api("GET", "/api/tags").get("models") or []]
+    listed = [str(m.get("id")) for m in ctx.api("GET", "/v1/models").get("data") or []]
+    missing = [name for name in wanted if name not in tags]
+    if missing:
+        raise CheckFailed(
+            f"missing on the host (not in /api/tags): {', '.join(missing)}; re-run the deploy "
+            f"(models step) or `ollama pull` them there"
+        )
+    unlisted = [name for name in wanted if name not in listed]
+    if unlisted:
+        raise CheckFailed(f"/v1/models does not list {', '.join(unlisted)} although /api/tags has them")
+    ctx.established.add("models")
+    return passed(
+        f"{len(wanted)} configured of {len(tags)} on the host", configured=len(wanted), on_host=len(tags)
+    )
+
+
+def check_chat(ctx: HostContext) -> CheckResult:
+    models = ctx.settings.models.names()
+    if not models:
+        return not_applicable("no models configured")
+    slowest = 0.0
+    for model in models:
+        started = time.perf_counter()
+        body = {"model": model, "messages": PROMPT, "max_tokens": CHAT_MAX_TOKENS, "stream": False}
+        reply = ctx.api("POST", "/v1/chat/completions", json=body)
+        slowest = max(slowest, time.perf_counter() - started)
+        try:
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise CheckFailed(
+                f"model {model}: the completion has no choices[0].message.content: {reply!r:.160}"
+            ) from None
+        if not isinstance(content, str) or not content:
+            raise CheckFailed(f"model {model}: the completion is empty")
+    return passed(f"{len(models)} model(s) answered, slowest {slowest:.2f} s", slowest_s=round(slowest, 3))
+
+
+def check_stream(ctx: HostContext) -> CheckResult:
+    models = ctx.settings.models.names()
+    if not models:
+        return not_applicable("no models configured")
+    body = {"model": models[0], "messages": PROMPT, "max_tokens": STREAM_MAX_TOKENS, "stream": True}
+    what = "POST /v1/chat/completions (stream)"
+    headers = ctx.auth_header(ctx.key)
+    reads: list[tuple[float, bytes]] = []
+    started = time.perf_counter()
+    try:
+        with ctx.client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
+            if response.status_code != 200:
+                response.read()
+                raise CheckFailed(explain_status(response.status_code, response.text, what))
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise CheckFailed(f"{what} answered {content_type!r}, not text/event-stream")
+            for data in response.iter_bytes():
+                reads.append((time.perf_counter() - started, data))
+    except httpx.HTTPError as exc:
+        raise CheckFailed(explain_transport(exc, ctx.target.address, ctx.target.port, what)) from None
+    total = time.perf_counter() - started
+    try:
+        timing, _text = timing_from_reads(reads)
+    except ValueError as exc:
+        raise CheckFailed(f"{what}: {exc}") from None
+    reason = judge_stream(timing)
+    if reason:
+        raise CheckFailed(reason)
+    return passed(
+        timing.figure(),
+        first_ms=round(timing.first * 1000, 1),
+        last_ms=round(timing.last * 1000, 1),
+        total_ms=round(total * 1000, 1),
+        chunks=timing.chunks,
+        bursts=len(timing.bursts()),
+    )
+
+
+def concrete_origin(pattern: str) -> str:
+    """An origin matching an OLLAMA_ORIGINS entry (wildcards filled in): https://*.lan -> https://verify.lan."""
+    return pattern.replace(":*", ":8443").replace("*", "verify")
+
+
+def check_cors(ctx: HostContext) -> CheckResult:
+    origins = ctx.settings.ollama.origins
+    if "*" in origins:
+        _preflight_allowed(ctx, DISALLOWED_ORIGIN)
+        return passed("ollama_origins is '*': any origin is allowed (checked one); no disallowed case exists")
+    refused = _preflight_refused(ctx, DISALLOWED_ORIGIN)
+    if not origins:
+        return passed(f"no origins configured: checked only that {DISALLOWED_ORIGIN} is refused ({refused})")
+    allowed = concrete_origin(origins[0])
+    _preflight_allowed(ctx, allowed)
+    return passed(f"{allowed} allowed with headers; {DISALLOWED_ORIGIN} refused ({refused})")
+
+
+def _preflight(ctx: HostContext, origin: str) -> httpx.Response:
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    return ctx.request("OPTIONS", "/v1/chat/completions", headers=headers)
+
+
+def _preflight_allowed(ctx: HostContext, origin: str) -> None:
+    response = _preflight(ctx, origin)
+    what = f"the preflight from allowed origin {origin}"
+    if response.status_code == 401:
+        raise CheckFailed(
+            f"{what} got 401: nginx must answer OPTIONS before the key check (browsers send preflights "
+            "without Authorization)"
+        )
+    if response.status_code == 403 and not response.text.strip():
+        raise CheckFailed(
+            f"{what} got 403 from Ollama: OLLAMA_ORIGINS on the host lacks it; re-run the deploy"
+        )
+    if response.status_code not in (200, 204):
+        raise CheckFailed(f"{what}: {explain_status(response.status_code, response.text, 'OPTIONS')}")
+    allow_origin = response.headers.get("access-control-allow-origin", "")
+    allow_headers = response.headers.get("access-control-allow-headers", "").lower()
+    allow_methods = response.headers.get("access-control-allow-methods", "").upper()
+    if allow_origin not in (origin, "*"):
+        raise CheckFailed(f"{what} got Access-Control-Allow-Origin {allow_origin!r}; browsers will block it")
+    if "authorization" not in allow_headers:
+        raise CheckFailed(
+            f"{what}: Access-Control-Allow-Headers {allow_headers!r} lacks authorization ('*' does not cover "
+            "it): browser apps cannot send their key"
+        )
+    if "POST" not in allow_methods and "*" not in allow_methods:
+        raise CheckFailed(f"{what}: Access-Control-Allow-Methods {allow_methods!r} lacks POST")
+
+
+def _preflight_refused(ctx: HostContext, origin: str) -> int:
+    response = _preflight(ctx, origin)
+    allow_origin = response.headers.get("access-control-allow-origin")
+    if allow_origin in (origin, "*"):
+        raise CheckFailed(
+            f"the preflight from disallowed origin {origin} got Access-Control-Allow-Origin "
+            f"{allow_origin!r}: nginx must echo only origins listed in ollama_origins"
+        )
+    return response.status_code
+
+
+def check_raw_port(ctx: HostContext) -> CheckResult:
+    target, port = ctx.target, ctx.settings.ollama.listen_port
+    if not target.https:
+        return not_applicable(f"nginx disabled: clients use Ollama's port {port} directly")
+    outcome = probes.tcp_connect(target.address, port)
+    if outcome == "open":
+        raise CheckFailed(
+            f"port {port} of {target.address} accepts connections from the controller: Ollama is exposed "
+            "without TLS or keys; keep ollama_listen on 127.0.0.1 and remove any ufw rule for the port"
+        )
+    if outcome == "timeout":
+        return passed(f"{port} filtered (no answer in {probes.RAW_PORT_TIMEOUT:.0f} s)")
+    if ctx.settings.firewall.enabled:
+        raise CheckFailed(
+            f"port {port} answered ({outcome}) instead of being dropped: the firewall lets it through (is "
+            f"there a ufw rule for {port}? `ufw status numbered`); nothing listens there now, but nothing "
+            "guards it"
+        )
+    return passed(f"{port} closed ({outcome}); the firewall is disabled by settings")
+
+
+def check_outsider(ctx: HostContext) -> CheckResult:
+    target = ctx.target
+    netns = target.data.get("lab_outsider_netns")
+    outsider_ip = target.data.get("lab_outsider_ip")
+    if not netns and outsider_ip:
+        netns = probes.netns_holding(str(outsider_ip))
+        if not netns:
+            raise CheckFailed(f"no network namespace holds the lab outsider {outsider_ip}: is the lab up?")
+    if not netns:
+        return not_applicable("not a lab host: no lab_outsider_netns / lab_outsider_ip in host data")
+    try:
+        probe = probes.outsider_probe(str(netns), target.address, target.port)
+    except RuntimeError as exc:
+        raise CheckFailed(str(exc)) from None
+    if probe.tcp == "open":
+        raise CheckFailed(
+            f"port {target.port} of {target.address} is reachable from the outsider netns {netns}: the "
+            "firewall must allow it only from firewall_client_subnets; re-run the deploy"
+        )
+    if not probe.ping:
+        raise CheckFailed(
+            f"the outsider netns {netns} cannot reach {target.address} at all (no ICMP echo reply), so the "
+            f"block of {target.port} proves nothing: check the lab network"
+        )
+    return passed(f"{target.port} unreachable from {netns} ({probe.tcp}); ping reaches the host")
+
+
+# --- running them ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    run: Callable[[HostContext], CheckResult]
+    needs: tuple[str, ...] = ()
+    establishes: str | None = None  # what passing proves, for the checks after it
+
+
+CHECKS: tuple[CheckSpec, ...] = (
+    CheckSpec("tls", check_tls, establishes="https"),
+    CheckSpec("root", check_root, needs=("https",), establishes="ollama"),
+    CheckSpec("auth", check_auth, needs=("ollama",)),
+    CheckSpec("version", check_version, needs=("ollama", "key")),
+    CheckSpec("models", check_models, needs=("ollama", "key")),
+    CheckSpec("chat", check_chat, needs=("models", "key")),
+    CheckSpec("stream", check_stream, needs=("models", "key")),
+    CheckSpec("cors", check_cors, needs=("https",)),
+    CheckSpec("raw_port", check_raw_port, needs=("reachable",)),
+    CheckSpec("outsider", check_outsider, needs=("reachable",)),
+)
+CHECK_NAMES = tuple(spec.name for spec in CHECKS)
+
+# Which check establishes each need, to say what blocked a check.
+_PROVIDER = {"https": "tls", "reachable": "tls", "ollama": "root", "key": "auth", "models": "models"}
+
+
+def run_check(spec: CheckSpec, ctx: HostContext) -> CheckResult:
+    missing = [need for need in spec.needs if need not in ctx.established]
+    if missing:
+        providers = sorted({_PROVIDER[need] for need in missing})
+        return CheckResult(
+            spec.name, Status.BLOCKED, reason=f"not run: needs {' and '.join(providers)} to pass"
+        )
+    started = time.perf_counter()
+    try:
+        result = spec.run(ctx)
+    except CheckFailed as exc:
+        result = CheckResult(spec.name, Status.FAIL, reason=str(exc))
+    except Exception as exc:  # a verifier reports every host; one surprise must not end the run
+        result = CheckResult(spec.name, Status.FAIL, reason=f"unexpected {type(exc).__name__}: {exc}")
+    if result.ok and spec.establishes:
+        ctx.established.add(spec.establishes)
+    return CheckResult(
+        spec.name,
+        result.status,
+        result.figure,
+        result.reason,
+        round(time.perf_counter() - started, 3),
+        result.metrics,
+    )
+
+
+def check_host(
+    target: Target,
+    timeout: float,
+    on_result: Callable[[Target, CheckResult], None] | None = None,
+) -> list[CheckResult]:
+    """Every check against one host, in order; on_result sees each result as soon as it is known."""
+    results = []
+    with make_client(target, timeout) as client:
+        ctx = HostContext(target=target, client=client, timeout=timeout)
+        for spec in CHECKS:
+            result = run_check(spec, ctx)
+            results.append(result)
+            if on_result:
+                on_result(target, result)
+    return results

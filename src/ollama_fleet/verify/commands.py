@@ -1,0 +1,98 @@
+"""`ollama-fleet verify INVENTORY` and `ollama-fleet status INVENTORY`.
+
+Exit codes: 0 every check passed (or every host is healthy), 1 something failed, 2 bad input or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ollama_fleet.verify.checks import CheckResult
+from ollama_fleet.verify.fleet import DEFAULT_TIMEOUT, secrets_of, verify_fleet
+from ollama_fleet.verify.report import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    progress_line,
+    redact,
+    render_text,
+    to_json,
+)
+from ollama_fleet.verify.status import fleet_status, render_status, status_json
+from ollama_fleet.verify.targets import FleetSettingsError, InventoryError, Target, load_targets
+
+
+def register(subparsers: Any) -> None:
+    verify = subparsers.add_parser(
+        "verify",
+        help="check every host of an inventory like a client would (TLS, keys, models, streaming, firewall)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("inventory", help="pyinfra inventory file, e.g. inventories/lab.py")
+    verify.add_argument("--json", action="store_true", help="print the machine-readable report on stdout")
+    verify.add_argument(
+        "--hosts",
+        action="extend",
+        nargs="+",
+        metavar="NAME",
+        help="only these inventory hosts (names or a,b,c)",
+    )
+    verify.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds per request ({DEFAULT_TIMEOUT:.0f})",
+    )
+    verify.set_defaults(func=run_verify)
+
+    status = subparsers.add_parser(
+        "status", help="show each host's last on-host health check result (read from its journal over SSH)"
+    )
+    status.add_argument("inventory", help="pyinfra inventory file")
+    status.add_argument("--json", action="store_true", help="print the machine-readable status on stdout")
+    status.add_argument(
+        "--hosts", action="extend", nargs="+", metavar="NAME", help="only these inventory hosts"
+    )
+    status.set_defaults(func=run_status)
+
+
+def _targets(args: argparse.Namespace) -> list[Target] | None:
+    """The selected hosts with their settings, or None after printing why (exit code 2)."""
+    try:
+        return load_targets(args.inventory, args.hosts)
+    except (InventoryError, FleetSettingsError) as exc:
+        print(f"ollama-fleet: {exc}", file=sys.stderr)
+        return None
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        print("ollama-fleet verify: --timeout must be positive", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    targets = _targets(args)
+    if targets is None:
+        return EXIT_BAD_INPUT
+
+    secrets = secrets_of(targets)
+    print(f"verifying {len(targets)} host(s) from {args.inventory} ...", file=sys.stderr)
+
+    def progress(target: Target, result: CheckResult) -> None:
+        print(redact(progress_line(target.name, result), secrets), file=sys.stderr, flush=True)
+
+    report = verify_fleet(targets, timeout=args.timeout, on_result=progress)
+    print(to_json(report, secrets) if args.json else render_text(report, secrets))
+    return report.exit_code
+
+
+def run_status(args: argparse.Namespace) -> int:
+    targets = _targets(args)
+    if targets is None:
+        return EXIT_BAD_INPUT
+
+    statuses = fleet_status(targets)
+    print(status_json(statuses) if args.json else render_status(statuses))
+    return EXIT_OK if all(s.ok for s in statuses) else EXIT_FAILED

@@ -1,0 +1,119 @@
+"""The verdict of a verify run: a hosts x checks table for people, JSON for CI, and the exit code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ollama_fleet.verify.checks import CHECK_NAMES, CheckResult, Status
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+_MARK = {Status.PASS: "ok", Status.FAIL: "FAIL", Status.BLOCKED: "blocked", Status.NA: "n/a"}
+
+
+@dataclass(frozen=True)
+class HostReport:
+    host: str
+    address: str
+    results: tuple[CheckResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.results)
+
+    def result(self, check: str) -> CheckResult | None:
+        return next((r for r in self.results if r.check == check), None)
+
+
+@dataclass(frozen=True)
+class FleetReport:
+    hosts: tuple[HostReport, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(host.ok for host in self.hosts)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.ok else EXIT_FAILED
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(host, check) of every check that did not pass, blocked ones included."""
+        return [(h.host, r.check) for h in self.hosts for r in h.results if not r.ok]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """A last guard: no key value ever reaches the output, even if a host echoed one back."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def render_text(report: FleetReport, secrets: Iterable[str] = ()) -> str:
+    """The matrix of hosts x checks, then one line per check with its figure or reason."""
+    checks = [name for name in CHECK_NAMES if any(h.result(name) for h in report.hosts)]
+    matrix = [["host", "address", *checks]]
+    for host in report.hosts:
+        marks = [_MARK[r.status] if (r := host.result(name)) else "-" for name in checks]
+        matrix.append([host.host, host.address, *marks])
+    details = [["host", "check", "result", "figure / reason"]]
+    for host in report.hosts:
+        for r in host.results:
+            details.append([host.host, r.check, _MARK[r.status], r.reason if not r.ok else r.figure])
+    passed = sum(1 for h in report.hosts for r in h.results if r.ok)
+    total = sum(len(h.results) for h in report.hosts)
+    verdict = "PASS" if report.ok else "FAIL"
+    lines = [*format_table(matrix), "", *format_table(details), ""]
+    lines.append(
+        f"{verdict}: {passed}/{total} checks passed on {len(report.hosts)} hosts in {report.seconds:.1f} s"
+    )
+    return redact("\n".join(lines), list(secrets))
+
+
+def to_json(report: FleetReport, secrets: Iterable[str] = ()) -> str:
+    payload: dict[str, Any] = {
+        "ok": report.ok,
+        "seconds": round(report.seconds, 3),
+        "failures": [{"host": host, "check": check} for host, check in report.failures()],
+        "hosts": [
+            {
+                "host": host.host,
+                "address": host.address,
+                "ok": host.ok,
+                "checks": [
+                    {
+                        "check": r.check,
+                        "status": str(r.status),
+                        "ok": r.ok,
+                        "figure": r.figure,
+                        "reason": r.reason,
+                        "seconds": r.seconds,
+                        "metrics": r.metrics,
+                    }
+                    for r in host.results
+                ],
+            }
+            for host in report.hosts
+        ],
+    }
+    return redact(json.dumps(payload, indent=2), list(secrets))
+
+
+def progress_line(host: str, result: CheckResult) -> str:
+    detail = result.figure if result.ok else result.reason
+    return f"[{host}] {result.check}: {_MARK[result.status]}" + (f" - {detail}" if detail else "")

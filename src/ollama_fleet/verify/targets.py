@@ -1,0 +1,122 @@
+"""The hosts to check: a pyinfra inventory loaded the way `pyinfra` loads it, with validated settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used: missing file, no hosts, unknown host names."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One host as a client sees it: where to connect and what it must serve."""
+
+    name: str
+    address: str
+    settings: FleetSettings
+    data: Mapping[str, Any] = field(default_factory=dict)  # raw host data: ssh_*, lab_* keys
+
+    @property
+    def https(self) -> bool:
+        return self.settings.nginx.enabled
+
+    @property
+    def port(self) -> int:
+        return self.settings.nginx.https_port if self.https else self.settings.ollama.listen_port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        scheme = "https" if self.https else "http"
+        default = 443 if self.https else 80
+        return f"{scheme}://{host}" + ("" if self.port == default else f":{self.port}")
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The fleet CA the host's certificate must chain to (None: the system trust store)."""
+        tls = self.settings.tls
+        return tls.ca_dir / "ca.pem" if tls.mode == "fleet_ca" else None
+
+
+def target_for(name: str, data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Target:
+    """A Target from one host's pyinfra data; raises SettingsError on bad settings."""
+    return target_for_settings(settings_for_host(name, data, environ), name, data)
+
+
+def target_for_settings(settings: FleetSettings, name: str, data: Mapping[str, Any]) -> Target:
+    """A Target from settings already validated; the address is `ssh_hostname`, else the host name."""
+    address = str(data.get("ssh_hostname") or name)
+    return Target(name=name, address=address, settings=settings, data=dict(data))
+
+
+def load_inventory(inventory: str, cwd: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Host name -> merged host data, exactly as `pyinfra INVENTORY ...` sees it (group_data applied).
+
+    pyinfra's CLI looks for group_data/ beside the inventory file and in the current directory; it needs a
+    State in context while it executes the inventory and group data files.
+    """
+    # Importing pyinfra_cli monkey-patches the process with gevent, as pyinfra itself runs; import late.
+    from pyinfra.api.state import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    if not Path(inventory).is_file():
+        raise InventoryError(
+            f"inventory {inventory!r} not found; pass a pyinfra inventory file such as inventories/lab.py"
+        )
+    workdir = str((cwd or Path.cwd()).resolve())
+    state = State()
+    state.cwd = workdir
+    with ctx_state.use(state):
+        loaded = make_inventory(inventory, cwd=workdir)
+    hosts = {host.name: host.data.dict() for host in loaded}
+    if not hosts:
+        raise InventoryError(f"inventory {inventory!r} holds no hosts")
+    return hosts
+
+
+def select(hosts: Mapping[str, Any], wanted: Iterable[str] | None) -> list[str]:
+    """Inventory order, limited to `wanted` (names, comma lists allowed); unknown names are an error."""
+    names = list(hosts)
+    if not wanted:
+        return names
+    chosen = [part.strip() for item in wanted for part in item.split(",") if part.strip()]
+    unknown = [name for name in chosen if name not in hosts]
+    if unknown:
+        raise InventoryError(
+            f"--hosts names {', '.join(unknown)} not in the inventory (it has {', '.join(names)})"
+        )
+    return [name for name in names if name in chosen]
+
+
+def load_targets(
+    inventory: str, wanted: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+) -> list[Target]:
+    """Every selected host of the inventory with its settings; all settings problems are raised at once."""
+    environ = os.environ if environ is None else environ
+    hosts = load_inventory(inventory)
+    targets, errors = [], []
+    for name in select(hosts, wanted):
+        try:
+            targets.append(target_for(name, hosts[name], environ))
+        except SettingsError as exc:
+            errors.append(exc)
+    if errors:
+        raise FleetSettingsError(errors)
+    return targets
+
+
+class FleetSettingsError(Exception):
+    """Settings problems of one or more hosts."""
+
+    def __init__(self, errors: list[SettingsError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
