@@ -118,6 +118,7 @@ def test_warm_cache_returns_the_version_link_without_building(
     builds = tmp_path / "artifacts" / "ollama" / "builds"
     _publish(builds / f"0.24.0-{recipe.key()}", fake_binary, recipe)
     _publish(builds / "0.24.0-stalerecipe", fake_binary, replace(recipe, go_version="go1.0"))
+    (builds / ".0.24.0-stalerecipe.tmp-interrupted").mkdir()
 
     def no_build(recipe: artifacts.Recipe, dest: Path) -> None:
         raise AssertionError("a warm cache must not build")

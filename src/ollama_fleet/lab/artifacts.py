@@ -104,7 +104,7 @@ def go_binary() -> str:
 
 
 def recipe_for(version: str) -> Recipe:
-    go_version = _run([go_binary(), "env", "GOVERSION"]).strip()
+    go_version = _run([go_binary(), "env", "GOVERSION"], env=_go_env({})).strip()
     return Recipe(
         version=version,
         go_version=go_version,
@@ -355,7 +355,8 @@ def _point_symlink(link: Path, target: str) -> None:
 
 
 def _prune_other_builds(builds: Path, version: str, keep: str) -> None:
-    for old in builds.glob(f"{version}-*"):
+    """Drop superseded builds and staging dirs left by an interrupted build (we hold the lock)."""
+    for old in [*builds.glob(f"{version}-*"), *builds.glob(f".{version}-*.tmp-*")]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
 
