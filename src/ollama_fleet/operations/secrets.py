@@ -1,0 +1,94 @@
+"""Upload a secret file (API keys, TLS private key) without ever showing its content.
+
+pyinfra's `files.put` prints the old and new text of a changed file under `--diff`, and an unnamed
+operation lists its arguments in `--json`. This operation compares sha256 digests only, logs no diff, and
+takes a `Secret` whose str/repr is a digest, so the content cannot reach pyinfra output by any path.
+The file is written to a temporary name created 0600 first, then renamed into place, so it is never
+readable by others, not even for a moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import shlex
+from collections.abc import Generator
+from io import BytesIO
+from typing import Any, TypedDict
+
+from pyinfra.api.command import FileUploadCommand
+from pyinfra.api.facts import FactBase
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+
+
+class Secret:
+    """A secret value whose printable form is only a short digest."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self._value.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"<secret sha256:{self.sha256[:12]}>"
+
+    __str__ = __repr__
+
+
+class FileState(TypedDict):
+    sha256: str
+    mode: int
+    user: str
+    group: str
+
+
+class FileDigest(FactBase[FileState | None]):
+    """sha256, octal mode, owner and group of a regular file, or None when it does not exist."""
+
+    def command(self, path: str) -> str:
+        quoted = shlex.quote(path)
+        return f"if [ -f {quoted} ]; then stat -c '%a %U %G' {quoted} && sha256sum {quoted}; fi"
+
+    def process(self, output: list[str]) -> FileState | None:
+        if len(output) < 2:
+            return None
+        mode, user, group = output[0].split()
+        return {"sha256": output[1].split()[0], "mode": int(mode, 8), "user": user, "group": group}
+
+
+def file_matches(current: FileState | None, sha256: str, user: str, group: str, mode: int) -> bool:
+    wanted: FileState = {"sha256": sha256, "mode": mode, "user": user, "group": group}
+    return current == wanted
+
+
+@operation()
+def secret_file(
+    secret: Secret, dest: str, user: str = "root", group: str = "root", mode: int = 0o600
+) -> Generator[Any, None, None]:
+    """
+    Ensure `dest` holds `secret` with owner/group/mode, comparing digests only (no diff, no content).
+
+    + secret: the content, wrapped so it never prints
+    + dest: remote path
+    + user, group, mode: ownership and permissions (mode as an int, e.g. 0o640)
+    """
+    current = host.get_fact(FileDigest, path=dest)
+    if file_matches(current, secret.sha256, user, group, mode):
+        host.noop(f"secret {dest} is up to date")
+        return
+
+    temp = posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.ollama-fleet-new")
+    yield f"mkdir -p {shlex.quote(posixpath.dirname(dest))}"
+    # Created 0600 before any byte arrives: an upload keeps an existing file's mode.
+    yield f"rm -f {shlex.quote(temp)} && install -m 600 /dev/null {shlex.quote(temp)}"
+    yield FileUploadCommand(BytesIO(secret.reveal().encode()), temp)
+    q = shlex.quote
+    yield f"chown {q(user)}:{q(group)} {q(temp)} && chmod {mode:o} {q(temp)} && mv -f {q(temp)} {q(dest)}"
