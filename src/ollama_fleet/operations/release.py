@@ -1,0 +1,195 @@
+"""Install pinned Ollama releases side by side: /opt/ollama/<version>/ plus a `current` link.
+
+The archive is verified against the release's sha256sum.txt on the host before anything is unpacked; a
+version is unpacked into a hidden temporary directory and renamed into place, and `current` is switched
+with a rename, so a failed or tampered download never touches the version that is serving.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, TypedDict
+
+from pyinfra.api.command import FileUploadCommand
+from pyinfra.api.exceptions import OperationError
+from pyinfra.api.facts import FactBase
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+
+from ollama_fleet.operations.shell import fail_command
+
+MARKER = ".ollama-fleet-sha256"
+"""Written into a version directory last: a directory without it is not ours or not complete."""
+
+
+class InstalledReleases(TypedDict):
+    current: str | None
+    versions: dict[str, str]  # version -> sha256 of the archive it came from
+    foreign: list[str]  # directories without our marker
+
+
+class OllamaReleases(FactBase[InstalledReleases]):
+    """Versions unpacked under `install_dir`, the archive checksum recorded for each, and `current`."""
+
+    @staticmethod
+    def default() -> InstalledReleases:
+        return {"current": None, "versions": {}, "foreign": []}
+
+    def command(self, install_dir: str) -> str:
+        d = shlex.quote(install_dir)
+        return (
+            f'[ -d {d} ] || exit 0; cd {d} && echo "current $(readlink current || true)"; '
+            'for v in */; do v=${v%/}; [ -L "$v" ] && continue; [ -d "$v" ] || continue; '
+            f'if [ -f "$v/{MARKER}" ] && [ -x "$v/bin/ollama" ]; '
+            f'then echo "version $v $(cat "$v/{MARKER}")"; else echo "foreign $v"; fi; done'
+        )
+
+    def process(self, output: list[str]) -> InstalledReleases:
+        found = self.default()
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "current":
+                found["current"] = rest.strip() or None
+            elif kind == "version":
+                version, _, digest = rest.partition(" ")
+                found["versions"][version] = digest.strip()
+            elif kind == "foreign":
+                found["foreign"].append(rest.strip())
+        return found
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """0.24.0 < 0.24.1-rc1 < 0.24.1 (a release candidate sorts before its release)."""
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:-rc(\d+))?", version)
+    if not match:
+        return (-1,)
+    major, minor, patch, rc = match.groups()
+    return (int(major), int(minor), int(patch), int(rc) if rc is not None else 1_000_000)
+
+
+def _verify_script(archive: str, sums: str) -> str:
+    """Shell that aborts unless sha256(archive) equals its line in sha256sum.txt ('./' or '*' prefixes ok).
+
+    On a mismatch the staged download is deleted so a bad archive can never be unpacked later.
+    """
+    name = shlex.quote(posixpath.basename(archive))
+    stage = shlex.quote(posixpath.dirname(archive))
+    return (
+        f'expected=$(awk -v f={name} \'{{n=$2; sub(/^\\*/, "", n); sub(/^\\.\\//, "", n); '
+        f"if (n == f) print $1}}' {shlex.quote(sums)}); "
+        f"actual=$(sha256sum {shlex.quote(archive)} | cut -d' ' -f1); "
+        f'if [ -z "$expected" ]; then rm -rf {stage}; '
+        f'echo "ollama-fleet: {name} is not listed in sha256sum.txt" >&2; exit 1; fi; '
+        f'if [ "$expected" != "$actual" ]; then rm -rf {stage}; '
+        f'echo "ollama-fleet: checksum mismatch for {name}: expected $expected, got $actual; '
+        f'the installed version is left untouched" >&2; exit 1; fi'
+    )
+
+
+def _unpack_script(archive: str, install_dir: str, version: str) -> str:
+    """Unpack into a hidden temp dir, record the checksum, then rename it to <version> in one step."""
+    temp = shlex.quote(posixpath.join(install_dir, f".unpack-{version}"))
+    final = shlex.quote(posixpath.join(install_dir, version))
+    decompress = "--zstd" if archive.endswith(".zst") else "-z"
+    return (
+        f"rm -rf {temp} && mkdir -p {temp} && "
+        f"tar {decompress} -x --no-same-owner -f {shlex.quote(archive)} -C {temp} && "
+        f'test -x {temp}/bin/ollama || {{ echo "ollama-fleet: archive has no bin/ollama" >&2; exit 1; }}; '
+        f"sha256sum {shlex.quote(archive)} | cut -d' ' -f1 > {temp}/{MARKER} && "
+        f"chmod 755 {temp} && mv -T {temp} {final}"
+    )
+
+
+@operation()
+def release_installed(
+    version: str,
+    archive_name: str,
+    install_dir: str,
+    staging_dir: str,
+    download_base: str | None = None,
+    controller_dir: Path | None = None,
+) -> Generator[Any, None, None]:
+    """
+    Ensure Ollama `version` is unpacked in `install_dir/<version>`, verified by sha256 first.
+
+    + version: the release, e.g. 0.24.0
+    + archive_name: ollama-linux-amd64.tgz or .tar.zst
+    + install_dir: /opt/ollama
+    + staging_dir: where the archive is downloaded/uploaded and checked (removed afterwards)
+    + download_base: URL of the directory holding the archive and sha256sum.txt (release or mirror)
+    + controller_dir: or a directory on the controller holding them (air-gapped LANs)
+    """
+    releases = host.get_fact(OllamaReleases, install_dir=install_dir)
+    if version in releases["versions"]:
+        host.noop(f"Ollama {version} is installed")
+        return
+    if version in releases["foreign"]:
+        yield fail_command(
+            f"{install_dir}/{version} exists but was not installed by ollama-fleet (no {MARKER}); "
+            "move it away and run again"
+        )
+        return
+
+    stage = posixpath.join(staging_dir, version)
+    archive = posixpath.join(stage, archive_name)
+    sums = posixpath.join(stage, "sha256sum.txt")
+    yield f"rm -rf {shlex.quote(stage)} && mkdir -p -m 700 {shlex.quote(stage)}"
+    if download_base is not None:
+        for remote, url in (
+            (archive, f"{download_base}/{archive_name}"),
+            (sums, f"{download_base}/sha256sum.txt"),
+        ):
+            yield f"curl -fsSL --retry 3 --connect-timeout 20 -o {shlex.quote(remote)} {shlex.quote(url)}"
+    elif controller_dir is not None:
+        yield FileUploadCommand(str(controller_dir / archive_name), archive)
+        yield FileUploadCommand(str(controller_dir / "sha256sum.txt"), sums)
+    else:
+        raise OperationError("release_installed needs download_base or controller_dir")  # a caller's bug
+    yield _verify_script(archive, sums)
+    yield _unpack_script(archive, install_dir, version)
+    yield f"rm -rf {shlex.quote(stage)}"
+
+
+@operation()
+def current_release(version: str, install_dir: str) -> Generator[str, None, None]:
+    """
+    Point `install_dir/current` at `version` with an atomic rename.
+
+    + version: an installed version
+    + install_dir: /opt/ollama
+    """
+    releases = host.get_fact(OllamaReleases, install_dir=install_dir)
+    if releases["current"] == version:
+        host.noop(f"current is {version}")
+        return
+    temp = shlex.quote(posixpath.join(install_dir, ".current-new"))
+    current = shlex.quote(posixpath.join(install_dir, "current"))
+    yield f"ln -sfn {shlex.quote(version)} {temp} && mv -T {temp} {current}"
+
+
+def versions_to_remove(versions: list[str], current: str | None, keep: int) -> list[str]:
+    """All but the current version and the newest others, so that `keep` versions remain."""
+    others = sorted((v for v in versions if v != current), key=version_key, reverse=True)
+    slots = keep - 1 if current in versions else keep
+    return sorted(others[max(slots, 0) :], key=version_key)
+
+
+@operation()
+def old_releases_removed(install_dir: str, keep: int) -> Generator[str, None, None]:
+    """
+    Remove installed versions beyond `keep` (the current one is never removed).
+
+    + install_dir: /opt/ollama
+    + keep: how many versions to keep, counting the current one
+    """
+    releases = host.get_fact(OllamaReleases, install_dir=install_dir)
+    doomed = versions_to_remove(list(releases["versions"]), releases["current"], keep)
+    if not doomed:
+        host.noop(f"at most {keep} Ollama versions installed")
+        return
+    for version in doomed:
+        yield f"rm -rf {shlex.quote(posixpath.join(install_dir, version))}"
