@@ -1,0 +1,256 @@
+"""Ollama models through the local API: GGUF files from the controller, custom Modelfiles, pulls, prune.
+
+Each model we create records the sha256 of what defines it (the GGUF bytes, or the Modelfile text) in
+/var/lib/ollama-fleet/models/<name>.sha256, so a model is re-created only when its definition changed,
+and the staged GGUF is removed after `ollama create` (the blob then lives in Ollama's store only once).
+Every API call goes from the host to its own loopback address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import shlex
+from collections.abc import Generator
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.facts import FactBase
+from pyinfra.api.host import Host as PyinfraHost
+from pyinfra.api.operation import operation
+from pyinfra.api.state import State
+from pyinfra.context import host
+
+from ollama_fleet.operations.shell import fail_command
+
+RECORDS_DIR = "/var/lib/ollama-fleet/models"
+STAGING_DIR = "/var/lib/ollama-fleet/models/staging"
+
+
+class OllamaApiUp(FactBase[bool]):
+    """True when the local Ollama API answers."""
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def command(self, api: str) -> str:
+        return f"curl -fsS -o /dev/null --max-time 5 {shlex.quote(api + '/')} && echo up || echo down"
+
+    def process(self, output: list[str]) -> bool:
+        return output[-1].strip() == "up"
+
+
+class OllamaModels(FactBase[dict[str, str] | None]):
+    """Model name -> digest from `GET /api/tags`; None when the API does not answer."""
+
+    def command(self, api: str) -> str:
+        return f"curl -fsS --max-time 10 {shlex.quote(api + '/api/tags')} || echo unreachable"
+
+    def process(self, output: list[str]) -> dict[str, str] | None:
+        text = "\n".join(output).strip()
+        if text.endswith("unreachable"):
+            return None
+        return {model["name"]: model.get("digest", "") for model in json.loads(text).get("models", [])}
+
+
+class ModelRecords(FactBase[dict[str, str]]):
+    """Record file name -> the sha256 of the definition a model was last created from."""
+
+    @staticmethod
+    def default() -> dict[str, str]:
+        return {}
+
+    def command(self, records_dir: str) -> str:
+        d = shlex.quote(records_dir)
+        return f'for f in {d}/*.sha256; do [ -f "$f" ] && echo "${{f##*/}} $(cat "$f")"; done; true'
+
+    def process(self, output: list[str]) -> dict[str, str]:
+        pairs = (line.split(" ", 1) for line in output if " " in line)
+        return {name.removesuffix(".sha256"): digest.strip() for name, digest in pairs}
+
+
+def record_name(model: str) -> str:
+    """A file-safe name for a model name like `library/llama3.2:1b`."""
+    return quote(model, safe="")
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a controller file, computed once per content version (GGUFs can be many GB)."""
+    stat = path.stat()
+    return _file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+def _api_down(api: str) -> str:
+    return fail_command(f"the Ollama API at {api} does not answer; is the ollama service running?")
+
+
+def _is_current(name: str, digest: str, models: dict[str, str], records_dir: str) -> bool:
+    records = host.get_fact(ModelRecords, records_dir=records_dir)
+    return name in models and records.get(record_name(name)) == digest
+
+
+def _create_commands(
+    name: str, digest: str, modelfile: str, api_host: str, records_dir: str, staging: str
+) -> Generator[Any, None, None]:
+    q = shlex.quote
+    record = posixpath.join(records_dir, f"{record_name(name)}.sha256")
+    yield FileUploadCommand(BytesIO(modelfile.encode()), posixpath.join(staging, "Modelfile"))
+    # The CLI parses the Modelfile (the API takes structured fields only) and uploads local blobs.
+    yield f"cd {q(staging)} && OLLAMA_HOST={q(api_host)} ollama create {q(name)} -f Modelfile"
+    yield f"echo {q(digest)} > {q(record)} && rm -rf {q(staging)}"
+
+
+@operation()
+def gguf_model(
+    model: str, gguf: Path, api: str, api_host: str, records_dir: str = RECORDS_DIR
+) -> Generator[Any, None, None]:
+    """
+    Create `model` from a GGUF file on the controller, unless it exists from the same bytes.
+
+    + model: the model name, tagged (tiny:latest)
+    + gguf: the GGUF file on the controller
+    + api: base URL of the local API (http://127.0.0.1:11434)
+    + api_host: host:port for the ollama CLI (OLLAMA_HOST)
+    + records_dir: where the definition digests are kept
+    """
+    digest = file_sha256(gguf)
+    models = host.get_fact(OllamaModels, api=api)
+    if models is None:
+        yield _api_down(api)
+        return
+    if _is_current(model, digest, models, records_dir):
+        host.noop(f"model {model} is current")
+        return
+    staging = posixpath.join(STAGING_DIR, record_name(model))
+    yield f"rm -rf {shlex.quote(staging)} && mkdir -p -m 700 {shlex.quote(staging)}"
+    yield FileUploadCommand(str(gguf), posixpath.join(staging, "model.gguf"))
+    yield from _create_commands(model, digest, "FROM ./model.gguf\n", api_host, records_dir, staging)
+
+
+def modelfile_digest(modelfile: str, base_digest: str | None = None) -> str:
+    """What a custom model is built from: its Modelfile, and its base's bytes when the base is ours."""
+    return hashlib.sha256((modelfile + "\n" + (base_digest or "")).encode()).hexdigest()
+
+
+@operation()
+def custom_model(
+    model: str, modelfile: str, digest: str, api: str, api_host: str, records_dir: str = RECORDS_DIR
+) -> Generator[Any, None, None]:
+    """
+    Create `model` from a Modelfile, re-creating it only when `digest` changed.
+
+    + model: the model name, tagged
+    + modelfile: the rendered Modelfile
+    + digest: modelfile_digest(...) of its definition
+    + api, api_host, records_dir: as for gguf_model
+    """
+    models = host.get_fact(OllamaModels, api=api)
+    if models is None:
+        yield _api_down(api)
+        return
+    if _is_current(model, digest, models, records_dir):
+        host.noop(f"model {model} is current")
+        return
+    staging = posixpath.join(STAGING_DIR, record_name(model))
+    yield f"rm -rf {shlex.quote(staging)} && mkdir -p -m 700 {shlex.quote(staging)}"
+    yield from _create_commands(model, digest, modelfile, api_host, records_dir, staging)
+
+
+def pull_command(api: str, name: str) -> str:
+    """POST /api/pull, printing one line per status and per 10% of a layer; fails on an error line."""
+    body = shlex.quote(json.dumps({"model": name, "stream": True}))
+    progress = (
+        'awk \'/"error"/ {print; bad=1; next} '
+        'match($0, /"status":"[^"]*"/) {s=substr($0, RSTART+10, RLENGTH-11)} '
+        'match($0, /"total":[0-9]+/) {t=substr($0, RSTART+8, RLENGTH-8)+0} '
+        'match($0, /"completed":[0-9]+/) {c=substr($0, RSTART+12, RLENGTH-12)+0} '
+        "{p = (t > 0) ? int(c * 10 / t) * 10 : -1; if (s != last || p != lastp) {"
+        'if (p >= 0) printf "%s %d%%\\n", s, p; else print s; last=s; lastp=p}} '
+        's == "success" {ok=1} END {exit (ok && !bad) ? 0 : 1}\''
+    )
+    return f"curl -sSN --fail {shlex.quote(api + '/api/pull')} -d {body} | {progress}"
+
+
+def _run_with_progress(state: State, host: PyinfraHost, command: str) -> bool:
+    """Run `command`, echoing its output as it comes, whatever pyinfra's verbosity."""
+    status, _ = host.run_shell_command(StringCommand(command), print_output=True)
+    return status
+
+
+@operation()
+def pulled_model(model: str, api: str) -> Generator[Any, None, None]:
+    """
+    Pull `model` from the registry the host can reach, showing progress, unless it is present.
+
+    + model: the model name, tagged
+    + api: base URL of the local API
+    """
+    models = host.get_fact(OllamaModels, api=api)
+    if models is None:
+        yield _api_down(api)
+        return
+    if model in models:
+        host.noop(f"model {model} is present")
+        return
+    yield FunctionCommand(_run_with_progress, (pull_command(api, model),), {})
+
+
+@operation()
+def unlisted_models_removed(
+    keep: list[str], api: str, records_dir: str = RECORDS_DIR
+) -> Generator[str, None, None]:
+    """
+    Delete every model not in `keep` (and its record).
+
+    + keep: tagged names to keep
+    + api: base URL of the local API
+    + records_dir: where the definition digests are kept
+    """
+    models = host.get_fact(OllamaModels, api=api)
+    if models is None:
+        yield _api_down(api)
+        return
+    doomed = sorted(set(models) - set(keep))
+    if not doomed:
+        host.noop("no unlisted models")
+        return
+    for name in doomed:
+        body = shlex.quote(json.dumps({"model": name}))
+        record = shlex.quote(posixpath.join(records_dir, f"{record_name(name)}.sha256"))
+        yield f"curl -fsS -X DELETE {shlex.quote(api + '/api/delete')} -d {body} && rm -f {record}"
+
+
+@operation()
+def api_answering(api: str, timeout_seconds: int = 60) -> Generator[str, None, None]:
+    """
+    Wait until the local Ollama API answers (after a start or restart); nothing to do when it does.
+
+    + api: base URL of the local API
+    + timeout_seconds: how long to wait before failing the host
+    """
+    if host.get_fact(OllamaApiUp, api=api):
+        host.noop("the Ollama API answers")
+        return
+    url = shlex.quote(api + "/")
+    yield (
+        f"for i in $(seq {timeout_seconds}); do curl -fsS -o /dev/null --max-time 2 {url} && exit 0; "
+        "sleep 1; done; "
+        + fail_command(
+            f"the Ollama API at {api} did not answer within {timeout_seconds}s; see journalctl -u ollama"
+        )
+    )
