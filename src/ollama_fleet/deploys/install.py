@@ -1,0 +1,69 @@
+"""Install the pinned Ollama release, its system user and its models directory."""
+
+from __future__ import annotations
+
+from pyinfra.api.deploy import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files, server
+
+from ollama_fleet.operations import packages, release
+from ollama_fleet.render import OLLAMA_BIN
+from ollama_fleet.settings import FleetSettings
+
+STAGING_DIR = "/var/lib/ollama-fleet/staging"
+
+
+def required_packages(s: FleetSettings) -> list[str]:
+    """What the host needs besides a base system: curl for downloads and API calls, zstd for .tar.zst."""
+    wanted = ["curl", "ca-certificates"]
+    if s.ollama.archive_format == "tar.zst":
+        wanted.append("zstd")
+    return wanted
+
+
+@deploy("Install Ollama")
+def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> None:
+    """Appends to `restart_triggers` the operations whose change means the running binary is outdated."""
+    o = s.ollama
+    packages.packages_installed(name="Install download tools", packages=required_packages(s))
+
+    # Like the official installer: a system user with its home as Ollama's data directory, no login shell.
+    server.group(name=f"Create group {o.group}", group=o.group, system=True)
+    server.user(
+        name=f"Create system user {o.user}",
+        user=o.user,
+        group=o.group,
+        home=str(o.home),
+        shell="/bin/false",
+        system=True,
+        create_home=True,
+    )
+    # `ollama serve` writes its key pair into ~/.ollama, and models below it.
+    for directory in (o.home / ".ollama", o.models_dir):
+        files.directory(
+            name=f"Create {directory}", path=str(directory), user=o.user, group=o.group, mode="755"
+        )
+
+    release.release_installed(
+        name=f"Download, verify and unpack Ollama {o.version}",
+        version=o.version,
+        archive_name=o.archive_name,
+        install_dir=str(o.install_dir),
+        staging_dir=STAGING_DIR,
+        download_base=o.download_base if o.source in ("release", "mirror") else None,
+        controller_dir=o.controller_dir if o.source == "controller" else None,
+    )
+    switched = release.current_release(
+        name=f"Switch {o.install_dir}/current to {o.version}",
+        version=o.version,
+        install_dir=str(o.install_dir),
+    )
+    linked = files.link(
+        name=f"Link {OLLAMA_BIN}",
+        path=str(OLLAMA_BIN),
+        target=f"{o.install_dir}/current/bin/ollama",
+    )
+    release.old_releases_removed(
+        name=f"Keep {o.keep_versions} Ollama versions", install_dir=str(o.install_dir), keep=o.keep_versions
+    )
+    restart_triggers.extend([switched, linked])

@@ -1,0 +1,46 @@
+"""The models each host serves: GGUF files from the controller, pulls, custom Modelfiles, optional prune."""
+
+from __future__ import annotations
+
+from pyinfra.api.deploy import deploy
+
+from ollama_fleet.deploys.fleet import each
+from ollama_fleet.deploys.service import api_base
+from ollama_fleet.operations import models
+from ollama_fleet.render import render_modelfile
+from ollama_fleet.settings import FleetSettings
+
+
+def tagged(name: str) -> str:
+    """A model name as Ollama lists it (`tiny` -> `tiny:latest`)."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+@deploy("Ollama models")
+def ollama_models(s: FleetSettings) -> None:
+    api = api_base(s)
+    api_host = api.removeprefix("http://")
+    base_digests = {}
+    for name, path in each(sorted(s.models.gguf.items())):
+        base_digests[name] = models.file_sha256(path)
+        models.gguf_model(
+            name=f"Create model {tagged(name)} from {path.name}",
+            model=tagged(name),
+            gguf=path,
+            api=api,
+            api_host=api_host,
+        )
+    for name in each(s.models.pull):
+        models.pulled_model(name=f"Pull model {tagged(name)}", model=tagged(name), api=api)
+    for custom in each(s.models.custom):
+        modelfile = render_modelfile(s, custom)
+        models.custom_model(
+            name=f"Create model {tagged(custom.name)} from its Modelfile",
+            model=tagged(custom.name),
+            modelfile=modelfile,
+            digest=models.modelfile_digest(modelfile, base_digests.get(custom.base)),
+            api=api,
+            api_host=api_host,
+        )
+    if s.models.prune:
+        models.unlisted_models_removed(name="Remove unlisted models", keep=s.models.names(), api=api)

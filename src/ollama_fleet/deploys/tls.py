@@ -1,0 +1,88 @@
+"""TLS material for nginx: a certificate from the fleet CA (default) or files the operator provides.
+
+The fleet CA and every host's issued key stay on the controller (`tls_ca_dir`, git-ignored). A host's
+certificate is kept there too and reissued only when `needs_reissue` says so (SANs changed, expiry near,
+another CA), so a re-run uploads the same bytes and changes nothing. The CA private key never leaves the
+controller; the host key goes up through `secret_file` (0600, never shown).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from io import StringIO
+from pathlib import Path
+
+from pyinfra.api.deploy import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.context import host
+from pyinfra.facts.hardware import Ipv4Addrs
+from pyinfra.operations import files
+
+from ollama_fleet.deploys.fleet import FleetError
+from ollama_fleet.operations.secrets import Secret, secret_file
+from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue
+from ollama_fleet.render import tls_paths
+from ollama_fleet.settings import FleetSettings
+
+
+def host_address() -> str | None:
+    """The host's IP: the address we connect to when it is one, else its first non-loopback IPv4."""
+    candidate = str(host.data.get("ssh_hostname") or host.name)
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    for addresses in (host.get_fact(Ipv4Addrs) or {}).values():
+        for address in addresses:
+            if not ipaddress.ip_address(address).is_loopback:
+                return str(address)
+    return None
+
+
+def issued_certificate(s: FleetSettings, ca: FleetCA, sans: list[str]) -> tuple[str, Secret]:
+    """This host's certificate and key from the controller's store, reissued first when needed."""
+    store = Path(s.tls.ca_dir) / "hosts" / s.host
+    cert_path, key_path = store / "fullchain.pem", store / "privkey.pem"
+    cert = cert_path.read_text() if cert_path.is_file() and key_path.is_file() else None
+    if needs_reissue(cert, sans, s.tls.renew_before_days, ca):
+        cert, key = ca.issue(s.host, sans, days=s.tls.cert_days)
+        store.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write(key_path, key, 0o600)
+        _write(cert_path, cert, 0o644)
+    assert cert is not None
+    return cert, Secret(key_path.read_text())
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.unlink(missing_ok=True)
+    temp.touch(mode=mode)
+    temp.chmod(mode)
+    temp.write_text(text)
+    temp.replace(path)
+
+
+@deploy("TLS certificate")
+def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None:
+    """Appends to `reload_triggers` the operations whose change means nginx must reload."""
+    paths = tls_paths(s)
+    files.directory(name=f"Create {s.tls.remote_dir}", path=str(s.tls.remote_dir), mode="755")
+    if s.tls.mode == "provided":
+        assert s.tls.cert_file is not None and s.tls.key_file is not None  # checked by settings
+        cert = Path(s.tls.cert_file).read_text()
+        key = Secret(Path(s.tls.key_file).read_text())
+    else:
+        try:
+            ca = FleetCA.load_or_create(Path(s.tls.ca_dir))
+            cert, key = issued_certificate(s, ca, host_sans(s, host_address()))
+        except PkiError as exc:
+            raise FleetError(f"{s.host}: TLS certificate: {exc}") from None
+        reload_triggers.append(
+            files.put(name=f"Install {paths.ca}", src=StringIO(ca.cert_pem), dest=str(paths.ca), mode="644")
+        )
+    reload_triggers.append(
+        files.put(name=f"Install {paths.cert}", src=StringIO(cert), dest=str(paths.cert), mode="644")
+    )
+    reload_triggers.append(
+        secret_file(name=f"Install {paths.key} (secret)", secret=key, dest=str(paths.key), mode=0o600)
+    )
