@@ -1,0 +1,125 @@
+"""Defaults for every host: each setting of ollama-fleet, its default value and what it means.
+
+pyinfra loads this file for the `all` group (from `group_data/` next to where pyinfra runs, or beside the
+inventory). Override a key for a group in `group_data/<group>.py` or for one host in the inventory; host
+data wins over group data, which wins over this file. The values here are exactly the defaults of
+src/ollama_fleet/settings.py (a unit test keeps the two in step). Plain data only: paths are strings.
+Every key is validated for every host before any host is changed.
+"""
+
+# --- ollama_*: which Ollama to install, from where, and how it runs ---------------------------------------
+# Release to install, as on the release page without the leading "v".
+ollama_version = "0.24.0"
+# CPU architecture of the hosts: "amd64" or "arm64".
+ollama_arch = "amd64"
+# Archive format of the release: "tgz" (older releases) or "tar.zst" (newer ones; installs zstd on hosts).
+ollama_archive_format = "tgz"
+# Where hosts get the archive and its sha256sum.txt: "release" (ollama_release_url), "mirror"
+# (ollama_mirror_url, same layout: <url>/v<version>/<archive>) or "controller" (uploaded from
+# ollama_controller_dir, for air-gapped LANs). The archive is always checked against sha256sum.txt first.
+ollama_source = "release"
+# Base URL of the official releases.
+ollama_release_url = "https://github.com/ollama/ollama/releases/download"
+# Base URL of a LAN mirror (required when ollama_source is "mirror").
+ollama_mirror_url = None
+# Directory on the controller holding the archive and sha256sum.txt (required for "controller").
+ollama_controller_dir = None
+# Versions are unpacked to <install_dir>/<version>, with <install_dir>/current pointing at the one in use.
+ollama_install_dir = "/opt/ollama"
+# How many versions to keep installed, counting the current one (older ones are removed; >= 1).
+ollama_keep_versions = 2
+# System user and group that run `ollama serve` (created like the official installer does).
+ollama_user = "ollama"
+ollama_group = "ollama"
+# Home directory of that user.
+ollama_home = "/usr/share/ollama"
+# Where Ollama stores models (OLLAMA_MODELS), owned by ollama_user.
+ollama_models_dir = "/usr/share/ollama/.ollama/models"
+# Address Ollama listens on (OLLAMA_HOST). Must be loopback while nginx_enabled: nginx is the only way in.
+ollama_listen = "127.0.0.1:11434"
+# Extra CORS origins (OLLAMA_ORIGINS), each with a scheme, e.g. ["https://chat.example.lan"]; nginx
+# answers browser preflights for the same list.
+ollama_origins = []
+# Other OLLAMA_* variables for the service's drop-in, e.g. {"OLLAMA_KEEP_ALIVE": "30m"}; unknown names,
+# removed variables and values Ollama would misread are rejected.
+ollama_env = {}
+
+# --- nginx_*: the TLS reverse proxy in front of Ollama ----------------------------------------------------
+# Serve the API through nginx (TLS, API keys, CORS). Off: no proxy and no firewall port for clients.
+nginx_enabled = True
+# HTTPS port, and the plain-HTTP port that only redirects to HTTPS.
+nginx_https_port = 443
+nginx_http_port = 80
+# server_name values and certificate DNS names; empty means the host's inventory name.
+nginx_server_names = []
+# Seconds nginx waits between two reads/writes of Ollama (model loads, long generations); >= 600.
+nginx_read_timeout = 900
+nginx_send_timeout = 900
+# Seconds to connect to Ollama.
+nginx_connect_timeout = 10
+# Largest request body (model uploads to /api/blobs), an nginx size like "64g"; "0" means no limit.
+nginx_client_max_body_size = "64g"
+# Strict-Transport-Security max-age in seconds; 0 sends no HSTS header.
+nginx_hsts_max_age = 0
+# Template file name of the site, looked up in nginx_template_dirs first, then in the built-in templates.
+nginx_site_template = "nginx-site.conf.j2"
+# Directories on the controller with templates that override the built-in ones by file name.
+nginx_template_dirs = []
+
+# --- tls_*: certificates -----------------------------------------------------------------------------------
+# "fleet_ca": a CA created once on the controller issues each host a certificate (SANs: names and IP);
+# "provided": tls_cert_file and tls_key_file per host.
+tls_mode = "fleet_ca"
+# Directory on the controller holding the fleet CA and the issued host keys (git-ignored; keys 0600).
+tls_ca_dir = ".fleet/pki"
+# Certificate chain and private key on the controller, for tls_mode "provided".
+tls_cert_file = None
+tls_key_file = None
+# More names or IPs for the certificate, e.g. ["ollama.example.lan"].
+tls_extra_sans = []
+# Validity of an issued host certificate in days.
+tls_cert_days = 397
+# Reissue a host certificate when it expires within this many days.
+tls_renew_before_days = 30
+# Directory on the hosts for fullchain.pem, privkey.pem (0600) and ca.pem.
+tls_remote_dir = "/etc/ollama-fleet/tls"
+
+# --- auth_*: API keys checked by nginx (Authorization: Bearer <key>) ---------------------------------------
+# Require a key for the API.
+auth_enabled = True
+# Names of the keys. The keys themselves never go in inventory files: each comes from the environment
+# variable OLLAMA_FLEET_API_KEY_<NAME> or from auth_secrets_file.
+auth_key_names = []
+# Git-ignored JSON file on the controller: {"api_keys": {"<name>": "<key>"}}.
+auth_secrets_file = ".fleet/secrets.json"
+# Let GET /health answer without a key (for monitors).
+auth_health_open = True
+
+# --- firewall_*: ufw on each host --------------------------------------------------------------------------
+# Manage ufw: deny incoming, allow SSH from admin subnets and the API ports from client subnets.
+firewall_enabled = True
+# Subnets that may use the API (HTTPS and the HTTP redirect), e.g. ["192.168.1.0/24"]; required when enabled.
+firewall_client_subnets = []
+# Subnets that may reach SSH; required when enabled, and must hold the address you deploy from.
+firewall_admin_subnets = []
+# SSH port to allow from the admin subnets.
+firewall_ssh_port = 22
+
+# --- models_*: the models each host serves -----------------------------------------------------------------
+# Registry models to pull, e.g. ["llama3.2:1b"] (the hosts must reach the registry).
+models_pull = []
+# Models created from GGUF files on the controller: {"name": "/path/on/controller/model.gguf"}.
+models_gguf = {}
+# Models built from a Modelfile template: [{"name": "vehicle-assistant", "base": "llama3.2:1b",
+# "system": "...", "parameters": {"temperature": 0.2}}]; re-created only when their Modelfile changes.
+models_custom = []
+# Delete models that none of the three lists above names.
+models_prune = False
+
+# --- health_*: the on-host health timer --------------------------------------------------------------------
+# Install a systemd timer that checks the local API and logs to the journal.
+health_enabled = True
+# How often it runs (a systemd time span).
+health_interval = "1min"
+# Seconds before one check gives up.
+health_timeout_seconds = 10
