@@ -58,8 +58,9 @@ class FleetCA:
         """Load the CA from `ca_dir`, creating it first if the directory holds none. Safe to call from
         several processes at once: creation happens under a lock, so exactly one CA ever exists."""
         ca_dir = Path(ca_dir)
-        if not ca_dir.exists():
-            ca_dir.mkdir(parents=True, mode=0o700)
+        ca_dir.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process may be creating it right now
+            ca_dir.mkdir(mode=0o700)
             ca_dir.chmod(0o700)  # mkdir's mode is masked by the umask
         with _locked(ca_dir / ".lock"):
             cert_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY

@@ -280,9 +280,14 @@ class Proxy:
     ca_file: Path
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.https, verify=ssl.create_default_context(cafile=self.ca_file), **kwargs
-        )
+        return httpx.Client(base_url=self.https, verify=_strict_context(self.ca_file), **kwargs)
+
+
+def _strict_context(ca_file: Path) -> ssl.SSLContext:
+    """Trust only the fleet CA, with the strict X.509 checks Python 3.13 turns on by default."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    return context
 
 
 def _free_port() -> int:
@@ -549,7 +554,7 @@ def _handshake(proxy: Proxy, context: ssl.SSLContext) -> str | None:
 
 
 def _client_context(proxy: Proxy) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=proxy.ca_file)
+    context = _strict_context(proxy.ca_file)
     context.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer what the server must refuse
     return context
 
