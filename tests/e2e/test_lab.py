@@ -129,8 +129,14 @@ def test_status_reports_every_host_running_and_ready(lab: LabState) -> None:
 
 
 def spare_slot() -> int:
-    """A second slot for the teardown test, so the session lab stays up for the other tests."""
-    return int(os.environ.get("OLLAMA_FLEET_LAB_SPARE_SLOT", str((default_slot() + 1) % 128)))
+    """A free slot for the teardown test, so the session lab (and anyone else's) stays up meanwhile."""
+    if "OLLAMA_FLEET_LAB_SPARE_SLOT" in os.environ:
+        return int(os.environ["OLLAMA_FLEET_LAB_SPARE_SLOT"])
+    for slot in range(127, 63, -1):
+        plan = SlotPlan(slot)
+        if not (network.link_exists(plan.bridge) or state.exists(slot) or plan.slot == default_slot()):
+            return slot
+    raise AssertionError("no free lab slot in 64..127")
 
 
 def leftovers(before: LabState) -> list[str]:

@@ -131,3 +131,16 @@ def memory_bytes(paths: list[Path]) -> int | None:
             except (FileNotFoundError, ValueError):
                 continue
     return None
+
+
+def memory_anon_bytes(paths: list[Path]) -> int | None:
+    """Anonymous memory (no page cache) of a cgroup tree: v1 total_rss, or v2 anon."""
+    for path in paths:
+        try:
+            stat = dict(line.split() for line in (path / "memory.stat").read_text().splitlines())
+        except FileNotFoundError:
+            continue
+        for key in ("total_rss", "anon"):
+            if key in stat:
+                return int(stat[key])
+    return None

@@ -40,12 +40,28 @@ def ensure_key(slot: int) -> Path:
     return key
 
 
+OWNER_FILE = "owner"
+"""In the slot's runtime dir: the `.lab/slot<S>` directory of the clone whose lab this is."""
+
+
+def refuse_if_owned_elsewhere(slot: int) -> None:
+    """Slots are machine-wide; never clear a live lab that another clone brought up."""
+    owner_file = runtime_dir(slot) / OWNER_FILE
+    owner = owner_file.read_text().strip() if owner_file.is_file() else str(state_dir(slot))
+    if owner != str(state_dir(slot)) and network.link_exists(SlotPlan(slot).bridge):
+        raise LabError(
+            f"slot {slot} is in use by the lab of {owner}; run `lab down --slot {slot}` there, "
+            "or pick another slot (--slot / OLLAMA_FLEET_LAB_SLOT)"
+        )
+
+
 def up(host_count: int, slot: int, log: bool = True) -> LabState:
     """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot)."""
     check_prerequisites()
     plan = SlotPlan(slot)
     everyone = plan.hosts(host_count)
     t0 = time.monotonic()
+    refuse_if_owned_elsewhere(slot)
     down(slot, log=False)
     base = rootfs.ensure_base(log=log)
     mirror.ensure_debs(base)
@@ -68,6 +84,8 @@ def up(host_count: int, slot: int, log: bool = True) -> LabState:
     )
     # Recorded before anything is made, so `down` can clear a crash at any point below.
     state.save(lab)
+    runtime_dir(slot).mkdir(parents=True, exist_ok=True)
+    (runtime_dir(slot) / OWNER_FILE).write_text(f"{directory}\n")
     sysctls.claim(slot, sysctls.wanted_for(host_count))
     network.up(plan)
     cgroups.make([Path(root) for root in lab.cgroup_roots])
