@@ -81,6 +81,14 @@ class OllamaSettings(_Section):
                 raise ValueError(problem)
         return value
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_scalars_as_text(cls, value: Any) -> Any:
+        """group_data is Python, so `"OLLAMA_NUM_PARALLEL": 2` or `True` must work as Ollama reads them."""
+        if not isinstance(value, dict):
+            return value
+        return {name: _env_text(raw) for name, raw in value.items()}
+
     @field_validator("env")
     @classmethod
     def _env_known(cls, value: dict[str, str]) -> dict[str, str]:
@@ -88,6 +96,8 @@ class OllamaSettings(_Section):
             problem = ollama_env.problem_with(name, str(raw))
             if problem:
                 raise ValueError(problem)
+            if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+                raise ValueError(f"{name}: the value holds a control character; Environment= cannot carry it")
         return {name: str(raw) for name, raw in value.items()}
 
     @model_validator(mode="after")
@@ -125,6 +135,12 @@ class OllamaSettings(_Section):
         if self.origins:
             managed["OLLAMA_ORIGINS"] = ",".join(self.origins)
         return {**managed, **dict(sorted(self.env.items()))}
+
+
+def _env_text(raw: Any) -> Any:
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return str(raw) if isinstance(raw, int | float) else raw
 
 
 class NginxSettings(_Section):
@@ -266,6 +282,31 @@ class CustomModel(_Section):
     system: str | None = None
     parameters: dict[str, str | int | float] = Field(default_factory=dict)
     template: str = "Modelfile.j2"
+
+    # Each value becomes one line of a Modelfile; these keep it one line of the intended instruction.
+    @field_validator("name", "base")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]*", value):
+            raise ValueError(f"{value!r} is not a model name; write it like vehicle-assistant or llama3.2:1b")
+        return value
+
+    @field_validator("system")
+    @classmethod
+    def _system(cls, value: str | None) -> str | None:
+        if value is not None and '"""' in value:
+            raise ValueError('system may not contain """: a Modelfile has no way to escape it')
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        for name, raw in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"parameter name {name!r} may hold only letters, digits and '_'")
+            if any(ord(c) < 32 for c in str(raw)) or '"""' in str(raw):
+                raise ValueError(f'parameter {name!r} must be one line without """')
+        return value
 
 
 class ModelsSettings(_Section):
@@ -426,6 +467,8 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
             return [f"auth_secrets_file: {str(secrets_file)!r} is not JSON of the form {{\"api_keys\": {{...}}}}"]
     keys, problems = [], []
     for name in names if isinstance(names, list) else []:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
+            continue  # AuthSettings reports the bad name; a lookup hint for it would mislead
         env_name = f"OLLAMA_FLEET_API_KEY_{str(name).upper().replace('-', '_')}"
         key = environ.get(env_name) or from_file.get(str(name))
         if not key:
