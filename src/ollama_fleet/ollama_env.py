@@ -51,16 +51,33 @@ def check_choice(*choices: str) -> Checker:
     return check
 
 
+# What gin-contrib/cors accepts in an origin without '*': Ollama turns on browser-extension schemes but not
+# file:// or ws://, and any other scheme panics at start.
+_CORS_SCHEMES = (
+    "http://",
+    "https://",
+    "chrome-extension://",
+    "safari-extension://",
+    "moz-extension://",
+    "ms-browser-extension://",
+)
+
+
 def check_origin(origin: str) -> str | None:
     """One OLLAMA_ORIGINS entry, as gin-contrib/cors validates it (a failure panics `ollama serve`)."""
     if origin == "*":
         return None
-    if origin != origin.strip() or " " in origin:
+    if origin != origin.strip() or any(c.isspace() or ord(c) < 32 for c in origin):
         return f"origin {origin!r} contains a space; Ollama splits on commas without trimming and panics"
     if origin.count("*") > 1:
         return f"origin {origin!r} has more than one '*'; Ollama panics on it"
     if "://" not in origin:
         return f"origin {origin!r} has no scheme; write it as https://{origin} (Ollama panics otherwise)"
+    if "*" not in origin and not origin.startswith(_CORS_SCHEMES):
+        return (
+            f"origin {origin!r}: without a '*' Ollama accepts only {', '.join(_CORS_SCHEMES)} origins and "
+            "panics on others; for an app scheme write it with a wildcard, like app://*"
+        )
     return None
 
 
@@ -120,7 +137,11 @@ KNOWN: dict[str, OllamaVar] = {
 }
 
 # Variables we set from dedicated settings; writing them in ollama_env would fight those settings.
-MANAGED = {"OLLAMA_HOST": "ollama_listen", "OLLAMA_ORIGINS": "ollama_origins", "OLLAMA_MODELS": "ollama_models_dir"}
+MANAGED = {
+    "OLLAMA_HOST": "ollama_listen",
+    "OLLAMA_ORIGINS": "ollama_origins",
+    "OLLAMA_MODELS": "ollama_models_dir",
+}
 
 REMOVED: dict[str, str] = {
     "OLLAMA_MAX_VRAM": "was removed from Ollama in May 2025; use OLLAMA_GPU_OVERHEAD to reserve VRAM",
