@@ -78,19 +78,11 @@ def render_api_keys(s: FleetSettings) -> str:
 
 def render_modelfile(s: FleetSettings, custom: CustomModel, base_ref: str | None = None) -> str:
     """A Modelfile for `custom`. `base_ref` is what FROM names on the host: pass the remote path of the GGUF
-    when `custom.base` is one of models_gguf; by default it is `custom.base`, a model Ollama already has."""
+    when `custom.base` is one of models_gguf; by default it is `custom.base`, a model Ollama already has.
+    (CustomModel validation keeps name, SYSTEM and PARAMETER values to one intended instruction each.)"""
     base = custom.base if base_ref is None else base_ref
-    _check_modelfile_line("FROM", base, custom.name)
-    for name, value in custom.parameters.items():
-        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-            raise ValueError(
-                f"models_custom {custom.name!r}: parameter name {name!r} may hold only A-Z a-z 0-9 _"
-            )
-        _check_modelfile_line(f"PARAMETER {name}", str(value), custom.name)
-    if custom.system is not None and '"""' in custom.system:
-        raise ValueError(
-            f'models_custom {custom.name!r}: SYSTEM may not contain """ (Modelfile has no escape for it)'
-        )
+    if not base or any(ord(c) < 32 for c in base):
+        raise ValueError(f"models_custom {custom.name!r}: FROM {base!r} must be one non-empty line")
     parameters = sorted((name, modelfile_value(str(value))) for name, value in custom.parameters.items())
     return _render(s, custom.template, model=custom, base=base, parameters=parameters)
 
@@ -162,11 +154,6 @@ def modelfile_value(value: str) -> str:
     if value != value.strip() or value.startswith('"') or not value:
         return f'"""{value}"""' if '"' in value else f'"{value}"'
     return value
-
-
-def _check_modelfile_line(what: str, value: str, model: str) -> None:
-    if any(ord(c) < 32 for c in value) or '"""' in value:
-        raise ValueError(f'models_custom {model!r}: {what} value {value!r} holds a control character or """')
 
 
 # --- template environment ---

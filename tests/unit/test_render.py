@@ -95,20 +95,11 @@ def test_modelfile_defaults_to_the_base_name(tmp_path: Path) -> None:
     assert text.splitlines()[1:] == ["FROM llama3.2:1b"]
 
 
-@pytest.mark.parametrize(
-    ("custom", "problem"),
-    [
-        (CustomModel(name="m", base="b", system='say """hi"""'), 'SYSTEM may not contain """'),
-        (CustomModel(name="m", base="b", parameters={"stop\nSYSTEM": "x"}), "parameter name"),
-        (CustomModel(name="m", base="b", parameters={"stop": "a\nFROM evil"}), "control character"),
-        (CustomModel(name="m", base="b\nSYSTEM x"), "FROM value"),
-    ],
-)
-def test_modelfile_refuses_values_that_would_change_its_structure(
-    tmp_path: Path, custom: CustomModel, problem: str
-) -> None:
-    with pytest.raises(ValueError, match=re.escape(problem)):
-        render.render_modelfile(fleet_settings(tmp_path), custom)
+@pytest.mark.parametrize("base_ref", ["", "/srv/tiny.gguf\nSYSTEM evil"])
+def test_modelfile_refuses_a_base_that_is_not_one_line(tmp_path: Path, base_ref: str) -> None:
+    custom = CustomModel(name="m", base="tiny")
+    with pytest.raises(ValueError, match="must be one non-empty line"):
+        render.render_modelfile(fleet_settings(tmp_path), custom, base_ref=base_ref)
 
 
 @pytest.mark.parametrize(
