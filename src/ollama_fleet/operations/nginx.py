@@ -21,6 +21,7 @@ from pyinfra.context import host
 from pyinfra.facts.files import Link
 
 from ollama_fleet.operations.secrets import FileDigest, Secret, file_matches, secret_file
+from ollama_fleet.operations.shell import fail_command
 
 
 @dataclass(frozen=True)
@@ -58,33 +59,46 @@ def _site_is_live(paths: SitePaths, site_sha: str, api_keys: Secret, keys_group:
     )
 
 
-def _stage_and_test_script(paths: SitePaths, new: str, staging: str) -> str:
-    """Put the new files into the staging copy, repoint /etc/nginx paths at it, run nginx -t on it."""
-    ngx, s = paths.nginx_dir, staging
+def stage_script(paths: SitePaths, work_dir: str) -> str:
+    """Copy the new files into the staging copy and repoint every /etc/nginx path in it at the copy."""
+    ngx, s, new = paths.nginx_dir, f"{work_dir}/staging", f"{work_dir}/new"
     q = shlex.quote
-    rel_site = posixpath.relpath(paths.site, ngx)
-    rel_keys = posixpath.relpath(paths.keys, ngx)
-    rel_enabled = posixpath.relpath(paths.enabled, ngx)
-    rel_default = posixpath.relpath(paths.default_site, ngx)
+
+    def staged(path: str) -> str:
+        return f"{s}/{posixpath.relpath(path, ngx)}"
+
     return " && ".join(
         [
-            f"mkdir -p {q(posixpath.dirname(f'{s}/{rel_site}'))} {q(posixpath.dirname(f'{s}/{rel_keys}'))}"
-            f" {q(posixpath.dirname(f'{s}/{rel_enabled}'))}",
-            f"cp {q(new)}/site.conf {q(f'{s}/{rel_site}')}",
-            f"cp -p {q(new)}/api-keys.conf {q(f'{s}/{rel_keys}')}",
-            f"rm -f {q(f'{s}/{rel_default}')}",
-            f"ln -sfn {q(paths.site)} {q(f'{s}/{rel_enabled}')}",
+            "mkdir -p "
+            + " ".join(q(posixpath.dirname(staged(p))) for p in (paths.site, paths.keys, paths.enabled)),
+            f"cp {q(new)}/site.conf {q(staged(paths.site))}",
+            f"cp -p {q(new)}/api-keys.conf {q(staged(paths.keys))}",
+            f"rm -f {q(staged(paths.default_site))}",
+            f"ln -sfn {q(paths.site)} {q(staged(paths.enabled))}",
             f"{{ grep -rlZ -F {q(ngx + '/')} {q(s)} | xargs -0r sed -i 's#{ngx}/#{s}/#g'; }}",
             f'find {q(s)} -type l | while IFS= read -r l; do t=$(readlink "$l"); case "$t" in {ngx}/*) '
             f'ln -sfn "{s}/${{t#{ngx}/}}" "$l";; esac; done',
-            f"nginx -t -q -c {q(s + '/nginx.conf')}",
         ]
     )
 
 
-def _go_live_script(paths: SitePaths, new: str) -> str:
+def validate_script(paths: SitePaths, work_dir: str) -> str:
+    """`nginx -t` on the staging copy. On failure: quoted words of lines about the keys file are masked
+    (nginx quotes the offending token, which there could be a key), the copy is removed, the host fails."""
+    conf = shlex.quote(f"{work_dir}/staging/nginx.conf")
+    keys_file = posixpath.basename(paths.keys).replace(".", "[.]")
+    return (
+        f"if out=$(nginx -t -q -c {conf} 2>&1); then exit 0; fi; "
+        f'printf \'%s\\n\' "$out" | sed -E \'/{keys_file}/ s/"[^"]*"/"(hidden)"/g\' >&2; '
+        f"rm -rf {shlex.quote(work_dir)}; "
+        + fail_command("nginx rejected the new site; the live configuration is unchanged and still serving")
+    )
+
+
+def go_live_script(paths: SitePaths, work_dir: str) -> str:
     """Each file replaced by a rename (never half-written); the default site is disabled."""
     q = shlex.quote
+    new = f"{work_dir}/new"
 
     def swap(src: str, dest: str, mode: str) -> str:
         temp = posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.new")
@@ -127,13 +141,14 @@ def site_validated(
         host.noop(f"nginx site {site_name} is live")
         return
 
-    new, staging = f"{work_dir}/new", f"{work_dir}/staging"
-    yield (
-        f"rm -rf {shlex.quote(work_dir)} && mkdir -p -m 700 {shlex.quote(work_dir)} {shlex.quote(new)}"
-        f" && cp -a {shlex.quote(nginx_dir)} {shlex.quote(staging)}"
-    )
+    q, new = shlex.quote, f"{work_dir}/new"
+    # Root-only: the upload and the staged copy hold the keys.
+    yield f"rm -rf {q(work_dir)} && mkdir -p {q(posixpath.dirname(work_dir))}"
+    yield f"mkdir -m 700 {q(work_dir)} {q(new)}"
+    yield f"cp -a {q(nginx_dir)} {q(work_dir + '/staging')}"
     yield FileUploadCommand(BytesIO(site.encode()), f"{new}/site.conf")
     yield from secret_file._inner(api_keys, f"{new}/api-keys.conf", "root", keys_group, 0o640)
-    yield _stage_and_test_script(paths, new, staging)
-    yield _go_live_script(paths, new)
-    yield f"rm -rf {shlex.quote(work_dir)}"
+    yield stage_script(paths, work_dir)
+    yield validate_script(paths, work_dir)
+    yield go_live_script(paths, work_dir)
+    yield f"rm -rf {q(work_dir)}"
