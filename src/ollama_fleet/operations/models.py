@@ -171,19 +171,22 @@ def custom_model(
     yield from _create_commands(model, digest, modelfile, api_host, records_dir, staging)
 
 
-def pull_command(api: str, name: str) -> str:
-    """POST /api/pull, printing one line per status and per 10% of a layer; fails on an error line."""
-    body = shlex.quote(json.dumps({"model": name, "stream": True}))
-    progress = (
-        'awk \'/"error"/ {print; bad=1; next} '
-        'match($0, /"status":"[^"]*"/) {s=substr($0, RSTART+10, RLENGTH-11)} '
-        'match($0, /"total":[0-9]+/) {t=substr($0, RSTART+8, RLENGTH-8)+0} '
-        'match($0, /"completed":[0-9]+/) {c=substr($0, RSTART+12, RLENGTH-12)+0} '
-        "{p = (t > 0) ? int(c * 10 / t) * 10 : -1; if (s != last || p != lastp) {"
-        'if (p >= 0) printf "%s %d%%\\n", s, p; else print s; last=s; lastp=p}} '
-        's == "success" {ok=1} END {exit (ok && !bad) ? 0 : 1}\''
-    )
-    return f"curl -sSN --fail {shlex.quote(api + '/api/pull')} -d {body} | {progress}"
+PULL_PROGRESS_AWK = (
+    'awk \'/"error"/ {print; bad=1; next} {t=0; c=0} '
+    'match($0, /"status":"[^"]*"/) {s=substr($0, RSTART+10, RLENGTH-11)} '
+    'match($0, /"total":[0-9]+/) {t=substr($0, RSTART+8, RLENGTH-8)+0} '
+    'match($0, /"completed":[0-9]+/) {c=substr($0, RSTART+12, RLENGTH-12)+0} '
+    "{p = (t > 0) ? int(c * 10 / t) * 10 : -1; if (s != last || p != lastp) {"
+    'if (p >= 0) printf "%s %d%%\\n", s, p; else print s; last=s; lastp=p}} '
+    's == "success" {ok=1} END {exit (ok && !bad) ? 0 : 1}\''
+)
+"""Reads /api/pull's NDJSON: one line per status and per 10% of a layer; fails without a final success."""
+
+
+def pull_command(api: str, model: str) -> str:
+    """POST /api/pull with progress lines (PULL_PROGRESS_AWK)."""
+    body = shlex.quote(json.dumps({"model": model, "stream": True}))
+    return f"curl -sSN --fail {shlex.quote(api + '/api/pull')} -d {body} | {PULL_PROGRESS_AWK}"
 
 
 def _run_with_progress(state: State, host: PyinfraHost, command: str) -> bool:

@@ -71,7 +71,7 @@ def version_key(version: str) -> tuple[int, ...]:
     return (int(major), int(minor), int(patch), int(rc) if rc is not None else 1_000_000)
 
 
-def _verify_script(archive: str, sums: str) -> str:
+def verify_script(archive: str, sums: str) -> str:
     """Shell that aborts unless sha256(archive) equals its line in sha256sum.txt ('./' or '*' prefixes ok).
 
     On a mismatch the staged download is deleted so a bad archive can never be unpacked later.
@@ -90,7 +90,7 @@ def _verify_script(archive: str, sums: str) -> str:
     )
 
 
-def _unpack_script(archive: str, install_dir: str, version: str) -> str:
+def unpack_script(archive: str, install_dir: str, version: str) -> str:
     """Unpack into a hidden temp dir, record the checksum, then rename it to <version> in one step."""
     temp = shlex.quote(posixpath.join(install_dir, f".unpack-{version}"))
     final = shlex.quote(posixpath.join(install_dir, version))
@@ -149,8 +149,8 @@ def release_installed(
         yield FileUploadCommand(str(controller_dir / "sha256sum.txt"), sums)
     else:
         raise OperationError("release_installed needs download_base or controller_dir")  # a caller's bug
-    yield _verify_script(archive, sums)
-    yield _unpack_script(archive, install_dir, version)
+    yield verify_script(archive, sums)
+    yield unpack_script(archive, install_dir, version)
     yield f"rm -rf {shlex.quote(stage)}"
 
 
