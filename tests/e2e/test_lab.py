@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_fleet.lab import cgroups, hosts, lifecycle, network, state, sysctls
+from ollama_fleet.lab import artifacts, cgroups, hosts, lifecycle, network, state, sysctls
 from ollama_fleet.lab.paths import REGISTRY_DIR
 from ollama_fleet.lab.plan import SlotPlan, default_slot
 from ollama_fleet.lab.state import LabState
@@ -104,6 +105,13 @@ def test_mirror_is_the_hosts_only_apt_source(lab: LabState) -> None:
     assert (
         ssh_ok(lab, host, f"curl -s -o /dev/null -w '%{{http_code}}' {lab.mirror_url}/nothing-here") == "404"
     )
+
+
+def test_mirror_serves_the_model_directory(lab: LabState) -> None:
+    model = artifacts.ensure_tiny_model()
+    expected = hashlib.sha256(model.read_bytes()).hexdigest()
+    url = f"{lab.mirror_url}/models/{model.name}"
+    assert ssh_ok(lab, lab.hosts[-1].name, f"curl -sf {url} | sha256sum").split()[0] == expected
 
 
 def test_inventory_and_ssh_config_are_written(lab: LabState) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_fleet.lab import cgroups, hosts, mirror, network, sysctls
+from ollama_fleet.lab import cgroups, hosts, mirror, network, rootfs, sysctls
 from ollama_fleet.lab.inventory import lab_settings, render_inventory, render_ssh_config
 from ollama_fleet.lab.plan import SlotPlan
 from ollama_fleet.lab.state import HostState, LabState
@@ -297,3 +297,21 @@ def test_server_serves_routes_and_404s_the_rest(mirror_server: tuple[str, int]) 
 
 def test_server_process_check_rejects_other_processes() -> None:
     assert not mirror.is_server_process(1, "10.213.0.1")
+
+
+def test_old_bases_are_pruned_and_the_current_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_FLEET_CACHE", str(tmp_path))
+    for name in ("0ld0ld0ld0ld0ld0", "current", ".build-current-1", ".lock"):
+        (tmp_path / "rootfs" / name).mkdir(parents=True)
+    assert rootfs.prune_unused_bases(keep=tmp_path / "rootfs" / "current") == [
+        tmp_path / "rootfs" / "0ld0ld0ld0ld0ld0"
+    ]
+    assert sorted(p.name for p in (tmp_path / "rootfs").iterdir()) == [".build-current-1", ".lock", "current"]
+
+
+def test_base_recipe_hash_changes_with_the_package_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = rootfs.recipe_hash()
+    monkeypatch.setattr(rootfs, "INCLUDE", (*rootfs.INCLUDE, "less"))
+    assert rootfs.recipe_hash() != before

@@ -69,7 +69,10 @@ def _status(args: argparse.Namespace) -> int:
     if not report["up"]:
         print(f"lab slot {report['slot']}: down")
         return 1
-    print(f"lab slot {report['slot']}: {report['phase']}, mirror {report['mirror']}")
+    mirror = report["mirror"]
+    assert isinstance(mirror, dict)
+    serving = f"running, PID {mirror['pid']}" if mirror["running"] else "NOT running"
+    print(f"lab slot {report['slot']}: {report['phase']}; mirror {mirror['url']}/ ({serving})")
     for row in report["hosts"]:  # type: ignore[attr-defined]
         run_state = "running" if row["running"] else "stopped"
         ready = "ssh-ready" if row["ssh_ready"] else "no-ssh"

@@ -95,7 +95,22 @@ def ensure_base(log: bool = True) -> Path:
         )
         _customize(building)
         building.rename(final)
+        prune_unused_bases(keep=final)
     return final
+
+
+def prune_unused_bases(keep: Path) -> list[Path]:
+    """Drop bases of older recipes, except any still a lower layer of a mounted host overlay."""
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    pruned = []
+    for candidate in rootfs_cache().iterdir():
+        if candidate == keep or candidate.name.startswith(".") or not candidate.is_dir():
+            continue
+        if f"lowerdir={candidate}" in mountinfo:
+            continue
+        shutil.rmtree(candidate)
+        pruned.append(candidate)
+    return pruned
 
 
 def _customize(root: Path) -> None:
