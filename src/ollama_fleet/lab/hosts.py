@@ -101,7 +101,7 @@ def start(root: Path, me: HostPlan, plan: SlotPlan, host_cgroups: list[Path], lo
         f'for f in {" ".join(shlex.quote(str(p)) for p in procs)}; do echo $$ > "$f" || exit 97; done; '
         'exec "$@"'
     )
-    with log.open("ab") as out:
+    with log.open("wb") as out:
         proc = subprocess.Popen(
             ["sh", "-c", script, "sh", *nspawn_command(root, me, plan)],
             stdin=subprocess.DEVNULL,
@@ -180,12 +180,14 @@ def port_open(ip: str, port: int = 22, timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_ready(name: str, ip: str, key: Path, pid: int, started: float, timeout: float = 120.0) -> Readiness:
+def wait_ready(
+    name: str, ip: str, key: Path, pid: int, started: float, log: Path, timeout: float = 120.0
+) -> Readiness:
     """Wait for sshd, then for boot to finish (`systemctl is-system-running --wait`)."""
     deadline = started + timeout
     while not port_open(ip):
         if not is_alive(pid):
-            raise LabError(f"{name}: systemd-nspawn (PID {pid}) exited during boot; see its console log")
+            raise LabError(f"{name}: systemd-nspawn (PID {pid}) exited during boot; see {log}")
         if time.monotonic() > deadline:
             return Readiness(name, False, "sshd not listening", "", time.monotonic() - started)
         time.sleep(0.1)

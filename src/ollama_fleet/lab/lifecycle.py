@@ -56,19 +56,33 @@ def refuse_if_owned_elsewhere(slot: int) -> None:
 
 
 def up(host_count: int, slot: int, log: bool = True) -> LabState:
-    """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot)."""
+    """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot).
+
+    When any step fails the half-made lab is torn down again (its console logs stay in .lab/slot<S>/logs).
+    """
     check_prerequisites()
+    SlotPlan(slot).hosts(host_count)  # validate before touching anything
+    refuse_if_owned_elsewhere(slot)
+    down(slot, log=False)
+    try:
+        return _bring_up(host_count, slot, log)
+    except BaseException:
+        down(slot, log=False)
+        raise
+
+
+def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
     plan = SlotPlan(slot)
     everyone = plan.hosts(host_count)
     t0 = time.monotonic()
-    refuse_if_owned_elsewhere(slot)
-    down(slot, log=False)
     base = rootfs.ensure_base(log=log)
     mirror.ensure_debs(base)
     t_prepared = time.monotonic()
     key = ensure_key(slot)
     directory = state_dir(slot)
-    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    logs = directory / "logs"
+    shutil.rmtree(logs, ignore_errors=True)  # console logs of the previous lab of this slot
+    logs.mkdir(parents=True)
     lab = LabState(
         slot=slot,
         hosts=[],
@@ -89,7 +103,7 @@ def up(host_count: int, slot: int, log: bool = True) -> LabState:
     sysctls.claim(slot, sysctls.wanted_for(host_count))
     network.up(plan)
     cgroups.make([Path(root) for root in lab.cgroup_roots])
-    lab.mirror_pid = mirror.start_server(plan.gateway_ip, MIRROR_PORT, directory / "logs" / "mirror.log")
+    lab.mirror_pid = mirror.start_server(plan.gateway_ip, MIRROR_PORT, logs / "mirror.log")
     cgroups.move_pid(lab.mirror_pid, [Path(root) / "mirror" for root in lab.cgroup_roots])
     state.save(lab)
     Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(directory)))
@@ -103,13 +117,18 @@ def up(host_count: int, slot: int, log: bool = True) -> LabState:
         lab.hosts.append(HostState(me.name, me.machine, me.ip, str(root), [str(c) for c in host_cgroups]))
         state.save(lab)
         started[me.name] = time.monotonic()
-        lab.hosts[-1].pid = hosts.start(root, me, plan, host_cgroups, directory / "logs" / f"{me.name}.log")
+        lab.hosts[-1].pid = hosts.start(root, me, plan, host_cgroups, logs / f"{me.name}.log")
         state.save(lab)
     Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(directory)))
 
     with ThreadPoolExecutor(max_workers=min(32, host_count)) as pool:
         results = list(
-            pool.map(lambda h: hosts.wait_ready(h.name, h.ip, key, h.pid or 0, started[h.name]), lab.hosts)
+            pool.map(
+                lambda h: hosts.wait_ready(
+                    h.name, h.ip, key, h.pid or 0, started[h.name], logs / f"{h.name}.log"
+                ),
+                lab.hosts,
+            )
         )
     t_ready = time.monotonic()
     lab.timings = {
@@ -121,7 +140,7 @@ def up(host_count: int, slot: int, log: bool = True) -> LabState:
     if not_ready:
         state.save(lab)
         details = "; ".join(f"{r.name}: {r.system_state}" for r in not_ready)
-        raise LabError(f"hosts not SSH-ready: {details} (logs in {directory / 'logs'}); run `lab down`")
+        raise LabError(f"hosts not SSH-ready: {details} (logs in {logs})")
     degraded = [r for r in results if r.system_state != "running"]
     for result in degraded:
         print(f"lab: WARNING {result.name} is {result.system_state}; failed units:\n{result.failed_units}")

@@ -166,7 +166,7 @@ def server_command(bind: str, port: int) -> list[str]:
 
 def start_server(bind: str, port: int, log: Path) -> int:
     """Start the server in its own session; return its PID once it accepts connections."""
-    with log.open("ab") as out:
+    with log.open("wb") as out:
         proc = subprocess.Popen(
             server_command(bind, port),
             stdin=subprocess.DEVNULL,
