@@ -411,6 +411,26 @@ def test_nginx_accepts_the_rendered_site(tmp_path: Path, ca: FleetCA, data: dict
     assert "[warn]" not in result.stderr, result.stderr
 
 
+def test_nginx_accepts_the_site_inside_debians_own_nginx_conf(tmp_path: Path, ca: FleetCA) -> None:
+    """On a host the site is included by Debian's nginx.conf, whose http block has TLS defaults of its own."""
+    debian_conf = Path("/etc/nginx/nginx.conf")
+    if not debian_conf.is_file():
+        pytest.fail("/etc/nginx/nginx.conf is missing; on Debian: apt-get install nginx-light")
+    s = fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls"))
+    _nginx_prefix(tmp_path, s, ca)
+    site = (
+        tmp_path / "site-as-deployed.conf"
+    )  # listening on all addresses, as on a host (nginx -t binds nothing)
+    site.write_text(render.render_nginx_site(s, api_keys_path=PurePosixPath(tmp_path / "api-keys.conf")))
+    conf = debian_conf.read_text()
+    assert "include /etc/nginx/sites-enabled/*;" in conf
+    wrapped = tmp_path / "debian-nginx.conf"
+    wrapped.write_text(conf.replace("include /etc/nginx/sites-enabled/*;", f"include {site};"))
+    result = nginx_config_test(wrapped)
+    assert result.returncode == 0, result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
 def test_nginx_rejects_a_broken_site_so_the_config_test_means_something(tmp_path: Path, ca: FleetCA) -> None:
     conf = _nginx_prefix(tmp_path, fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls")), ca)
     site = tmp_path / "site.conf"
