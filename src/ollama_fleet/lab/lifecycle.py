@@ -12,7 +12,7 @@ from pathlib import Path
 from ollama_fleet.lab import cgroups, hosts, mirror, network, rootfs, state, sysctls
 from ollama_fleet.lab.inventory import render_inventory, render_ssh_config
 from ollama_fleet.lab.paths import inventory_path, runtime_dir, state_dir
-from ollama_fleet.lab.plan import MIRROR_PORT, SlotPlan
+from ollama_fleet.lab.plan import MIRROR_PORT, HostPlan, SlotPlan
 from ollama_fleet.lab.run import LabError, run
 from ollama_fleet.lab.state import HostState, LabState
 
@@ -72,22 +72,44 @@ def up(host_count: int, slot: int, log: bool = True) -> LabState:
 
 
 def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
-    plan = SlotPlan(slot)
-    everyone = plan.hosts(host_count)
     t0 = time.monotonic()
     base = rootfs.ensure_base(log=log)
     mirror.ensure_debs(base)
     t_prepared = time.monotonic()
-    key = ensure_key(slot)
-    directory = state_dir(slot)
-    logs = directory / "logs"
-    shutil.rmtree(logs, ignore_errors=True)  # console logs of the previous lab of this slot
-    logs.mkdir(parents=True)
-    lab = LabState(
+    lab = _new_state(slot, base)
+    # Recorded before anything is made, so `down` can clear a crash at any point below.
+    state.save(lab)
+    _start_controller_side(lab, host_count)
+    started = _start_hosts(lab, base, SlotPlan(slot).hosts(host_count))
+    results = _wait_all_ready(lab, started)
+    t_ready = time.monotonic()
+    lab.timings = {
+        "prepare_s": round(t_prepared - t0, 2),
+        "boot_to_ssh_ready_s": round(t_ready - t_prepared, 2),
+        "total_s": round(t_ready - t0, 2),
+    }
+    _report_degraded(results)
+    lab.phase = "ready"
+    state.save(lab)
+    inventory = Path(lab.inventory_path)
+    inventory.parent.mkdir(parents=True, exist_ok=True)
+    inventory.write_text(render_inventory(lab))
+    return lab
+
+
+def _logs(slot: int) -> Path:
+    return state_dir(slot) / "logs"
+
+
+def _new_state(slot: int, base: Path) -> LabState:
+    plan = SlotPlan(slot)
+    shutil.rmtree(_logs(slot), ignore_errors=True)  # console logs of the previous lab of this slot
+    _logs(slot).mkdir(parents=True)
+    return LabState(
         slot=slot,
         hosts=[],
-        key_path=str(key),
-        ssh_config_path=str(directory / "ssh_config"),
+        key_path=str(ensure_key(slot)),
+        ssh_config_path=str(state_dir(slot) / "ssh_config"),
         inventory_path=str(inventory_path(slot)),
         outsider_netns=plan.netns,
         outsider_ip=plan.outsider_ip,
@@ -96,60 +118,62 @@ def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
         runtime_dir=str(runtime_dir(slot)),
         cgroup_roots=[str(path) for path in cgroups.lab_roots(plan.cgroup_name)],
     )
-    # Recorded before anything is made, so `down` can clear a crash at any point below.
-    state.save(lab)
-    runtime_dir(slot).mkdir(parents=True, exist_ok=True)
-    (runtime_dir(slot) / OWNER_FILE).write_text(f"{directory}\n")
-    sysctls.claim(slot, sysctls.wanted_for(host_count))
+
+
+def _start_controller_side(lab: LabState, host_count: int) -> None:
+    """Slot ownership, sysctls, networks, the lab's cgroup trees and the mirror server."""
+    plan = lab.plan
+    Path(lab.runtime_dir).mkdir(parents=True, exist_ok=True)
+    (Path(lab.runtime_dir) / OWNER_FILE).write_text(f"{state_dir(lab.slot)}\n")
+    sysctls.claim(lab.slot, sysctls.wanted_for(host_count))
     network.up(plan)
     cgroups.make([Path(root) for root in lab.cgroup_roots])
-    lab.mirror_pid = mirror.start_server(plan.gateway_ip, MIRROR_PORT, logs / "mirror.log")
+    lab.mirror_pid = mirror.start_server(plan.gateway_ip, MIRROR_PORT, _logs(lab.slot) / "mirror.log")
     cgroups.move_pid(lab.mirror_pid, [Path(root) / "mirror" for root in lab.cgroup_roots])
     state.save(lab)
-    Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(directory)))
 
-    public_key = Path(f"{key}.pub").read_text()
+
+def _start_hosts(lab: LabState, base: Path, everyone: list[HostPlan]) -> dict[str, float]:
+    """Prepare and boot every host (recording each PID as soon as it exists); return their start times."""
+    public_key = Path(f"{lab.key_path}.pub").read_text()
     started: dict[str, float] = {}
     for me in everyone:
-        host_dir = runtime_dir(slot) / me.machine
-        root = hosts.prepare_root(base, host_dir, me, plan, everyone, public_key)
+        root = hosts.prepare_root(
+            base, Path(lab.runtime_dir) / me.machine, me, lab.plan, everyone, public_key
+        )
         host_cgroups = [Path(r) / me.machine for r in lab.cgroup_roots]
         lab.hosts.append(HostState(me.name, me.machine, me.ip, str(root), [str(c) for c in host_cgroups]))
         state.save(lab)
         started[me.name] = time.monotonic()
-        lab.hosts[-1].pid = hosts.start(root, me, plan, host_cgroups, logs / f"{me.name}.log")
+        lab.hosts[-1].pid = hosts.start(root, me, lab.plan, host_cgroups, _logs(lab.slot) / f"{me.name}.log")
         state.save(lab)
-    Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(directory)))
+    Path(lab.ssh_config_path).write_text(render_ssh_config(lab, str(state_dir(lab.slot))))
+    return started
 
-    with ThreadPoolExecutor(max_workers=min(32, host_count)) as pool:
-        results = list(
-            pool.map(
-                lambda h: hosts.wait_ready(
-                    h.name, h.ip, key, h.pid or 0, started[h.name], logs / f"{h.name}.log"
-                ),
-                lab.hosts,
-            )
+
+def _wait_all_ready(lab: LabState, started: dict[str, float]) -> list[hosts.Readiness]:
+    key, logs = Path(lab.key_path), _logs(lab.slot)
+
+    def wait(host: HostState) -> hosts.Readiness:
+        return hosts.wait_ready(
+            host.name, host.ip, key, host.pid or 0, started[host.name], logs / f"{host.name}.log"
         )
-    t_ready = time.monotonic()
-    lab.timings = {
-        "prepare_s": round(t_prepared - t0, 2),
-        "boot_to_ssh_ready_s": round(t_ready - t_prepared, 2),
-        "total_s": round(t_ready - t0, 2),
-    }
+
+    with ThreadPoolExecutor(max_workers=min(32, len(lab.hosts))) as pool:
+        results = list(pool.map(wait, lab.hosts))
     not_ready = [r for r in results if not r.ssh_ready]
     if not_ready:
-        state.save(lab)
         details = "; ".join(f"{r.name}: {r.system_state}" for r in not_ready)
         raise LabError(f"hosts not SSH-ready: {details} (logs in {logs})")
-    degraded = [r for r in results if r.system_state != "running"]
-    for result in degraded:
-        print(f"lab: WARNING {result.name} is {result.system_state}; failed units:\n{result.failed_units}")
-    lab.phase = "ready"
-    state.save(lab)
-    inventory = Path(lab.inventory_path)
-    inventory.parent.mkdir(parents=True, exist_ok=True)
-    inventory.write_text(render_inventory(lab))
-    return lab
+    return results
+
+
+def _report_degraded(results: list[hosts.Readiness]) -> None:
+    for result in results:
+        if result.system_state != "running":
+            print(
+                f"lab: WARNING {result.name} is {result.system_state}; failed units:\n{result.failed_units}"
+            )
 
 
 def _host_pids(lab: LabState | None, plan: SlotPlan, roots: list[Path]) -> list[int]:
@@ -210,9 +234,28 @@ def down(slot: int, log: bool = True) -> list[str]:
     lab = state.load(slot) if state.exists(slot) else None
     roots = [Path(r) for r in lab.cgroup_roots] if lab else cgroups.lab_roots(plan.cgroup_name)
     runtime = Path(lab.runtime_dir) if lab else runtime_dir(slot)
-    done: list[str] = []
     if lab:
         _close_ssh_masters(lab)
+    done = _stop_processes(lab, plan, roots)
+    done += _unmount_and_remove(runtime)
+    done += [f"removed cgroup {root}" for root in roots if root.is_dir() and cgroups.remove_tree(root)]
+    done += network.down(plan)
+    restored = sysctls.release(slot)
+    done += [f"restored {', '.join(restored)}"] if restored else []
+    done += _remove_user_files(slot, Path(lab.inventory_path) if lab else inventory_path(slot))
+    if log:
+        print("\n".join(f"lab: {line}" for line in done) or f"lab: slot {slot} had nothing to remove")
+    busy = {str(root): cgroups.pids_anywhere_in(root) for root in roots if root.is_dir()}
+    if busy:
+        raise LabError(
+            f"cgroups still hold processes {busy}; they were not started by the lab, not killing them"
+        )
+    return done
+
+
+def _stop_processes(lab: LabState | None, plan: SlotPlan, roots: list[Path]) -> list[str]:
+    """Each host's nspawn (SIGTERM is a clean poweroff), then the mirror server: only their own PIDs."""
+    done = []
     host_pids = _host_pids(lab, plan, roots)
     if host_pids:
         killed = hosts.stop(host_pids)
@@ -220,7 +263,14 @@ def down(slot: int, log: bool = True) -> list[str]:
     mirror_pids = _mirror_pids(lab, plan, roots)
     if mirror_pids:
         killed = hosts.stop(mirror_pids, timeout=5)
-        done.append(f"stopped mirror server (PID {mirror_pids})" + (f", SIGKILLed {killed}" * bool(killed)))
+        done.append(
+            f"stopped mirror server (PID {mirror_pids})" + (f", SIGKILLed {killed}" if killed else "")
+        )
+    return done
+
+
+def _unmount_and_remove(runtime: Path) -> list[str]:
+    done = []
     for point in _lab_mounts(runtime):
         _remove_nspawn_lock(Path(point))
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
@@ -229,28 +279,18 @@ def down(slot: int, log: bool = True) -> list[str]:
     if runtime.exists():
         shutil.rmtree(runtime)
         done.append(f"removed {runtime}")
-    for root in roots:
-        if root.is_dir():
-            if not cgroups.remove_tree(root):
-                left = cgroups.pids_anywhere_in(root)
-                raise LabError(f"cgroup {root} still has processes {left}; not killing them by guess")
-            done.append(f"removed cgroup {root}")
-    done += network.down(plan)
-    restored = sysctls.release(slot)
-    if restored:
-        done.append(f"restored {', '.join(restored)}")
-    for leftover in (
-        state.state_file(slot),
-        state_dir(slot) / "ssh_config",
-        Path(lab.inventory_path) if lab else inventory_path(slot),
-    ):
+    return done
+
+
+def _remove_user_files(slot: int, inventory: Path) -> list[str]:
+    """state.json, ssh_config, the inventory and stale ControlMaster sockets; the key and logs stay."""
+    done = []
+    for leftover in (state.state_file(slot), state_dir(slot) / "ssh_config", inventory):
         if leftover.exists():
             leftover.unlink()
             done.append(f"removed {leftover}")
     for socket_path in state_dir(slot).glob("cm-*"):
         socket_path.unlink()
-    if log:
-        print("\n".join(f"lab: {line}" for line in done) or f"lab: slot {slot} had nothing to remove")
     return done
 
 
