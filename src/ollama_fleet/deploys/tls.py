@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from io import StringIO
 from pathlib import Path
+from urllib.parse import quote
 
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
@@ -41,7 +42,7 @@ def host_address() -> str | None:
 
 def issued_certificate(s: FleetSettings, ca: FleetCA, sans: list[str]) -> tuple[str, Secret]:
     """This host's certificate and key from the controller's store, reissued first when needed."""
-    store = Path(s.tls.ca_dir) / "hosts" / s.host
+    store = Path(s.tls.ca_dir) / "hosts" / quote(s.host, safe="")
     cert_path, key_path = store / "fullchain.pem", store / "privkey.pem"
     cert = cert_path.read_text() if cert_path.is_file() and key_path.is_file() else None
     if needs_reissue(cert, sans, s.tls.renew_before_days, ca):

@@ -1,0 +1,316 @@
+"""The deploy's plan and its guarantees, run through the real `pyinfra` CLI against pyinfra's @fake connector.
+
+@fake hosts answer every command from canned responses and touch nothing, so these tests need no host
+and send no traffic. The full site is only ever run with --dry (its last step checks hosts over HTTPS);
+single operations are executed on fake hosts to see exactly which commands they would run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+KEY = "planTESTkey0123456789abcdefXYZ"
+EXISTING_DIRS = [
+    "/etc/systemd/system",
+    "/etc/systemd/system/ollama.service.d",
+    "/etc/ollama-fleet/tls",
+    "/usr/local/bin",
+    "/usr/local/lib/ollama-fleet",
+]
+DIR_STAT = (
+    "user=root group=root mode=drwxr-xr-x atime=1700000000 mtime=1700000000 ctime=1700000000 size=4096 'd'"
+)
+
+
+def fake_facts(**extra: Any) -> dict[Any, Any]:
+    """Canned answers of a bare Debian host; unmatched commands succeed with no output (nothing exists)."""
+    dirs = "|".join(re.escape(d) for d in EXISTING_DIRS)
+    return {
+        **extra,
+        "uname -s": "Linux",
+        "command -v useradd": "/usr/sbin/useradd",
+        re.compile(rf"^! \(test -e ({dirs}) "): DIR_STAT,
+    }
+
+
+def host_data(tmp_path: Path, index: int, **overrides: Any) -> dict[str, Any]:
+    return {
+        "fake_delay": 0,
+        "fake_delay_jitter": 0,
+        "fake_responses": fake_facts(),
+        "ssh_hostname": f"10.213.250.{10 + index}",
+        "nginx_server_names": [f"h{index}.fleet.lan"],
+        "auth_key_names": ["team"],
+        "firewall_client_subnets": ["10.213.250.0/24"],
+        "firewall_admin_subnets": ["10.213.250.0/24"],
+        "tls_ca_dir": str(tmp_path / "pki"),
+        "ollama_source": "mirror",
+        "ollama_mirror_url": "http://10.213.250.1:8080/ollama",
+        **overrides,
+    }
+
+
+def write_inventory(tmp_path: Path, hosts: dict[str, dict[str, Any]]) -> Path:
+    inventory = tmp_path / "fleet.py"
+    lines = ["import re", "", "hosts = ["]
+    lines += [f"    ({f'@fake/{name}'!r}, {data!r})," for name, data in hosts.items()]
+    inventory.write_text("\n".join([*lines, "]", ""]))
+    return inventory
+
+
+def pyinfra(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, from the repo root (so group_data/all.py applies), with the API key in the env."""
+    env = {**os.environ, "OLLAMA_FLEET_API_KEY_TEAM": KEY, "PYINFRA_PROGRESS": "off"}
+    return subprocess.run(
+        [PYINFRA, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def fleet(tmp_path: Path, count: int = 2, **per_host: dict[str, Any]) -> Path:
+    names = [f"h{i}" for i in range(1, count + 1)]
+    return write_inventory(
+        tmp_path, {n: host_data(tmp_path, i, **per_host.get(n, {})) for i, n in enumerate(names, 1)}
+    )
+
+
+def plan(tmp_path: Path, inventory: Path) -> list[dict[str, Any]]:
+    result = pyinfra("--dry", "--json", str(inventory), "deploys/ollama.py")
+    assert result.returncode == 0, result.stderr
+    operations: list[dict[str, Any]] = json.loads(result.stdout)["plan"]
+    return operations
+
+
+def by_name(operations: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {op["name"].split(" | ")[-1]: op for op in operations}
+
+
+# --- the site plan -------------------------------------------------------------------------------------
+
+
+def test_bare_hosts_get_every_concern_in_dependency_order(tmp_path: Path) -> None:
+    operations = plan(tmp_path, fleet(tmp_path))
+    names = [op["name"] for op in operations]
+    groups = [name.split(" | ")[0] for name in names if " | " in name]
+    order = list(dict.fromkeys(groups))
+    # (no models are listed by default, so the models deploy adds nothing here)
+    assert order[:6] == [
+        "ufw firewall",
+        "Install Ollama",
+        "Ollama service",
+        "TLS certificate",
+        "nginx proxy",
+        "Ollama health timer",
+    ]
+    ops = by_name(operations)
+    for name in (
+        "Allow SSH from admin subnets and the API from client subnets (rules tagged ollama-fleet)",
+        "Enable ufw",
+        "Download, verify and unpack Ollama 0.24.0",
+        "Switch /opt/ollama/current to 0.24.0",
+        "Install /etc/systemd/system/ollama.service.d/override.conf",
+        "Install /etc/ollama-fleet/tls/privkey.pem (secret)",
+        "Install the ollama-fleet site after nginx -t on a staging copy",
+    ):
+        assert ops[name]["hosts_with_change"] == ["@fake/h1", "@fake/h2"], name
+    # restarts and reloads only ever happen through `_if=`: conditional, never unconditional
+    for name in ("Reload systemd units", "Restart ollama after a change", "Reload nginx after a change"):
+        assert ops[name]["hosts_with_change"] == [], name
+        assert ops[name]["hosts_with_conditional_change"] == ["@fake/h1", "@fake/h2"], name
+    # the rules are added before ufw is enabled
+    assert names.index(next(n for n in names if "Allow SSH" in n)) < names.index("ufw firewall | Enable ufw")
+
+
+def test_models_plan_follows_settings(tmp_path: Path) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF-not-really")
+    models = {
+        "models_gguf": {"tiny": str(gguf)},
+        "models_pull": ["llama3.2:1b"],
+        "models_custom": [{"name": "vehicle-assistant", "base": "tiny", "system": "Cars only."}],
+        "models_prune": True,
+    }
+    ops = by_name(plan(tmp_path, fleet(tmp_path, count=1, h1=models)))
+    for name in (
+        "Create model tiny:latest from tiny.gguf",
+        "Pull model llama3.2:1b",
+        "Create model vehicle-assistant:latest from its Modelfile",
+        "Remove unlisted models",
+    ):
+        assert name in ops
+
+
+def test_disabling_nginx_and_firewall_leaves_them_out(tmp_path: Path) -> None:
+    off = {"nginx_enabled": False, "firewall_enabled": False, "auth_enabled": False}
+    groups = {op["name"].split(" | ")[0] for op in plan(tmp_path, fleet(tmp_path, count=1, h1=off))}
+    assert not groups & {"ufw firewall", "TLS certificate", "nginx proxy"}
+    assert {"Install Ollama", "Ollama service"} <= groups
+
+
+# --- secrets never shown -------------------------------------------------------------------------------
+
+
+def test_api_key_and_tls_key_never_reach_any_output(tmp_path: Path) -> None:
+    inventory = fleet(tmp_path)
+    outputs = {
+        "--dry --diff -vvv": pyinfra("--dry", "--diff", "-vvv", str(inventory), "deploys/ollama.py"),
+        "--dry --json": pyinfra("--dry", "--json", str(inventory), "deploys/ollama.py"),
+        "--json --debug-operations": pyinfra(
+            "--json", "--debug-operations", str(inventory), "deploys/ollama.py"
+        ),
+        "--dry --debug-facts": pyinfra("--dry", "--debug-facts", str(inventory), "deploys/ollama.py"),
+    }
+    private_key = (tmp_path / "pki" / "hosts" / quote("@fake/h1", safe="") / "privkey.pem").read_text()
+    key_body = [line for line in private_key.splitlines() if line and not line.startswith("-----")]
+    assert key_body, "the host key was issued on the controller"
+    for label, result in outputs.items():
+        assert result.returncode == 0, (label, result.stderr)
+        text = result.stdout + result.stderr
+        assert KEY not in text, label
+        assert "PRIVATE KEY" not in text, label
+        assert not any(line in text for line in key_body), label
+    # --diff really was on: the unit's text is shown, the secrets are not
+    diff = outputs["--dry --diff -vvv"].stderr + outputs["--dry --diff -vvv"].stdout
+    assert "Will create" in diff and "ExecStart=/usr/local/bin/ollama serve" in diff
+
+
+# --- settings checked for every host before any operation ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("ollama_env", {"OLLAMA_MAX_VRAM": "8G"}, "OLLAMA_MAX_VRAM"),
+        ("firewall_client_subnets", ["10.0.0.0/33"], "10.0.0.0/33"),
+        ("ollama_listen", "0.0.0.0:11434", "127.0.0.1:11434"),
+        ("nginx_read_timeout", 60, "600"),
+    ],
+)
+def test_bad_settings_on_the_last_host_change_no_host(
+    tmp_path: Path, key: str, value: Any, expected: str
+) -> None:
+    inventory = fleet(tmp_path, count=3, h3={key: value})
+    result = pyinfra("-y", "-vv", str(inventory), "deploys/ollama.py")
+    assert result.returncode != 0
+    message = result.stderr[result.stderr.index("settings are invalid") :]
+    assert "nothing was changed on any host" in message
+    assert "'@fake/h3'" in message and key in message and expected in message
+    assert "@fake/h1" not in message and "@fake/h2" not in message
+    # not one command (fact or change) ran on any host, and execution never began
+    assert ">>>" not in result.stderr
+    assert "Beginning operation run" not in result.stderr
+
+
+def test_deploy_refuses_when_its_ssh_connection_is_outside_the_admin_subnets(tmp_path: Path) -> None:
+    outsider = {"fake_responses": fake_facts(SSH_CLIENT="192.168.50.7")}
+    inventory = fleet(tmp_path, count=2, h2=outsider)
+    result = pyinfra("-y", str(inventory), "deploys/ollama.py")
+    assert result.returncode != 0
+    assert "@fake/h2: this deploy connects from 192.168.50.7" in result.stderr
+    assert "firewall_admin_subnets" in result.stderr
+    assert "Beginning operation run" not in result.stderr
+
+
+# --- single operations executed on fake hosts ----------------------------------------------------------
+
+
+def run_operation(tmp_path: Path, code: str, responses: dict[Any, Any]) -> list[str]:
+    """Execute a tiny deploy on one fake host; the commands it ran (facts excluded)."""
+    deploy = tmp_path / "deploy_op.py"
+    deploy.write_text(code)
+    inventory = write_inventory(
+        tmp_path, {"op": {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": fake_facts(**responses)}}
+    )
+    result = pyinfra("-y", "-vv", str(inventory), str(deploy))
+    assert result.returncode == 0, result.stderr
+    commands, fact_lines = [], ("Loaded fact",)
+    lines = result.stderr.splitlines()
+    for index, line in enumerate(lines):
+        if ">>> " in line and not any(marker in lines[index + 1] for marker in fact_lines):
+            commands.append(line.split(">>> ", 1)[1])
+    return commands
+
+
+UFW_RULES = """
+from ollama_fleet.operations import ufw
+ufw.tagged_rules_exactly(name="rules", rules=[ufw.Rule("10.0.0.0/24", 22), ufw.Rule("10.0.1.0/24", 443)])
+"""
+SHOW_ADDED = "Added user rules (see 'ufw status' for running firewall):"
+
+
+def test_ufw_rules_add_missing_then_delete_stale_and_ignore_foreign(tmp_path: Path) -> None:
+    added = [
+        SHOW_ADDED,
+        "ufw allow from 10.0.0.0/24 to any port 22 proto tcp comment 'ollama-fleet'",
+        "ufw allow from 10.9.0.0/24 to any port 443 proto tcp comment 'ollama-fleet'",
+        "ufw allow 8080/tcp",
+    ]
+    commands = run_operation(tmp_path, UFW_RULES, {"ufw show added": added})
+    assert commands == [
+        "ufw allow from 10.0.1.0/24 to any port 443 proto tcp comment ollama-fleet",
+        "ufw delete allow from 10.9.0.0/24 to any port 443 proto tcp comment ollama-fleet",
+    ]
+
+
+def test_ufw_rules_in_place_run_nothing(tmp_path: Path) -> None:
+    added = [
+        SHOW_ADDED,
+        "ufw allow from 10.0.1.0/24 to any port 443 proto tcp comment 'ollama-fleet'",
+        "ufw allow from 10.0.0.0/24 to any port 22 proto tcp comment 'ollama-fleet'",
+        "ufw allow 8080/tcp",
+    ]
+    assert run_operation(tmp_path, UFW_RULES, {"ufw show added": added}) == []
+
+
+RELEASE = """
+from pathlib import Path
+from ollama_fleet.operations import release
+release.release_installed(
+    name="install", version="0.24.0", archive_name="ollama-linux-amd64.tgz", install_dir="/opt/ollama",
+    staging_dir="/var/lib/ollama-fleet/staging", download_base="http://10.213.250.1:8080/ollama/v0.24.0",
+)
+release.current_release(name="switch", version="0.24.0", install_dir="/opt/ollama")
+"""
+
+
+def test_release_is_verified_before_it_is_unpacked_and_switched(tmp_path: Path) -> None:
+    commands = run_operation(tmp_path, RELEASE, {})
+    steps = [
+        next(i for i, c in enumerate(commands) if c.startswith("curl") and "ollama-linux-amd64.tgz" in c),
+        next(i for i, c in enumerate(commands) if c.startswith("curl") and "sha256sum.txt" in c),
+        next(i for i, c in enumerate(commands) if c.startswith("expected=")),
+        next(i for i, c in enumerate(commands) if "tar -z -x" in c),
+        next(i for i, c in enumerate(commands) if "mv -T /opt/ollama/.current-new /opt/ollama/current" in c),
+    ]
+    assert steps == sorted(steps)
+
+
+def test_installed_release_runs_nothing(tmp_path: Path) -> None:
+    installed = {"readlink current": ["current 0.24.0", "version 0.24.0 " + "a" * 64]}
+    assert run_operation(tmp_path, RELEASE, installed) == []
+
+
+SECRET = """
+from ollama_fleet.operations.secrets import Secret, secret_file
+secret_file(name="key", secret=Secret("fakeSECRETvalue0123456789"), dest="/etc/x/key.pem", mode=0o600)
+"""
+
+
+def test_secret_upload_shows_no_content_and_is_never_world_readable(tmp_path: Path) -> None:
+    commands = run_operation(tmp_path, SECRET, {})
+    assert not any("fakeSECRETvalue" in c for c in commands)
+    temp = "/etc/x/.key.pem.ollama-fleet-new"
+    assert commands[1] == f"rm -f {temp} && install -m 600 /dev/null {temp}"
+    assert commands[-1].endswith(f"mv -f {temp} /etc/x/key.pem")
