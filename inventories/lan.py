@@ -51,7 +51,10 @@ cpu_servers = (
     [
         (
             "cpu-1.example.lan",
-            {"ssh_hostname": "192.168.10.31", "nginx_server_names": ["cpu-1.example.lan", "ollama.example.lan"]},
+            {
+                "ssh_hostname": "192.168.10.31",
+                "nginx_server_names": ["cpu-1.example.lan", "ollama.example.lan"],
+            },
         ),
     ],
     {**_fleet, "ollama_env": {"OLLAMA_KEEP_ALIVE": "30m", "OLLAMA_NUM_PARALLEL": "1"}},
