@@ -103,7 +103,9 @@ class OllamaSettings(_Section):
     @model_validator(mode="after")
     def _source_has_location(self) -> OllamaSettings:
         if self.source == "mirror" and not self.mirror_url:
-            raise ValueError("ollama_source is 'mirror' but ollama_mirror_url is not set; set it to the base URL")
+            raise ValueError(
+                "ollama_source is 'mirror' but ollama_mirror_url is not set; set it to the base URL"
+            )
         if self.source == "controller" and not self.controller_dir:
             raise ValueError(
                 "ollama_source is 'controller' but ollama_controller_dir is not set; set it to a directory "
@@ -210,7 +212,9 @@ class TlsSettings(_Section):
             return self
         for key, path in (("tls_cert_file", self.cert_file), ("tls_key_file", self.key_file)):
             if path is None:
-                raise ValueError(f"tls_mode is 'provided' but {key} is not set; set it to a file on the controller")
+                raise ValueError(
+                    f"tls_mode is 'provided' but {key} is not set; set it to a file on the controller"
+                )
             if not Path(path).is_file():
                 raise ValueError(f"{key} {str(path)!r} does not exist on the controller")
         return self
@@ -256,7 +260,9 @@ class FirewallSettings(_Section):
             try:
                 ipaddress.ip_network(str(item), strict=True)
             except ValueError as exc:
-                raise ValueError(f"{item!r} is not a valid CIDR ({exc}); write it like 192.168.1.0/24") from None
+                raise ValueError(
+                    f"{item!r} is not a valid CIDR ({exc}); write it like 192.168.1.0/24"
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -380,7 +386,7 @@ class FleetSettings(BaseModel):
         if self.auth.enabled and self.nginx.enabled and not self.auth.keys:
             raise ValueError(
                 "auth_enabled is true but no API key was found: set auth_key_names and put the keys in "
-                f"{self.auth.secrets_file} ({{\"api_keys\": {{\"name\": \"key\"}}}}) or in "
+                f'{self.auth.secrets_file} ({{"api_keys": {{"name": "key"}}}}) or in '
                 "OLLAMA_FLEET_API_KEY_<NAME> environment variables"
             )
         known = set(self.models.names())
@@ -417,7 +423,9 @@ class SettingsError(Exception):
         super().__init__(f"invalid settings for host {host!r}:\n{lines}")
 
 
-def settings_for_host(host: str, data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> FleetSettings:
+def settings_for_host(
+    host: str, data: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> FleetSettings:
     """Validate one host's data into FleetSettings, or raise SettingsError listing every problem."""
     environ = os.environ if environ is None else environ
     sections, problems = _split_sections(data)
@@ -464,7 +472,9 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
         try:
             from_file = json.loads(secrets_file.read_text())["api_keys"]
         except (ValueError, KeyError, TypeError):
-            return [f"auth_secrets_file: {str(secrets_file)!r} is not JSON of the form {{\"api_keys\": {{...}}}}"]
+            return [
+                f'auth_secrets_file: {str(secrets_file)!r} is not JSON of the form {{"api_keys": {{...}}}}'
+            ]
     keys, problems = [], []
     for name in names if isinstance(names, list) else []:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
