@@ -1,0 +1,237 @@
+"""The checks against a fake fleet host on 127.0.0.1: a healthy host passes; each fault fails its check."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from verify_fakes import Behaviour, FakeHost, fake_host
+
+from ollama_fleet.settings import settings_for_host
+from ollama_fleet.verify.checks import CHECK_NAMES, CheckResult, Status, check_host
+from ollama_fleet.verify.targets import Target
+
+pytestmark = pytest.mark.unit
+
+KEY = "ci-key-0123456789abcdef"
+OTHER_KEY = "other-key-0123456789abcdef"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def target_for(host: FakeHost, keys: dict[str, str] | None = None, **overrides: object) -> Target:
+    keys = {"ci": KEY} if keys is None else keys
+    data: dict[str, object] = {
+        "nginx_https_port": host.port,
+        "tls_ca_dir": str(host.ca_dir),
+        "auth_key_names": list(keys),
+        "auth_secrets_file": str(host.ca_dir / "no-secrets.json"),
+        "models_pull": ["tiny"],
+        "ollama_origins": ["https://app.example.com"],
+        "ollama_listen": f"127.0.0.1:{closed_port()}",
+        "firewall_enabled": False,
+        **overrides,
+    }
+    environ = {f"OLLAMA_FLEET_API_KEY_{name.upper()}": key for name, key in keys.items()}
+    settings = settings_for_host("fake", data, environ=environ)
+    return Target(name="fake", address="127.0.0.1", settings=settings, data=data)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[FakeHost]:
+    with fake_host(tmp_path / "ca", Behaviour(keys={KEY})) as served:
+        yield served
+
+
+def run(target: Target, timeout: float = 5.0) -> dict[str, CheckResult]:
+    return {result.check: result for result in check_host(target, timeout)}
+
+
+def statuses(results: dict[str, CheckResult]) -> dict[str, Status]:
+    return {name: result.status for name, result in results.items()}
+
+
+HEALTHY = {name: Status.PASS for name in CHECK_NAMES} | {"outsider": Status.NA}
+
+
+def test_a_healthy_host_passes_every_check(host: FakeHost) -> None:
+    results = run(target_for(host))
+    assert statuses(results) == HEALTHY, {n: r.reason for n, r in results.items() if r.reason}
+    assert results["version"].figure == "0.24.0"
+    assert results["tls"].metrics["days_left"] == pytest.approx(397, abs=1)
+    assert results["auth"].figure == "no key 401, wrong key 401, 1/1 keys accepted"
+    assert results["stream"].metrics["chunks"] == 64
+    assert results["stream"].metrics["bursts"] >= 32
+    assert results["cors"].figure.startswith("https://app.example.com allowed")
+    assert "closed (refused)" in results["raw_port"].figure
+    assert "not a lab host" in results["outsider"].figure
+
+
+def test_ollama_refusing_the_host_header_fails_root_and_blocks_what_needs_ollama(host: FakeHost) -> None:
+    host.behaviour.root_status = 403
+    results = run(target_for(host))
+    assert results["root"].status is Status.FAIL
+    assert "must send Host: localhost:11434" in results["root"].reason
+    blocked = {n for n, r in results.items() if r.status is Status.BLOCKED}
+    assert blocked == {"auth", "version", "models", "chat", "stream"}
+    assert all(results[n].status is Status.PASS for n in ("tls", "cors", "raw_port"))
+
+
+def test_ollama_down_says_which_unit_to_look_at(host: FakeHost) -> None:
+    host.behaviour.root_status = 502
+    results = run(target_for(host))
+    assert results["root"].status is Status.FAIL
+    assert "systemctl status ollama" in results["root"].reason
+
+
+def test_a_buffered_stream_fails_only_the_stream_check(host: FakeHost) -> None:
+    host.behaviour.buffered = True
+    results = run(target_for(host))
+    assert statuses(results) == HEALTHY | {"stream": Status.FAIL}
+    assert "proxy_buffering off" in results["stream"].reason
+    assert "(seen twice)" in results["stream"].reason
+
+
+def test_a_missing_model_fails_models_and_blocks_chat_and_stream(host: FakeHost) -> None:
+    host.behaviour.models = ["other:latest"]
+    results = run(target_for(host))
+    expected = HEALTHY | {"models": Status.FAIL, "chat": Status.BLOCKED, "stream": Status.BLOCKED}
+    assert statuses(results) == expected
+    assert "tiny:latest" in results["models"].reason
+    assert "re-run the deploy" in results["models"].reason
+
+
+def test_a_stale_key_list_fails_auth_and_names_the_key(host: FakeHost) -> None:
+    host.behaviour.keys = {OTHER_KEY}
+    results = run(target_for(host))
+    assert results["auth"].status is Status.FAIL
+    assert "key(s) ci" in results["auth"].reason and "stale" in results["auth"].reason
+    assert KEY not in results["auth"].reason
+    assert {n for n, r in results.items() if r.status is Status.BLOCKED} == {
+        "version",
+        "models",
+        "chat",
+        "stream",
+    }
+
+
+def test_one_stale_key_of_two_fails_auth_only(host: FakeHost) -> None:
+    """The checks after auth use any key that works, so a partly stale list fails auth alone."""
+    target = target_for(host, keys={"ci": KEY, "other": OTHER_KEY})
+    results = run(target)
+    assert statuses(results) == HEALTHY | {"auth": Status.FAIL}
+    assert "key(s) other" in results["auth"].reason
+
+
+def test_keys_not_enforced_fails_auth(host: FakeHost) -> None:
+    host.behaviour.keyless_allowed = True
+    results = run(target_for(host))
+    assert statuses(results) == HEALTHY | {"auth": Status.FAIL}
+    assert "does not enforce API keys" in results["auth"].reason
+
+
+def test_a_version_other_than_the_pinned_one_fails_version(host: FakeHost) -> None:
+    host.behaviour.version = "0.23.1"
+    results = run(target_for(host))
+    assert statuses(results) == HEALTHY | {"version": Status.FAIL}
+    assert "0.23.1" in results["version"].reason and "0.24.0" in results["version"].reason
+
+
+def test_cors_echoing_any_origin_fails_cors(host: FakeHost) -> None:
+    host.behaviour.cors_echo_any = True
+    results = run(target_for(host))
+    assert statuses(results) == HEALTHY | {"cors": Status.FAIL}
+    assert "disallowed origin" in results["cors"].reason
+
+
+def test_cors_with_no_origins_checks_only_the_refusal_and_says_so(host: FakeHost) -> None:
+    results = run(target_for(host, ollama_origins=[]))
+    assert results["cors"].status is Status.PASS
+    assert results["cors"].figure.startswith("no origins configured: checked only")
+
+
+def test_an_allowed_origin_that_is_refused_fails_cors(host: FakeHost) -> None:
+    results = run(target_for(host, ollama_origins=["https://*.lan"]))
+    assert results["cors"].status is Status.FAIL
+    assert "https://verify.lan" in results["cors"].reason
+
+
+def test_a_certificate_from_another_ca_fails_tls_and_blocks_https_checks(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    from ollama_fleet.pki import FleetCA
+
+    FleetCA.load_or_create(tmp_path / "other-ca")
+    results = run(target_for(host, tls_ca_dir=str(tmp_path / "other-ca")))
+    assert results["tls"].status is Status.FAIL
+    assert "does not verify against the fleet CA" in results["tls"].reason
+    https_checks = {"root", "auth", "version", "models", "chat", "stream", "cors"}
+    assert {n for n, r in results.items() if r.status is Status.BLOCKED} == https_checks
+    assert results["raw_port"].status is Status.PASS  # the host answered TCP: reachable
+
+
+def test_a_certificate_without_the_address_fails_tls_naming_what_it_holds(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(keys={KEY}), sans=("other.lan",)) as served:
+        results = run(target_for(served))
+    assert results["tls"].status is Status.FAIL
+    assert "does not name 127.0.0.1" in results["tls"].reason
+    assert "the certificate names other.lan" in results["tls"].reason
+
+
+def test_a_missing_fleet_ca_says_where_it_looked(host: FakeHost, tmp_path: Path) -> None:
+    results = run(target_for(host, tls_ca_dir=str(tmp_path / "nowhere")))
+    assert results["tls"].status is Status.FAIL
+    assert str(tmp_path / "nowhere" / "ca.pem") in results["tls"].reason
+
+
+def test_nothing_listening_fails_tls_and_blocks_the_rest(tmp_path: Path) -> None:
+    from ollama_fleet.pki import FleetCA
+
+    FleetCA.load_or_create(tmp_path / "ca")
+    dead = FakeHost(port=closed_port(), behaviour=Behaviour(), ca_dir=tmp_path / "ca")
+    results = run(target_for(dead))
+    assert results["tls"].status is Status.FAIL
+    assert "connection refused" in results["tls"].reason
+    assert all(r.status is Status.BLOCKED for n, r in results.items() if n not in ("tls", "outsider"))
+
+
+def test_an_open_raw_port_fails_raw_port(host: FakeHost) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        results = run(target_for(host, ollama_listen=f"127.0.0.1:{port}"))
+    assert statuses(results) == HEALTHY | {"raw_port": Status.FAIL}
+    assert "Ollama is exposed" in results["raw_port"].reason
+
+
+def test_a_raw_port_that_resets_fails_when_the_firewall_should_drop_it(host: FakeHost) -> None:
+    target = target_for(
+        host,
+        firewall_enabled=True,
+        firewall_client_subnets=["127.0.0.0/8"],
+        firewall_admin_subnets=["127.0.0.0/8"],
+    )
+    results = run(target)
+    assert results["raw_port"].status is Status.FAIL
+    assert "firewall lets it through" in results["raw_port"].reason
+
+
+def test_with_auth_disabled_the_open_api_passes_auth(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(keys=set())) as served:
+        results = run(target_for(served, keys={}, auth_enabled=False))
+    assert statuses(results) == HEALTHY
+    assert results["auth"].figure == "auth disabled: the API answers without a key"
+
+
+def test_progress_sees_each_result_as_it_comes(host: FakeHost) -> None:
+    seen: list[str] = []
+    check_host(target_for(host), 5.0, on_result=lambda target, result: seen.append(result.check))
+    assert seen == list(CHECK_NAMES)

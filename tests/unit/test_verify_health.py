@@ -1,0 +1,146 @@
+"""The on-host health timer: rendered files, the check script run against a fake Ollama, status parsing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from verify_fakes import Behaviour, fake_host
+
+from ollama_fleet.deploys.health import SCRIPT_PATH, TAG, render_health_files, timespan_seconds
+from ollama_fleet.settings import FleetSettings, settings_for_host
+from ollama_fleet.verify.status import parse_status, ssh_argv, stale_after
+from ollama_fleet.verify.targets import Target
+
+pytestmark = pytest.mark.unit
+
+KEYS = {"OLLAMA_FLEET_API_KEY_CI": "health-key-0123456789abcdef"}
+
+
+def settings(**data: object) -> FleetSettings:
+    base: dict[str, object] = {
+        "auth_key_names": ["ci"],
+        "auth_secrets_file": "/nonexistent/secrets.json",
+        "firewall_enabled": False,
+        "models_pull": ["tiny", "llama3.2:1b"],
+    }
+    return settings_for_host("lab-1", {**base, **data}, environ=KEYS)
+
+
+def files_of(s: FleetSettings) -> dict[str, str]:
+    return {str(item.path): item.text for item in render_health_files(s)}
+
+
+def test_the_units_run_the_script_every_interval_with_a_stable_tag() -> None:
+    rendered = files_of(settings(health_interval="2min"))
+    service = rendered["/etc/systemd/system/ollama-fleet-health.service"]
+    timer = rendered["/etc/systemd/system/ollama-fleet-health.timer"]
+    assert f"ExecStart=/usr/bin/python3 {SCRIPT_PATH}\n" in service
+    assert f"SyslogIdentifier={TAG}\n" in service
+    assert "Type=oneshot\n" in service and "DynamicUser=yes\n" in service
+    assert "OnUnitActiveSec=2min\n" in timer and "WantedBy=timers.target" in timer
+
+
+def test_the_script_knows_the_port_and_every_model() -> None:
+    script = files_of(settings(ollama_listen="127.0.0.1:11500"))[str(SCRIPT_PATH)]
+    compile(script, "health-check.py", "exec")
+    assert 'BASE_URL = "http://127.0.0.1:11500"' in script
+    assert 'MODELS = ["tiny:latest", "llama3.2:1b"]' in script
+    assert "health-key" not in script  # the local API needs no key: nothing secret on the host's disk
+
+
+def test_rendering_is_stable() -> None:
+    assert files_of(settings()) == files_of(settings())
+
+
+def run_script(tmp_path: Path, s: FleetSettings) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "health-check.py"
+    script.write_text(files_of(s)[str(SCRIPT_PATH)])
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_script_says_ok_with_version_and_model_count(tmp_path: Path) -> None:
+    behaviour = Behaviour(models=["tiny:latest", "llama3.2:1b", "extra:latest"])
+    with fake_host(tmp_path / "ca", behaviour, tls=False) as ollama:
+        done = run_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok version=0.24.0 models=3 ms=")
+
+
+def test_the_script_fails_naming_a_missing_model(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(models=["tiny:latest"]), tls=False) as ollama:
+        done = run_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"))
+    assert done.returncode == 1
+    assert done.stdout.strip() == "FAIL models missing: llama3.2:1b (re-run the deploy)"
+
+
+def test_the_script_fails_when_ollama_answers_an_error(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(root_status=500), tls=False) as ollama:
+        done = run_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"))
+    assert done.returncode == 1
+    assert done.stdout.strip() == "FAIL HTTP 500 from GET /"
+
+
+def test_the_script_fails_when_ollama_is_down(tmp_path: Path) -> None:
+    done = run_script(tmp_path, settings(ollama_listen="127.0.0.1:9"))
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL Ollama API at http://127.0.0.1:9 unreachable")
+
+
+@pytest.mark.parametrize(
+    ("span", "seconds"), [("1min", 60), ("90s", 90), ("45", 45), ("1h 30min", 5400), ("2 minutes", 120)]
+)
+def test_timespans_as_systemd_reads_them(span: str, seconds: float) -> None:
+    assert timespan_seconds(span) == seconds
+
+
+@pytest.mark.parametrize("span", ["every minute", "1 fortnight", "5s", "", "1min;rm"])
+def test_bad_or_too_short_intervals_are_refused(span: str) -> None:
+    with pytest.raises(ValueError, match="health_interval"):
+        render_health_files(settings(health_interval=span))
+
+
+NOW = 1_800_000_000.0
+
+
+def entry(message: str | list[int], age: float) -> str:
+    return json.dumps({"MESSAGE": message, "__REALTIME_TIMESTAMP": str(int((NOW - age) * 1e6))})
+
+
+def test_status_parses_ok_fail_stale_and_never() -> None:
+    ok = parse_status("lab-1", entry("ok version=0.24.0 models=1 ms=3", 30) + "\n\ntimer=active\n", NOW, 200)
+    assert (ok.state, ok.ok, ok.timer, round(ok.age_seconds or 0)) == ("ok", True, "active", 30)
+    failed = parse_status("lab-1", entry("FAIL HTTP 500 from GET /", 30) + "\ntimer=active", NOW, 200)
+    assert (failed.state, failed.ok) == ("FAIL", False)
+    stale = parse_status("lab-1", entry("ok version=0.24.0", 900) + "\ntimer=inactive", NOW, 200)
+    assert stale.state == "stale" and "900 s old (timer inactive)" in stale.message
+    never = parse_status("lab-1", "\ntimer=active\n", NOW, 200)
+    assert never.state == "none" and not never.ok
+    raw = parse_status("lab-1", entry(list(b"ok caf\xc3\xa9"), 1) + "\ntimer=active", NOW, 200)
+    assert raw.message == "ok café"
+
+
+def test_stale_means_two_intervals_plus_the_checks_own_time() -> None:
+    assert stale_after("1min", 10) == 2 * 60 + 30 + 30
+
+
+def test_ssh_argv_follows_the_inventorys_ssh_data() -> None:
+    data = {
+        "ssh_user": "admin",
+        "ssh_port": 2222,
+        "ssh_key": "/keys/id",
+        "ssh_known_hosts_file": "/dev/null",
+        "ssh_strict_host_key_checking": "no",
+        "_sudo": True,
+    }
+    argv = ssh_argv(Target("lab-1", "10.213.4.11", settings(), data), "journalctl -n 1")
+    assert argv[:5] == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    assert argv[argv.index("-i") : argv.index("-i") + 2] == ["-i", "/keys/id"]
+    assert argv[argv.index("-p") : argv.index("-p") + 2] == ["-p", "2222"]
+    assert "UserKnownHostsFile=/dev/null" in argv and "StrictHostKeyChecking=no" in argv
+    assert argv[-2:] == ["admin@10.213.4.11", "sudo -n sh -c 'journalctl -n 1'"]
