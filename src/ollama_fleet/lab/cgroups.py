@@ -144,3 +144,23 @@ def memory_anon_bytes(paths: list[Path]) -> int | None:
             if key in stat:
                 return int(stat[key])
     return None
+
+
+def find_lab_roots(cgroup_name: str, max_depth: int = 3) -> list[Path]:
+    """Existing lab cgroup trees of this name in any hierarchy, wherever the launching process lived
+    (another session may have brought the lab up): for `down` after the state record was lost."""
+    found = []
+    for hierarchy in hierarchies():
+        level = [hierarchy.mount]
+        for _ in range(max_depth):
+            found += [parent / cgroup_name for parent in level if (parent / cgroup_name).is_dir()]
+            level = [child for parent in level for child in _subdirs(parent) if child.name != cgroup_name]
+    return found
+
+
+def _subdirs(path: Path) -> list[Path]:
+    """Child cgroups; one removed meanwhile by its owner simply has none."""
+    try:
+        return [child for child in path.iterdir() if child.is_dir()]
+    except FileNotFoundError:
+        return []

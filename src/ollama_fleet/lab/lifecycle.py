@@ -232,7 +232,8 @@ def down(slot: int, log: bool = True) -> list[str]:
     """Remove everything the lab of `slot` made; safe to run twice and after a crash. Returns what it did."""
     plan = SlotPlan(slot)
     lab = state.load(slot) if state.exists(slot) else None
-    roots = [Path(r) for r in lab.cgroup_roots] if lab else cgroups.lab_roots(plan.cgroup_name)
+    recorded = [Path(r) for r in lab.cgroup_roots] if lab else []
+    roots = list(dict.fromkeys([*recorded, *cgroups.find_lab_roots(plan.cgroup_name)]))
     runtime = Path(lab.runtime_dir) if lab else runtime_dir(slot)
     if lab:
         _close_ssh_masters(lab)
