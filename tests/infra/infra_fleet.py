@@ -1,0 +1,66 @@
+"""The fleet the infra tests check: an inventory loaded by `pyinfra` itself, with every host's settings.
+
+OLLAMA_FLEET_INVENTORY names the inventory; OLLAMA_FLEET_GROUP_DATA (os.pathsep-separated) adds group data
+directories exactly like `pyinfra --group-data`. API keys come from the environment as for a deploy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from ollama_fleet.settings import FleetSettings, settings_for_host
+
+INVENTORY_ENV = "OLLAMA_FLEET_INVENTORY"
+GROUP_DATA_ENV = "OLLAMA_FLEET_GROUP_DATA"
+
+
+@cache
+def inventory_data() -> dict[str, dict[str, Any]]:
+    """Host name -> merged data, from `pyinfra INVENTORY debug-inventory --json` (run where pytest runs)."""
+    pyinfra = str(Path(sys.executable).parent / "pyinfra")
+    extra = [
+        arg for d in os.environ.get(GROUP_DATA_ENV, "").split(os.pathsep) if d for arg in ("--group-data", d)
+    ]
+    result = subprocess.run(
+        [pyinfra, *extra, os.environ[INVENTORY_ENV], "debug-inventory", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return {host["name"]: host["data"] for host in json.loads(result.stdout)}
+
+
+def address(data: dict[str, Any], name: str) -> str:
+    return str(data.get("ssh_hostname") or name)
+
+
+def hostspecs() -> list[str]:
+    """testinfra host specs (ssh://[user@]address), one per inventory host."""
+    specs = []
+    for name, data in inventory_data().items():
+        user = f"{data['ssh_user']}@" if data.get("ssh_user") else ""
+        specs.append(f"ssh://{user}{address(data, name)}")
+    return specs
+
+
+@cache
+def fleet() -> dict[str, tuple[str, FleetSettings]]:
+    """Connection address -> (inventory name, settings)."""
+    return {
+        address(data, name): (name, settings_for_host(name, data)) for name, data in inventory_data().items()
+    }
+
+
+def ip_of(addr: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(addr))
+    except ValueError:
+        return None

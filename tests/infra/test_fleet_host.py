@@ -1,0 +1,118 @@
+"""What a deployed host must look like, read on the host itself (pytest-testinfra).
+
+Expected values come from the same validated settings the deploy used, and files are compared with what
+the renderers produce, so a check fails on any drift, not only on a missing line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from infra_fleet import fleet, hostspecs, ip_of
+
+from ollama_fleet.deploys.firewall import wanted_rules
+from ollama_fleet.operations import ufw
+from ollama_fleet.pki import cert_sans, host_sans
+from ollama_fleet.render import render_dropin, render_nginx_site, tls_paths
+from ollama_fleet.settings import FleetSettings
+
+pytestmark = pytest.mark.e2e
+testinfra_hosts = hostspecs()
+
+
+@pytest.fixture
+def s(host: Any) -> FleetSettings:
+    return fleet()[host.backend.hostname][1]
+
+
+def test_ollama_service_is_enabled_and_active(host: Any) -> None:
+    service = host.service("ollama")
+    assert service.is_enabled
+    assert service.is_running
+
+
+def test_dropin_holds_exactly_the_validated_environment(host: Any, s: FleetSettings) -> None:
+    dropin = host.file("/etc/systemd/system/ollama.service.d/override.conf")
+    assert dropin.content_string == render_dropin(s)
+    if s.nginx.enabled:
+        assert 'Environment="OLLAMA_HOST=127.0.0.1:11434"' in dropin.content_string.splitlines()
+
+
+def test_pinned_version_serves_from_a_versioned_directory(host: Any, s: FleetSettings) -> None:
+    install = s.ollama.install_dir
+    assert host.file("/usr/local/bin/ollama").linked_to == f"{install}/{s.ollama.version}/bin/ollama"
+    assert host.file(f"{install}/current").is_symlink
+    version = json.loads(host.check_output(f"curl -fsS http://127.0.0.1:{s.ollama.listen_port}/api/version"))
+    assert version["version"] == s.ollama.version
+
+
+def test_system_user_and_models_directory(host: Any, s: FleetSettings) -> None:
+    user = host.user(s.ollama.user)
+    assert user.exists and user.shell == "/bin/false" and user.home == str(s.ollama.home)
+    assert user.group == s.ollama.group and user.uid < 1000  # a system user
+    models = host.file(str(s.ollama.models_dir))
+    assert models.is_directory and models.user == s.ollama.user
+
+
+def test_nginx_site_streams_to_loopback_with_the_host_ollama_accepts(host: Any, s: FleetSettings) -> None:
+    site = host.file("/etc/nginx/sites-available/ollama-fleet.conf")
+    text = site.content_string
+    assert text == render_nginx_site(s)
+    assert re.search(r"^\s*proxy_buffering off;$", text, re.M)
+    assert re.search(rf"^\s*proxy_set_header Host localhost:{s.ollama.listen_port};$", text, re.M)
+    assert re.search(rf"^\s*proxy_read_timeout {s.nginx.read_timeout}s;$", text, re.M)
+    assert host.file("/etc/nginx/sites-enabled/ollama-fleet.conf").linked_to == site.path
+    assert not host.file("/etc/nginx/sites-enabled/default").exists
+    assert host.service("nginx").is_enabled and host.service("nginx").is_running
+    assert host.run("nginx -t").rc == 0
+
+
+def test_https_is_public_and_ollama_only_on_loopback(host: Any, s: FleetSettings) -> None:
+    assert host.socket(f"tcp://0.0.0.0:{s.nginx.https_port}").is_listening
+    assert host.socket(f"tcp://0.0.0.0:{s.nginx.http_port}").is_listening
+    listeners = host.check_output("ss -Hltn").splitlines()
+    on_port = [line.split()[3] for line in listeners if line.split()[3].endswith(f":{s.ollama.listen_port}")]
+    assert on_port == [f"127.0.0.1:{s.ollama.listen_port}"]
+
+
+def test_ufw_allows_exactly_our_rules_and_denies_the_rest(host: Any, s: FleetSettings) -> None:
+    status = host.check_output("ufw status verbose")
+    assert "Status: active" in status
+    assert "deny (incoming)" in status and "allow (outgoing)" in status
+    added = host.check_output("ufw show added").splitlines()
+    assert ufw.tagged_rules(added) == set(wanted_rules(s))
+    assert not [line for line in added if str(s.ollama.listen_port) in line]
+
+
+def test_certificate_names_the_host_and_is_far_from_expiry(host: Any, s: FleetSettings) -> None:
+    paths = tls_paths(s)
+    cert = x509.load_pem_x509_certificate(host.file(str(paths.cert)).content)
+    if s.tls.mode == "fleet_ca":
+        wanted = host_sans(s, ip_of(host.backend.hostname))
+        assert sorted(cert_sans(cert)) == sorted(name.lower() for name in wanted)
+    left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    assert left > dt.timedelta(days=s.tls.renew_before_days)
+    if s.tls.mode == "fleet_ca":
+        ca = x509.load_pem_x509_certificate((Path(s.tls.ca_dir) / "ca.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        assert host.file(str(paths.ca)).content == (Path(s.tls.ca_dir) / "ca.pem").read_bytes()
+
+
+def test_secret_files_are_readable_only_by_who_needs_them(host: Any, s: FleetSettings) -> None:
+    key = host.file(str(tls_paths(s).key))
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    keys = host.file("/etc/nginx/ollama-fleet/api-keys.conf")
+    assert (keys.user, keys.group, keys.mode) == ("root", "www-data", 0o640)
+    # no staged copy of the keys is left behind
+    assert not host.file("/var/lib/ollama-fleet/nginx").exists
+
+
+def test_listed_models_are_served(host: Any, s: FleetSettings) -> None:
+    tags = json.loads(host.check_output(f"curl -fsS http://127.0.0.1:{s.ollama.listen_port}/api/tags"))
+    assert set(s.models.names()) <= {model["name"] for model in tags["models"]}
