@@ -276,6 +276,52 @@ def test_removing_a_client_subnet_removes_its_rule(fleet: Fleet, second: Run) ->
     assert f"allow from {lab_subnet} to any port 443 proto tcp comment 'ollama-fleet'" in rules
 
 
+def test_deploy_refuses_to_lock_out_its_own_ssh_connection(fleet: Fleet, second: Run) -> None:
+    target = fleet.names[0]
+    before = fingerprint(fleet, target)
+    run = fleet.deploy("--limit", target, "--data", 'firewall_admin_subnets=["192.0.2.0/24"]')
+    assert run.returncode != 0
+    controller = fleet.lab.plan.gateway_ip  # the address the hosts see our SSH connection come from
+    assert (
+        f"{target}: this deploy connects from {controller}, which is not in firewall_admin_subnets"
+        in run.stderr
+    )
+    assert "Beginning operation run" not in run.stderr
+    assert fingerprint(fleet, target) == before
+
+
+def test_custom_model_is_recreated_only_when_its_modelfile_changes(fleet: Fleet, second: Run) -> None:
+    target = fleet.names[0]
+    custom = [{"name": "vehicle-assistant", "base": "tiny", "system": "Only trucks.", "parameters": {}}]
+    run = fleet.deploy("--json", "--limit", target, "--data", f"models_custom={json.dumps(custom)}")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.changed() == {
+        "Ollama models | Create model vehicle-assistant:latest from its Modelfile": [target]
+    }
+    show = 'curl -fsS http://127.0.0.1:11434/api/show -d \'{"model": "vehicle-assistant"}\''
+    assert json.loads(fleet.ssh(target, show))["system"] == "Only trucks."
+
+    back = fleet.deploy("--json", "--limit", target)  # the original Modelfile: re-created once more
+    assert back.returncode == 0, back.stderr[-4000:]
+    assert back.changed() == {
+        "Ollama models | Create model vehicle-assistant:latest from its Modelfile": [target]
+    }
+    assert json.loads(fleet.ssh(target, show))["system"] == "You answer questions about vehicles."
+
+
+def test_prune_removes_unlisted_models_only(fleet: Fleet, second: Run) -> None:
+    target = fleet.names[0]
+    fleet.ssh(target, "ollama cp tiny stray-model")
+    run = fleet.deploy("--json", "--limit", target, "--data", "models_prune=true")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "Ollama models | Remove unlisted models" in run.changed()
+    names = {
+        m["name"]
+        for m in json.loads(fleet.ssh(target, "curl -fsS http://127.0.0.1:11434/api/tags"))["models"]
+    }
+    assert names == {"tiny:latest", "vehicle-assistant:latest"}
+
+
 def test_fleet_is_back_to_no_change_after_the_faults(fleet: Fleet, second: Run) -> None:
     run = fleet.deploy("--json")
     assert run.returncode == 0, run.stderr[-4000:]
