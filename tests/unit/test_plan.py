@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import pytest
 
+from ollama_fleet.pki import FleetCA
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,6 +186,27 @@ def test_api_key_and_tls_key_never_reach_any_output(tmp_path: Path) -> None:
     # --diff really was on: the unit's text is shown, the secrets are not
     diff = outputs["--dry --diff -vvv"].stderr + outputs["--dry --diff -vvv"].stdout
     assert "Will create" in diff and "ExecStart=/usr/local/bin/ollama serve" in diff
+
+
+def test_provided_certificate_is_uploaded_without_showing_its_key(tmp_path: Path) -> None:
+    cert_pem, key_pem = FleetCA.load_or_create(tmp_path / "their-ca").issue("h1.fleet.lan", ["h1.fleet.lan"])
+    (tmp_path / "cert.pem").write_text(cert_pem)
+    (tmp_path / "key.pem").write_text(key_pem)
+    provided = {
+        "tls_mode": "provided",
+        "tls_cert_file": str(tmp_path / "cert.pem"),
+        "tls_key_file": str(tmp_path / "key.pem"),
+    }
+    inventory = fleet(tmp_path, count=1, h1=provided)
+    ops = by_name(plan(tmp_path, inventory))
+    assert ops["Install /etc/ollama-fleet/tls/fullchain.pem"]["hosts_with_change"] == ["@fake/h1"]
+    assert ops["Install /etc/ollama-fleet/tls/privkey.pem (secret)"]["hosts_with_change"] == ["@fake/h1"]
+    assert "Install /etc/ollama-fleet/tls/ca.pem" not in ops  # no fleet CA in this mode
+    assert not (tmp_path / "pki").exists()  # and none was created
+    result = pyinfra("--dry", "--diff", "-vvv", str(inventory), "deploys/ollama.py")
+    assert result.returncode == 0, result.stderr
+    body = [line for line in key_pem.splitlines() if not line.startswith("-----")]
+    assert not any(line in result.stdout + result.stderr for line in body)
 
 
 # --- settings checked for every host before any operation ----------------------------------------------
