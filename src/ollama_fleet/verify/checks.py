@@ -269,8 +269,8 @@ def check_models(ctx: HostContext) -> CheckResult:
     missing = [name for name in wanted if name not in tags]
     if missing:
         raise CheckFailed(
-            f"missing on the host (not in /api/tags): {', '.join(missing)}; re-run the deploy "
-            f"(models step) or `ollama pull` them there"
+            f"missing on the host (not in /api/tags): {', '.join(missing)}; re-run the deploy, which "
+            "pulls or creates every configured model"
         )
     unlisted = [name for name in wanted if name not in listed]
     if unlisted:

@@ -1,5 +1,13 @@
 """`ollama-fleet verify INVENTORY` and `ollama-fleet status INVENTORY`.
 
+verify checks every host from the controller as a client would, hosts in parallel: tls (handshake against
+the fleet CA, days to expiry), root (/health says "Ollama is running"), auth (no key and a wrong key get
+401, every configured key 200), version (the pinned one), models (all configured ones in /api/tags and
+/v1/models), chat (a completion per model), stream (SSE chunks that arrive token by token, not buffered),
+cors (allowed origin gets the allow headers, another does not), raw_port (11434 dropped by the firewall),
+outsider (lab only: 443 unreachable from the outsider netns). A check whose prerequisite failed is shown as
+blocked. status shows each host's last on-host health timer result, read over SSH.
+
 Exit codes: 0 every check passed (or every host is healthy), 1 something failed, 2 bad input or settings.
 """
 
@@ -47,6 +55,7 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help=f"seconds per request ({DEFAULT_TIMEOUT:.0f})",
     )
+    _group_data_option(verify)
     verify.set_defaults(func=run_verify)
 
     status = subparsers.add_parser(
@@ -57,13 +66,23 @@ def register(subparsers: Any) -> None:
     status.add_argument(
         "--hosts", action="extend", nargs="+", metavar="NAME", help="only these inventory hosts"
     )
+    _group_data_option(status)
     status.set_defaults(func=run_status)
+
+
+def _group_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--group-data",
+        action="append",
+        metavar="DIR",
+        help="more group data, as pyinfra's --group-data (after ./group_data and the inventory's own)",
+    )
 
 
 def _targets(args: argparse.Namespace) -> list[Target] | None:
     """The selected hosts with their settings, or None after printing why (exit code 2)."""
     try:
-        return load_targets(args.inventory, args.hosts)
+        return load_targets(args.inventory, args.hosts, args.group_data or ())
     except (InventoryError, FleetSettingsError) as exc:
         print(f"ollama-fleet: {exc}", file=sys.stderr)
         return None

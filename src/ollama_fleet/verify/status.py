@@ -132,7 +132,7 @@ def status_json(statuses: Sequence[HealthStatus]) -> str:
                     "host": s.host,
                     "ok": s.ok,
                     "state": s.state,
-                    "age_seconds": s.age_seconds,
+                    "age_seconds": None if s.age_seconds is None else round(s.age_seconds, 1),
                     "timer": s.timer,
                     "message": s.message,
                 }

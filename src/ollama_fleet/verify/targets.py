@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +57,14 @@ def target_for_settings(settings: FleetSettings, name: str, data: Mapping[str, A
     return Target(name=name, address=address, settings=settings, data=dict(data))
 
 
-def load_inventory(inventory: str, cwd: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Host name -> merged host data, exactly as `pyinfra INVENTORY ...` sees it (group_data applied).
+def load_inventory(
+    inventory: str, group_data: Sequence[str] = (), cwd: Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it.
 
-    pyinfra's CLI looks for group_data/ beside the inventory file and in the current directory; it needs a
-    State in context while it executes the inventory and group data files.
+    pyinfra's CLI looks for group_data/ in the current directory and beside the inventory file, then in the
+    --group-data directories (later ones override); it needs a State in context while it executes the
+    inventory and group data files.
     """
     # Importing pyinfra_cli monkey-patches the process with gevent, as pyinfra itself runs; import late.
     from pyinfra.api.state import State
@@ -76,7 +79,7 @@ def load_inventory(inventory: str, cwd: Path | None = None) -> dict[str, dict[st
     state = State()
     state.cwd = workdir
     with ctx_state.use(state):
-        loaded = make_inventory(inventory, cwd=workdir)
+        loaded = make_inventory(inventory, cwd=workdir, group_data_directories=list(group_data))
     hosts = {host.name: host.data.dict() for host in loaded}
     if not hosts:
         raise InventoryError(f"inventory {inventory!r} holds no hosts")
@@ -98,11 +101,17 @@ def select(hosts: Mapping[str, Any], wanted: Iterable[str] | None) -> list[str]:
 
 
 def load_targets(
-    inventory: str, wanted: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+    inventory: str,
+    wanted: Iterable[str] | None = None,
+    group_data: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> list[Target]:
     """Every selected host of the inventory with its settings; all settings problems are raised at once."""
     environ = os.environ if environ is None else environ
-    hosts = load_inventory(inventory)
+    missing = [d for d in group_data if not Path(d).is_dir()]
+    if missing:
+        raise InventoryError(f"--group-data {', '.join(missing)}: no such directory")
+    hosts = load_inventory(inventory, group_data)
     targets, errors = [], []
     for name in select(hosts, wanted):
         try:

@@ -1,0 +1,202 @@
+"""`ollama-fleet verify` and `status` on a deployed lab: all green, then one fault at a time on one host.
+
+Each fault must fail exactly its check on exactly that host (checks that depend on it are "blocked"), with a
+reason that says what to fix; every other host and check still passes; after the repair all pass again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from verify_fleet import API_KEYS, SITE, DeployedFleet, deploy_fleet, reasons, statuses
+
+from ollama_fleet.lab.state import LabState
+from ollama_fleet.render import builtin_templates_dir
+from ollama_fleet.verify.checks import CHECK_NAMES
+
+pytestmark = pytest.mark.e2e
+
+WAIT_FOR_OLLAMA = (
+    "for i in $(seq 100); do curl -sf http://127.0.0.1:11434/ >/dev/null && exit 0; sleep 0.2; done; exit 1"
+)
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> DeployedFleet:
+    return deploy_fleet(lab, tmp_path_factory.mktemp("verify-fleet"))
+
+
+@pytest.fixture
+def faulty(fleet: DeployedFleet) -> str:
+    """The one host a fault is put on: not the first, so inventory order cannot hide a mix-up."""
+    return fleet.hosts[1]
+
+
+def test_verify_passes_every_check_on_the_healthy_fleet(fleet: DeployedFleet) -> None:
+    started = time.perf_counter()
+    code, report = fleet.verify()
+    elapsed = time.perf_counter() - started
+    assert code == 0, report["failures"]
+    assert report["ok"] is True
+    assert statuses(report) == {host: dict.fromkeys(CHECK_NAMES, "pass") for host in fleet.hosts}
+    for host in report["hosts"]:
+        checks = {c["check"]: c for c in host["checks"]}
+        assert checks["version"]["figure"] == "0.24.0"
+        assert checks["stream"]["metrics"]["first_ms"] < checks["stream"]["metrics"]["last_ms"] / 2
+        print(f"{host['host']}: stream {checks['stream']['figure']}; chat {checks['chat']['figure']}")
+    print(f"verify of {len(fleet.hosts)} hosts: {elapsed:.1f} s (report: {report['seconds']:.1f} s)")
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    breaks: str  # shell on the faulty host
+    repair: str | None  # shell on the faulty host; None: re-run the deploy on that host
+    fails: str
+    blocked: frozenset[str]
+    fix: str  # words the reason must contain
+
+
+FAULTS = [
+    Fault(
+        "ollama stopped",
+        "systemctl stop ollama",
+        f"systemctl start ollama && {WAIT_FOR_OLLAMA}",
+        fails="root",
+        blocked=frozenset({"auth", "version", "models", "chat", "stream"}),
+        fix="systemctl status ollama",
+    ),
+    Fault(
+        "proxy buffering on",
+        f"sed -i 's/proxy_buffering off;/proxy_buffering on;/' {SITE} "
+        f"&& grep -q 'proxy_buffering on;' {SITE} && nginx -t -q && systemctl reload nginx",
+        f"sed -i 's/proxy_buffering on;/proxy_buffering off;/' {SITE} && systemctl reload nginx",
+        fails="stream",
+        blocked=frozenset(),
+        fix="set `proxy_buffering off`",
+    ),
+    Fault(
+        "model deleted",
+        "ollama rm tiny",
+        None,
+        fails="models",
+        blocked=frozenset({"chat", "stream"}),
+        fix="re-run the deploy",
+    ),
+    Fault(
+        "ufw opens 11434",
+        "ufw allow 11434/tcp",
+        "ufw delete allow 11434/tcp",
+        fails="raw_port",
+        blocked=frozenset(),
+        fix="ufw rule for 11434",
+    ),
+    Fault(
+        "key list changed",
+        f"cp -p {API_KEYS} /root/api-keys.verify-backup && sed -i '/^# key: ops$/,+1d' {API_KEYS} "
+        f"&& ! grep -q 'key: ops' {API_KEYS} && grep -q 'key: ci' {API_KEYS} && systemctl reload nginx",
+        f"mv /root/api-keys.verify-backup {API_KEYS} && systemctl reload nginx",
+        fails="auth",
+        blocked=frozenset(),
+        fix="401 with the configured key(s) ops: the key list on the host is stale; re-run the deploy",
+    ),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_a_fault_fails_exactly_its_check_on_exactly_that_host(
+    fleet: DeployedFleet, faulty: str, fault: Fault
+) -> None:
+    fleet.ssh_ok(faulty, fault.breaks)
+    try:
+        code, report = fleet.verify()
+    finally:
+        repair(fleet, faulty, fault)
+    assert code == 1
+    expected = (
+        dict.fromkeys(CHECK_NAMES, "pass") | {fault.fails: "fail"} | dict.fromkeys(fault.blocked, "blocked")
+    )
+    healthy = dict.fromkeys(CHECK_NAMES, "pass")
+    assert statuses(report) == {host: expected if host == faulty else healthy for host in fleet.hosts}
+    assert fault.fix in reasons(report, faulty)[fault.fails]
+    assert report["failures"][0] == {"host": faulty, "check": fault.fails}
+
+    code, report = fleet.verify("--hosts", faulty)
+    assert code == 0, f"not repaired: {report['failures']}"
+
+
+def repair(fleet: DeployedFleet, host: str, fault: Fault) -> None:
+    if fault.repair is not None:
+        fleet.ssh_ok(host, fault.repair)
+        return
+    done = fleet.deploy("--limit", host)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_a_deploy_whose_result_does_not_work_fails(fleet: DeployedFleet, tmp_path: Path) -> None:
+    """The deploy ends with the same checks: a site template that buffers streams makes it fail."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    site = (builtin_templates_dir() / "nginx-site.conf.j2").read_text()
+    assert "proxy_buffering off;" in site
+    (templates / "nginx-site.conf.j2").write_text(site.replace("proxy_buffering off;", "proxy_buffering on;"))
+    host = fleet.hosts[2]
+    override = f'["{templates}"]'
+    try:
+        done = fleet.deploy("--limit", host, "--data", f"nginx_template_dirs={override}")
+    finally:
+        restored = fleet.deploy("--limit", host)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"{host} does not work for clients" in output
+    assert "stream: fail" in output and "proxy_buffering off" in output
+    assert restored.returncode == 0, restored.stdout[-3000:]
+
+
+@pytest.fixture
+def health_results(fleet: DeployedFleet) -> Iterator[DeployedFleet]:
+    """Every host has logged a first health result (the timer fires 10 s after the deploy started it)."""
+    deadline = time.monotonic() + 120
+    while fleet.ollama_fleet("status").returncode != 0:
+        assert time.monotonic() < deadline, fleet.ollama_fleet("status").stdout
+        time.sleep(3)
+    yield fleet
+
+
+def test_status_shows_each_hosts_last_health_result(health_results: DeployedFleet, faulty: str) -> None:
+    fleet = health_results
+    done = fleet.ollama_fleet("status")
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
+    assert set(rows) == set(fleet.hosts)
+    assert all(row[1] == "ok" and "version=0.24.0" in " ".join(row) for row in rows.values())
+
+    fleet.ssh_ok(faulty, "systemctl stop ollama")
+    try:
+        fleet.ssh(faulty, "systemctl start ollama-fleet-health.service")  # fails, and logs why
+        done = fleet.ollama_fleet("status", "--json")
+    finally:
+        fleet.ssh_ok(faulty, f"systemctl start ollama && {WAIT_FOR_OLLAMA}")
+        fleet.ssh_ok(faulty, "systemctl start ollama-fleet-health.service")
+    assert done.returncode == 1
+    hosts = {h["host"]: h for h in json.loads(done.stdout)["hosts"]}
+    assert hosts[faulty]["state"] == "FAIL"
+    assert "unreachable" in hosts[faulty]["message"] and "systemctl status ollama" in hosts[faulty]["message"]
+    assert all(hosts[h]["state"] == "ok" for h in fleet.hosts if h != faulty)
+    assert fleet.ollama_fleet("status").returncode == 0
+
+
+def test_a_second_deploy_changes_no_health_unit_and_verifies_again(fleet: DeployedFleet) -> None:
+    done = fleet.deploy("--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    operations = json.loads(done.stdout)["results"]["operations"]
+    health = [op for op in operations if op["name"].startswith("Ollama health timer |")]
+    assert len(health) >= 5
+    for op in health:
+        assert (op["success"], sorted(op["no_change"])) == ([], sorted(fleet.hosts)), op["name"]
+    verify = next(op for op in operations if op["name"].startswith("Verify "))
+    assert sorted(verify["success"]) == sorted(fleet.hosts)  # it only verifies, and says so in its name
