@@ -10,7 +10,8 @@ import pytest
 from verify_fakes import Behaviour, FakeHost, fake_host
 
 from ollama_fleet.settings import settings_for_host
-from ollama_fleet.verify.checks import CHECK_NAMES, CheckResult, Status, check_host
+from ollama_fleet.verify.checks import CHECK_NAMES, check_host
+from ollama_fleet.verify.context import CheckResult, Status
 from ollama_fleet.verify.targets import Target
 
 pytestmark = pytest.mark.unit

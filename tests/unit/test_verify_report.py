@@ -8,7 +8,8 @@ import ssl
 import httpx
 import pytest
 
-from ollama_fleet.verify.checks import CHECK_NAMES, CheckResult, Status
+from ollama_fleet.verify.checks import CHECK_NAMES
+from ollama_fleet.verify.context import CheckResult, Status
 from ollama_fleet.verify.reasons import (
     error_message,
     explain_status,

@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Any
 
-from ollama_fleet.verify.checks import CheckResult
+from ollama_fleet.verify.context import CheckResult
 from ollama_fleet.verify.fleet import DEFAULT_TIMEOUT, secrets_of, verify_fleet
 from ollama_fleet.verify.report import (
     EXIT_BAD_INPUT,

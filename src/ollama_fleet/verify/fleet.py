@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from ollama_fleet.verify.checks import CheckResult, check_host
+from ollama_fleet.verify.checks import check_host
+from ollama_fleet.verify.context import CheckResult
 from ollama_fleet.verify.report import FleetReport, HostReport
 from ollama_fleet.verify.targets import Target
 

@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ollama_fleet.verify.checks import CHECK_NAMES, CheckResult, Status
+from ollama_fleet.verify.checks import CHECK_NAMES
+from ollama_fleet.verify.context import CheckResult, Status
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -1,0 +1,119 @@
+"""What the checks of one host share: results, the HTTP client, and the context a check runs in."""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from ollama_fleet.settings import FleetSettings
+from ollama_fleet.verify import probes
+from ollama_fleet.verify.reasons import CheckFailed, explain_status, explain_transport
+from ollama_fleet.verify.targets import Target
+
+
+def _load_httpcore() -> None:
+    """Import httpcore (httpx loads it lazily) so that it works under gevent's monkey patching.
+
+    pyinfra patches the whole process with gevent (so does `verify` once it loads an inventory), which
+    removes select.epoll. httpcore probes for trio on import, and trio, where installed, then dies with an
+    AttributeError that httpcore does not catch. Hiding trio for that one import makes httpcore use its
+    thread-based primitives, which is what a synchronous client needs anyway.
+    """
+    if "httpcore" in sys.modules or "trio" in sys.modules:
+        return
+    sys.modules["trio"] = None  # type: ignore[assignment]  # `import trio` now raises ImportError
+    try:
+        import httpcore  # noqa: F401
+    finally:
+        del sys.modules["trio"]
+
+
+_load_httpcore()
+
+
+class Status(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    BLOCKED = "blocked"  # not run: something it needs failed earlier (counts as not passing)
+    NA = "n/a"  # does not apply to this host's settings (e.g. outsider probe outside the lab)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    status: Status
+    figure: str = ""
+    reason: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, float | int | str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.PASS, Status.NA)
+
+
+def passed(figure: str, **metrics: float | int | str) -> CheckResult:
+    return CheckResult("", Status.PASS, figure=figure, metrics=metrics)
+
+
+def not_applicable(figure: str) -> CheckResult:
+    return CheckResult("", Status.NA, figure=figure)
+
+
+@dataclass
+class HostContext:
+    """What the checks of one host share: the client, the key found to work, what is established."""
+
+    target: Target
+    client: httpx.Client
+    timeout: float
+    key: str | None = None
+    established: set[str] = field(default_factory=set)
+
+    @property
+    def settings(self) -> FleetSettings:
+        return self.target.settings
+
+    def configured_keys(self) -> list[tuple[str, str]]:
+        return [(k.name, k.key.get_secret_value()) for k in self.settings.auth.keys]
+
+    def auth_header(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
+        """One request; transport failures become CheckFailed with an actionable reason."""
+        headers = {**self.auth_header(key), **kwargs.pop("headers", {})}
+        try:
+            return self.client.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            reason = explain_transport(exc, self.target.address, self.target.port, f"{method} {path}")
+            raise CheckFailed(reason) from None
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A request with the working key that must answer 200 with JSON."""
+        response = self.request(method, path, key=self.key, **kwargs)
+        if response.status_code != 200:
+            raise CheckFailed(explain_status(response.status_code, response.text, f"{method} {path}"))
+        try:
+            return response.json()
+        except ValueError:
+            raise CheckFailed(f"{method} {path} answered 200 but not JSON: {response.text[:120]!r}") from None
+
+
+def make_client(target: Target, timeout: float) -> httpx.Client:
+    verify: ssl.SSLContext | bool = False
+    if target.https:
+        ca = target.ca_file
+        verify = probes.client_ssl_context(ca if ca and ca.is_file() else None)
+    return httpx.Client(
+        base_url=target.base_url,
+        verify=verify,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        trust_env=False,  # never route through a proxy from the environment: talk to the host itself
+        headers={"User-Agent": "ollama-fleet-verify"},
+    )
