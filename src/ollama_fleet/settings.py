@@ -269,8 +269,8 @@ class FirewallSettings(_Section):
     def _needs_subnets(self) -> FirewallSettings:
         if self.enabled and not self.client_subnets:
             raise ValueError(
-                "firewall_enabled is true but firewall_client_subnets is empty: no client could reach the API; "
-                "list the LAN subnets, e.g. ['192.168.1.0/24']"
+                "firewall_enabled is true but firewall_client_subnets is empty: no client could reach the "
+                "API; list the LAN subnets, e.g. ['192.168.1.0/24']"
             )
         if self.enabled and not self.admin_subnets:
             raise ValueError(
