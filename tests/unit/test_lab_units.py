@@ -15,9 +15,17 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet.lab import cgroups, hosts, mirror, network, rootfs, sysctls
-from ollama_fleet.lab.inventory import lab_settings, render_inventory, render_ssh_config
+from ollama_fleet.lab.inventory import (
+    LAB_KEY_NAMES,
+    LAB_ORIGIN,
+    lab_settings,
+    render_inventory,
+    render_ssh_config,
+)
+from ollama_fleet.lab.paths import repo_root
 from ollama_fleet.lab.plan import SlotPlan
 from ollama_fleet.lab.state import HostState, LabState
+from ollama_fleet.settings import settings_for_host
 
 pytestmark = pytest.mark.unit
 
@@ -185,7 +193,8 @@ def pyinfra_view(inventory: Path) -> dict[str, tuple[list[str], dict[str, object
 def test_inventory_loads_in_pyinfra_with_groups_and_lab_data(tmp_path: Path) -> None:
     state = make_state(0, 3, tmp_path)
     path = tmp_path / "lab.py"
-    path.write_text(render_inventory(state))
+    model = tmp_path / "tiny.gguf"
+    path.write_text(render_inventory(state, model))
     view = pyinfra_view(path)
     assert sorted(view) == ["lab-1", "lab-2", "lab-3"]
     assert {"lab_canary", "lab_hosts"} <= set(view["lab-1"][0])
@@ -199,17 +208,40 @@ def test_inventory_loads_in_pyinfra_with_groups_and_lab_data(tmp_path: Path) -> 
     assert data["ssh_key"] == state.key_path
     assert data["ssh_known_hosts_file"] == "/dev/null"
     assert data["ssh_strict_host_key_checking"] == "no"
-    for key, value in lab_settings(SlotPlan(0)).items():
+    for key, value in lab_settings(SlotPlan(0), Path(state.key_path).parent, model).items():
         assert data[key] == value
 
 
-def test_lab_settings_point_at_the_slot_mirror_and_subnets() -> None:
-    settings = lab_settings(SlotPlan(2))
+def test_lab_settings_point_at_the_slot_mirror_and_subnets(tmp_path: Path) -> None:
+    settings = lab_settings(SlotPlan(2), tmp_path, tmp_path / "tiny.gguf")
     assert settings["ollama_source"] == "mirror"
     assert settings["ollama_mirror_url"] == "http://10.213.4.1:8080/ollama"
     assert settings["firewall_client_subnets"] == ["10.213.4.0/24"]
     assert settings["firewall_admin_subnets"] == ["10.213.4.0/24"]
     assert settings["lab_outsider_ip"] == "10.213.5.2"
+    assert settings["tls_ca_dir"] == str(tmp_path / "pki")
+    assert settings["auth_secrets_file"] == str(tmp_path / "secrets.json")
+
+
+def test_lab_settings_are_a_complete_valid_fleet(tmp_path: Path) -> None:
+    """`pyinfra -y inventories/lab.py deploys/ollama.py` needs nothing beyond what the lab writes."""
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF")
+    keys = {name: f"lab-{name}-0123456789abcdef" for name in LAB_KEY_NAMES}
+    (tmp_path / "secrets.json").write_text(json.dumps({"api_keys": keys}))
+    data = {**group_defaults(), **lab_settings(SlotPlan(0), tmp_path, model)}
+    s = settings_for_host("lab-1", data, environ={})
+    assert [k.key.get_secret_value() for k in s.auth.keys] == list(keys.values())
+    assert s.models.names() == ["tiny:latest", "vehicle-assistant:latest"]
+    assert s.ollama.download_base == "http://10.213.0.1:8080/ollama/v0.24.0"
+    assert s.ollama.origins == [LAB_ORIGIN]
+
+
+def group_defaults() -> dict[str, object]:
+    """The repo's group_data/all.py, as pyinfra would load it."""
+    namespace: dict[str, object] = {}
+    exec((repo_root() / "group_data" / "all.py").read_text(), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("_")}
 
 
 def ssh_effective(config: Path, host: str) -> dict[str, str]:

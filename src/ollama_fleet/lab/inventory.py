@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ollama_fleet.lab.plan import SlotPlan
 from ollama_fleet.lab.state import LabState
 
+LAB_ORIGIN = "https://app.lab.example"
+"""The browser origin lab fleets allow, for CORS checks."""
 
-def lab_settings(plan: SlotPlan) -> dict[str, object]:
-    """Deploy settings every lab host gets (host data, so they override group_data defaults)."""
+LAB_KEY_NAMES = ("ci", "ops")
+"""API keys every lab fleet has; their values are made by `lab up` in `.lab/slot<S>/secrets.json`."""
+
+VEHICLE_ASSISTANT = {
+    "name": "vehicle-assistant",
+    "base": "tiny",
+    "system": "You answer questions about vehicles.",
+    "parameters": {"num_predict": 16, "temperature": 0.2},
+}
+"""The guide's custom model, built FROM the tiny GGUF so the lab exercises Modelfiles too."""
+
+
+def lab_settings(plan: SlotPlan, state_dir: Path, tiny_model: Path) -> dict[str, object]:
+    """Deploy settings every lab host gets: a complete, working fleet with nothing more to write.
+
+    They are host data, so they win over group_data files; tests that need other values pass `--data`.
+    """
     return {
         "ollama_source": "mirror",
         "ollama_mirror_url": f"{plan.mirror_base_url}/ollama",
+        "ollama_origins": [LAB_ORIGIN],
         "firewall_client_subnets": [plan.hosts_subnet],
         "firewall_admin_subnets": [plan.hosts_subnet],
+        "auth_key_names": list(LAB_KEY_NAMES),
+        "auth_secrets_file": str(secrets_path(state_dir)),
+        "tls_ca_dir": str(state_dir / "pki"),
+        "models_gguf": {"tiny": str(tiny_model)},
+        "models_custom": [VEHICLE_ASSISTANT],
         "lab_outsider_ip": plan.outsider_ip,
+        "lab_outsider_netns": plan.netns,
     }
+
+
+def secrets_path(state_dir: Path) -> Path:
+    return state_dir / "secrets.json"
 
 
 def ssh_data(state: LabState) -> dict[str, object]:
@@ -30,13 +60,13 @@ def _host_line(name: str, ip: str) -> str:
     return f'    ("{name}", {{"ssh_hostname": "{ip}", **_ssh, **_lab}}),\n'
 
 
-def render_inventory(state: LabState) -> str:
+def render_inventory(state: LabState, tiny_model: Path) -> str:
     canary, rest = state.hosts[:1], state.hosts[1:]
     return (
         f'"""pyinfra inventory of lab slot {state.slot}: written by `ollama-fleet lab up`, removed by '
         '`lab down`."""\n\n'
         f"_ssh = {ssh_data(state)!r}\n"
-        f"_lab = {lab_settings(state.plan)!r}\n\n"
+        f"_lab = {lab_settings(state.plan, Path(state.key_path).parent, tiny_model)!r}\n\n"
         "lab_canary = [\n"
         + "".join(_host_line(h.name, h.ip) for h in canary)
         + "]\n"

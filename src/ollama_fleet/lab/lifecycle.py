@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -10,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ollama_fleet.lab import cgroups, hosts, mirror, network, rootfs, state, sysctls
-from ollama_fleet.lab.inventory import render_inventory, render_ssh_config
+from ollama_fleet.lab.artifacts import ensure_tiny_model
+from ollama_fleet.lab.inventory import LAB_KEY_NAMES, render_inventory, render_ssh_config, secrets_path
 from ollama_fleet.lab.paths import inventory_path, runtime_dir, state_dir
 from ollama_fleet.lab.plan import MIRROR_PORT, HostPlan, SlotPlan
 from ollama_fleet.lab.run import LabError, run
@@ -38,6 +41,18 @@ def ensure_key(slot: int) -> Path:
         key.parent.mkdir(parents=True, exist_ok=True)
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"ollama-fleet-lab{slot}", "-f", str(key)])
     return key
+
+
+def ensure_lab_secrets(slot: int) -> Path:
+    """The lab fleet's API keys (random, 0600, kept across up/down like the SSH key)."""
+    path = secrets_path(state_dir(slot))
+    if not path.is_file():
+        keys = {name: f"lab-{name}-{secrets.token_urlsafe(24)}" for name in LAB_KEY_NAMES}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"api_keys": keys}, out)
+    return path
 
 
 OWNER_FILE = "owner"
@@ -93,7 +108,8 @@ def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
     state.save(lab)
     inventory = Path(lab.inventory_path)
     inventory.parent.mkdir(parents=True, exist_ok=True)
-    inventory.write_text(render_inventory(lab))
+    ensure_lab_secrets(slot)
+    inventory.write_text(render_inventory(lab, ensure_tiny_model()))
     return lab
 
 
