@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import ssl
 import subprocess
@@ -22,14 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ollama_fleet.lab.artifacts import ensure_ollama_release, ensure_tiny_model
+from ollama_fleet.lab.artifacts import ensure_ollama_release
 from ollama_fleet.lab.state import LabState
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
-KEY = secrets.token_urlsafe(24)
 VERIFY_PREFIXES = ("Verify", "Check")  # operations that only check; they may run on every deploy
 
 
@@ -56,13 +54,23 @@ class Run:
 
 @dataclass
 class Fleet:
+    """The lab as its inventory describes it: keys, CA and models are the lab's own settings."""
+
     lab: LabState
-    group_data: Path
     work: Path
 
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.lab.key_path).parent
+
+    @property
+    def key(self) -> str:
+        keys: dict[str, str] = json.loads((self.state_dir / "secrets.json").read_text())["api_keys"]
+        return keys["ci"]
+
     def deploy(self, *args: str, group_data: tuple[Path, ...] = ()) -> Run:
-        extra = [arg for d in (self.group_data, *group_data) for arg in ("--group-data", str(d))]
-        env = {**os.environ, "OLLAMA_FLEET_API_KEY_E2E": KEY, "PYINFRA_PROGRESS": "off"}
+        extra = [arg for d in group_data for arg in ("--group-data", str(d))]
+        env = {**os.environ, "PYINFRA_PROGRESS": "off"}
         started = time.monotonic()
         result = subprocess.run(
             [PYINFRA, "-y", *extra, *args, self.lab.inventory_path, "deploys/ollama.py"],
@@ -81,10 +89,12 @@ class Fleet:
         )
         return result.stdout
 
-    def https(self, host: str, path: str, key: str | None = KEY) -> httpx.Response:
+    def https(self, host: str, path: str, key: str | None = "") -> httpx.Response:
+        """GET with the fleet's key (key="", the default), another key, or none (key=None)."""
+        key = self.key if key == "" else key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         ip = self.lab.host(host).ip
-        trust = ssl.create_default_context(cafile=str(self.work / "pki" / "ca.pem"))
+        trust = ssl.create_default_context(cafile=str(self.state_dir / "pki" / "ca.pem"))
         with httpx.Client(verify=trust, timeout=30) as client:
             return client.get(f"https://{ip}{path}", headers=headers)
 
@@ -106,24 +116,7 @@ def fingerprint(fleet: Fleet, host: str) -> str:
 
 @pytest.fixture(scope="module")
 def fleet(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    work = tmp_path_factory.mktemp("fleet")
-    group_data = work / "group_data"
-    group_data.mkdir()
-    settings = {
-        "auth_key_names": ["e2e"],
-        "tls_ca_dir": str(work / "pki"),
-        "models_gguf": {"tiny": str(ensure_tiny_model())},
-        "models_custom": [
-            {
-                "name": "vehicle-assistant",
-                "base": "tiny",
-                "system": "You answer questions about vehicles.",
-                "parameters": {"num_predict": 16, "temperature": 0.2},
-            }
-        ],
-    }
-    (group_data / "all.py").write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
-    return Fleet(lab, group_data, work)
+    return Fleet(lab, tmp_path_factory.mktemp("fleet"))
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +155,16 @@ def test_second_deploy_changes_nothing_on_any_host(second: Run) -> None:
     assert second.results["totals"]["error"] == 0
 
 
-def test_api_key_never_appears_in_deploy_output(first: Run, second: Run) -> None:
+def test_api_key_never_appears_in_deploy_output(fleet: Fleet, first: Run, second: Run) -> None:
     for run in (first, second):
-        assert KEY not in run.stdout + run.stderr
+        assert fleet.key not in run.stdout + run.stderr
         assert "PRIVATE KEY" not in run.stdout + run.stderr
 
 
 def test_hosts_pass_the_testinfra_checks(fleet: Fleet, second: Run) -> None:
     env = {
         **os.environ,
-        "OLLAMA_FLEET_API_KEY_E2E": KEY,
         "OLLAMA_FLEET_INVENTORY": fleet.lab.inventory_path,
-        "OLLAMA_FLEET_GROUP_DATA": str(fleet.group_data),
     }
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/infra",

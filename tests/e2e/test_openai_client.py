@@ -17,8 +17,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def fleet(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> DeployedFleet:
-    return deploy_fleet(lab, tmp_path_factory.mktemp("openai-fleet"))
+def fleet(lab: LabState) -> DeployedFleet:
+    return deploy_fleet(lab)
 
 
 def client_for(fleet: DeployedFleet, host: str, key: str) -> openai.OpenAI:

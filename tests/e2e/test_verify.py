@@ -27,8 +27,8 @@ WAIT_FOR_OLLAMA = (
 
 
 @pytest.fixture(scope="module")
-def fleet(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> DeployedFleet:
-    return deploy_fleet(lab, tmp_path_factory.mktemp("verify-fleet"))
+def fleet(lab: LabState) -> DeployedFleet:
+    return deploy_fleet(lab)
 
 
 @pytest.fixture

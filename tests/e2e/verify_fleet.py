@@ -1,5 +1,6 @@
-"""A deployed lab fleet for the verify and client tests: the lab's inventory plus group data with keys,
-the tiny model and a CORS origin, deployed with `pyinfra -y INVENTORY deploys/ollama.py --group-data DIR`.
+"""A deployed lab fleet for the verify and client tests: the lab's inventory as `lab up` wrote it (keys,
+CA, the tiny model and a CORS origin are the lab's own settings), deployed with
+`pyinfra -y INVENTORY deploys/ollama.py`.
 
 Every command here is what an operator types; only lab hosts (10.213.0.0/16) and loopback are contacted.
 """
@@ -7,18 +8,17 @@ Every command here is what an operator types; only lab hosts (10.213.0.0/16) and
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ollama_fleet.lab import artifacts
+from ollama_fleet.lab.inventory import LAB_ORIGIN
 from ollama_fleet.lab.paths import repo_root
 from ollama_fleet.lab.state import LabState
 
-ORIGIN = "https://app.lab.example"
+ORIGIN = LAB_ORIGIN
 SITE = "/etc/nginx/sites-available/ollama-fleet.conf"
 API_KEYS = "/etc/nginx/ollama-fleet/api-keys.conf"
 
@@ -26,17 +26,16 @@ API_KEYS = "/etc/nginx/ollama-fleet/api-keys.conf"
 @dataclass(frozen=True)
 class DeployedFleet:
     lab: LabState
-    workdir: Path
     keys: dict[str, str]
     model: str
 
     @property
-    def group_data(self) -> Path:
-        return self.workdir / "group_data"
+    def state_dir(self) -> Path:
+        return Path(self.lab.key_path).parent
 
     @property
     def ca_file(self) -> Path:
-        return self.workdir / "pki" / "ca.pem"
+        return self.state_dir / "pki" / "ca.pem"
 
     @property
     def hosts(self) -> list[str]:
@@ -52,13 +51,11 @@ class DeployedFleet:
 
     def deploy(self, *extra: str) -> subprocess.CompletedProcess[str]:
         inventory = self.lab.inventory_path
-        argv = ["pyinfra", "-y", inventory, "deploys/ollama.py", "--group-data", str(self.group_data)]
-        return self.run([*argv, *extra], timeout=900)
+        return self.run(["pyinfra", "-y", inventory, "deploys/ollama.py", *extra], timeout=900)
 
     def ollama_fleet(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """`ollama-fleet COMMAND INVENTORY --group-data DIR ARGS...`"""
-        argv = [sys.executable, "-m", "ollama_fleet.cli", command, self.lab.inventory_path]
-        return self.run([*argv, "--group-data", str(self.group_data), *args])
+        """`ollama-fleet COMMAND INVENTORY ARGS...`"""
+        return self.run([sys.executable, "-m", "ollama_fleet.cli", command, self.lab.inventory_path, *args])
 
     def verify(self, *args: str) -> tuple[int, dict[str, Any]]:
         done = self.ollama_fleet("verify", "--json", *args)
@@ -86,25 +83,11 @@ def reasons(report: dict[str, Any], host: str) -> dict[str, str]:
     return {c["check"]: c["reason"] for c in entry["checks"]}
 
 
-def deploy_fleet(lab: LabState, workdir: Path) -> DeployedFleet:
-    """Write the group data and secrets, deploy the lab, and fail loudly if the deploy does not succeed."""
-    keys = {name: f"{name}-{secrets.token_hex(16)}" for name in ("ci", "ops")}
-    (workdir / "group_data").mkdir(parents=True, exist_ok=True)
-    secrets_file = workdir / "secrets.json"
-    secrets_file.write_text(json.dumps({"api_keys": keys}))
-    secrets_file.chmod(0o600)
-    settings = {
-        "auth_key_names": list(keys),
-        "auth_secrets_file": str(secrets_file),
-        "models_gguf": {"tiny": str(artifacts.ensure_tiny_model())},
-        "ollama_origins": [ORIGIN],
-        "tls_ca_dir": str(workdir / "pki"),
-    }
-    # `all` of an extra --group-data directory overrides ./group_data/all.py key by key.
-    (workdir / "group_data" / "all.py").write_text(
-        "".join(f"{key} = {value!r}\n" for key, value in settings.items())
-    )
-    fleet = DeployedFleet(lab=lab, workdir=workdir, keys=keys, model="tiny:latest")
+def deploy_fleet(lab: LabState) -> DeployedFleet:
+    """Deploy the lab as its inventory describes it, and fail loudly if the deploy does not succeed."""
+    secrets_file = Path(lab.key_path).parent / "secrets.json"
+    keys: dict[str, str] = json.loads(secrets_file.read_text())["api_keys"]
+    fleet = DeployedFleet(lab=lab, keys=keys, model="tiny:latest")
     done = fleet.deploy()
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return fleet
