@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 
 from ollama_fleet.deploys.firewall import firewall
 from ollama_fleet.deploys.fleet import settings_for
+from ollama_fleet.deploys.health import health_monitoring, verify_after_deploy
 from ollama_fleet.deploys.install import install_ollama
 from ollama_fleet.deploys.models import ollama_models
 from ollama_fleet.deploys.proxy import nginx_proxy
 from ollama_fleet.deploys.service import ollama_service
 from ollama_fleet.deploys.tls import tls_material
-from ollama_fleet.settings import FleetSettings
-
-HEALTH_MODULE = "ollama_fleet.deploys.health"
 
 
 def deploy_site() -> None:
@@ -34,14 +29,6 @@ def deploy_site() -> None:
         tls_material(s=s, reload_triggers=reload_nginx_on)
         nginx_proxy(s=s, reload_triggers=reload_nginx_on)
     ollama_models(s=s)
-    _health_and_verify(s)
-
-
-def _health_and_verify(s: FleetSettings) -> None:
-    """The health timer and the final client-side verification, owned by the verify package."""
-    if importlib.util.find_spec(HEALTH_MODULE) is None:
-        return
-    health = importlib.import_module(HEALTH_MODULE)
-    if s.health.enabled:
-        health.health_monitoring(s=s)
-    health.verify_after_deploy(s)
+    health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
+    # Last: check the host from the controller as a client would; a host that does not work fails the run.
+    verify_after_deploy(s)
