@@ -1,4 +1,4 @@
-"""`ollama-fleet lab up|down|status`: argparse wiring over `lifecycle`.
+"""`ollama-fleet lab build|up|down|status`: argparse wiring over `lifecycle`.
 
 Also runnable alone: `python -m ollama_fleet.lab.commands lab up --hosts 3`.
 """
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ollama_fleet.lab import lifecycle
+from ollama_fleet.lab import artifacts, lifecycle
 from ollama_fleet.lab.plan import MAX_HOSTS, default_slot
 from ollama_fleet.lab.run import LabError
 
@@ -23,9 +23,13 @@ def _add_slot(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add `lab up|down|status` to an argparse subparsers object."""
+    """Add `lab build|up|down|status` to an argparse subparsers object."""
     lab = subparsers.add_parser("lab", help="a throwaway local fleet of systemd-nspawn hosts")
     actions = lab.add_subparsers(dest="lab_command", required=True)
+    build = actions.add_parser("build", help="build (or reuse) Ollama from source and the tiny model")
+    build.add_argument("--version", default=artifacts.DEFAULT_VERSION, help="Ollama release (%(default)s)")
+    build.add_argument("--json", action="store_true", help="machine-readable output")
+    build.set_defaults(func=_build)
     up = actions.add_parser("up", help="bring a lab up (clearing a stale one of the same slot first)")
     up.add_argument("--hosts", type=int, default=3, help=f"number of hosts, 1..{MAX_HOSTS} (default 3)")
     _add_slot(up)
@@ -41,6 +45,10 @@ def register(subparsers: Any) -> None:
 
 def _slot(args: argparse.Namespace) -> int:
     return default_slot() if args.slot is None else int(args.slot)
+
+
+def _build(args: argparse.Namespace) -> int:
+    return artifacts.main(["--version", args.version, *(["--json"] if args.json else [])])
 
 
 def _up(args: argparse.Namespace) -> int:
