@@ -28,7 +28,8 @@ def fleet(lab: LabState) -> DeployedFleet:
 @pytest.fixture
 def broken_canary(fleet: DeployedFleet) -> Iterator[str]:
     canary = fleet.hosts[0]
-    fleet.ssh_ok(canary, f"cp {NGINX_CONF} /root/nginx.conf.good && echo 'no_such_directive on;' >> {NGINX_CONF}")
+    break_it = f"cp {NGINX_CONF} /root/nginx.conf.good && echo 'no_such_directive on;' >> {NGINX_CONF}"
+    fleet.ssh_ok(canary, break_it)
     try:
         yield canary
     finally:
