@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,28 @@ def lab() -> Iterator[LabState]:
         yield state
     finally:
         lifecycle.down(slot)
+
+
+# The session shares one lab, so module order matters: the lab's own tests need bare hosts (e.g. the outsider
+# may SSH in only before ufw is on), and the deploy tests begin by asserting the hosts are bare.
+MODULE_ORDER = (
+    "test_artifacts",
+    "test_lab",
+    "test_lab_ollama",
+    "test_deploy",
+    "test_verify",
+    "test_openai_client",
+    "test_rollout",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.parent != here:
+            return -1  # the unit tier first, as collected
+        name = item.path.stem
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=rank)  # stable: tests keep their order inside a module
