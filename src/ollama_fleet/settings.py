@@ -345,6 +345,39 @@ class HealthSettings(_Section):
     interval: str = "1min"
     timeout_seconds: int = Field(default=10, gt=0)
 
+    @field_validator("interval")
+    @classmethod
+    def _interval_is_a_timespan(cls, value: str) -> str:
+        timespan_seconds(value)
+        return value
+
+
+_TIMESPAN_UNITS = {
+    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3,
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}  # fmt: skip
+_TIMESPAN_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+_TIMESPAN = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[a-z]*)+")
+
+
+def timespan_seconds(value: str) -> float:
+    """A systemd time span ("1min", "90s", "1h 30min") in seconds; ValueError if systemd would reject it."""
+    text = value.strip().lower()
+    if not _TIMESPAN.fullmatch(text):
+        raise ValueError(f"{value!r} is not a systemd time span; write it like 1min or 30s")
+    total = 0.0
+    for number, unit in _TIMESPAN_PART.findall(text):
+        if (unit or "s") not in _TIMESPAN_UNITS:
+            raise ValueError(f"{value!r}: unknown unit {unit!r}; use s, min or h")
+        total += float(number) * _TIMESPAN_UNITS[unit or "s"]
+    if total < 10:
+        raise ValueError(f"{value!r} is under 10 s; the check itself may take that long")
+    return total
+
 
 SECTIONS: dict[str, type[_Section]] = {
     "ollama": OllamaSettings,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from verify_fakes import Behaviour, fake_host
 
-from ollama_fleet.deploys.health import SCRIPT_PATH, TAG, render_health_files, timespan_seconds
-from ollama_fleet.settings import FleetSettings, settings_for_host
+from ollama_fleet.deploys.health import SCRIPT_PATH, TAG, render_health_files
+from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host, timespan_seconds
 from ollama_fleet.verify.status import parse_status, ssh_argv, stale_after
 from ollama_fleet.verify.targets import Target
 
@@ -100,9 +100,9 @@ def test_timespans_as_systemd_reads_them(span: str, seconds: float) -> None:
 
 
 @pytest.mark.parametrize("span", ["every minute", "1 fortnight", "5s", "", "1min;rm"])
-def test_bad_or_too_short_intervals_are_refused(span: str) -> None:
-    with pytest.raises(ValueError, match="health_interval"):
-        render_health_files(settings(health_interval=span))
+def test_bad_or_too_short_intervals_are_refused_with_the_settings(span: str) -> None:
+    with pytest.raises(SettingsError, match="health_interval"):
+        settings(health_interval=span)
 
 
 NOW = 1_800_000_000.0
