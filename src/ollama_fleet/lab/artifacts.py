@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import gzip
 import hashlib
 import io
@@ -28,12 +27,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 from ollama_fleet.lab import tinymodel
+from ollama_fleet.lab.paths import cache_lock
 
 DEFAULT_VERSION = "0.24.0"
 MODULE = "github.com/ollama/ollama"
@@ -130,18 +129,6 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
 
 def sha256_file(path: Path) -> str:
     return tinymodel.sha256_of(path)
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Serialise builds: two concurrent callers must not both spend minutes compiling."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def missing_prerequisites() -> list[str]:
@@ -369,7 +356,7 @@ def ensure_ollama_release(version: str = DEFAULT_VERSION) -> Path:
     recipe = recipe_for(version)
     build_name = f"{version}-{recipe.key()}"
     link = ollama_dir / f"v{version}"
-    with _locked(ollama_dir / ".lock"):
+    with cache_lock(ollama_dir / ".lock"):
         if not release_is_complete(builds / build_name, recipe):
             build_release(recipe, builds / build_name)
         if not link.is_symlink() or os.readlink(link) != f"builds/{build_name}":

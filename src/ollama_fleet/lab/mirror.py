@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ollama_fleet.lab import rootfs
-from ollama_fleet.lab.paths import cache_dir
+from ollama_fleet.lab.paths import cache_dir, cache_lock
 from ollama_fleet.lab.run import LabError, run
 
 MIRROR_PACKAGES = ("nginx", "ufw", "zstd")
@@ -85,7 +85,7 @@ def ensure_debs(base: Path) -> Path:
     final = routes()["/debian/"]
     if (final / "Release").is_file():
         return final
-    with rootfs.cache_lock(cache_dir() / "debs" / ".lock"):
+    with cache_lock(cache_dir() / "debs" / ".lock"):
         if (final / "Release").is_file():
             return final
         building = final.with_name(f".build-{final.name}-{os.getpid()}")

@@ -6,16 +6,13 @@ temporary directory and renamed into place only when complete, so a crash never 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-from ollama_fleet.lab.paths import cache_dir
+from ollama_fleet.lab.paths import cache_dir, cache_lock
 from ollama_fleet.lab.run import run
 
 SUITE = "bookworm"
@@ -55,18 +52,6 @@ def recipe_hash() -> str:
 
 def rootfs_cache() -> Path:
     return cache_dir() / "rootfs"
-
-
-@contextlib.contextmanager
-def cache_lock(path: Path) -> Iterator[None]:
-    """Serialize builds of one cache across concurrent labs (other slots, other clones)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_base(log: bool = True) -> Path:

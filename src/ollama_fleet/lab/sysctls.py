@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ollama_fleet.lab.paths import REGISTRY_DIR
+from ollama_fleet.lab.paths import REGISTRY_DIR, cache_lock
 from ollama_fleet.lab.plan import SlotPlan
-from ollama_fleet.lab.rootfs import cache_lock
 
 IP_FORWARD = "net.ipv4.ip_forward"
 INOTIFY_INSTANCES = "fs.inotify.max_user_instances"
