@@ -59,3 +59,6 @@ cpu_servers = (
     ],
     {**_fleet, "ollama_env": {"OLLAMA_KEEP_ALIVE": "30m", "OLLAMA_NUM_PARALLEL": "1"}},
 )
+
+# Rollouts reach this group first (README: "Roll a change out"); it stays a member of its group above.
+canary = ["cpu-1.example.lan"]

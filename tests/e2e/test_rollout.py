@@ -1,8 +1,9 @@
-"""Rolling a change out: `--serial --fail-percent 0` stops at the first host that fails.
+"""Rolling a change out: the canary group first, then the rest with `--serial --fail-percent 0`.
 
-The canary (first host) is made to fail the change (its nginx main config no longer passes `nginx -t`), then
-a change of the nginx site is rolled out: the canary refuses it and keeps serving its old site, and the rest
-of the fleet never receives it. Without `--fail-percent 0`, pyinfra's serial mode would carry on to them.
+The canary is made to fail the change (its nginx main config no longer passes `nginx -t`). Rolled out the
+README's way, the canary step fails, so the rest never receive the change; rolled out to everyone with
+`--serial --fail-percent 0`, pyinfra stops at the failing host (it takes hosts in no fixed order, so hosts it
+reached before the canary may have the change, never all of them after it). The fleet keeps serving.
 """
 
 from __future__ import annotations
@@ -40,25 +41,43 @@ def read_timeouts(fleet: DeployedFleet) -> dict[str, str]:
     return {host: fleet.ssh_ok(host, f"grep -h proxy_read_timeout {SITE}").strip() for host in fleet.hosts}
 
 
-def test_rollout_stops_at_the_first_failing_host(fleet: DeployedFleet, broken_canary: str) -> None:
-    before = read_timeouts(fleet)
-    assert set(before.values()) == {"proxy_read_timeout 900s;"}
+OLD, NEW = "proxy_read_timeout 900s;", "proxy_read_timeout 1200s;"
 
-    done = fleet.deploy("--serial", "--fail-percent", "0", "--data", CHANGE)
 
-    assert done.returncode != 0
-    assert "nginx rejected the new site; the live configuration is unchanged" in done.stdout + done.stderr
-    assert read_timeouts(fleet) == before  # the canary refused it; the others never got it
+def assert_fleet_serves(fleet: DeployedFleet) -> None:
     code, report = fleet.verify()
     assert code == 0, report
     assert all(status == "pass" for checks in statuses(report).values() for status in checks.values())
 
 
+def test_a_failing_canary_stops_the_rollout(fleet: DeployedFleet, broken_canary: str) -> None:
+    assert set(read_timeouts(fleet).values()) == {OLD}
+
+    done = fleet.deploy("--limit", "lab_canary", "--data", CHANGE)
+
+    assert done.returncode != 0
+    assert "nginx rejected the new site; the live configuration is unchanged" in done.stdout + done.stderr
+    assert set(read_timeouts(fleet).values()) == {OLD}  # the canary refused it; the rest were not started
+    assert_fleet_serves(fleet)
+
+
+def test_a_serial_rollout_stops_at_the_failing_host(fleet: DeployedFleet, broken_canary: str) -> None:
+    done = fleet.deploy("--serial", "--fail-percent", "0", "--data", CHANGE)
+
+    assert done.returncode != 0
+    assert "Over 0% of hosts failed" in done.stdout + done.stderr
+    # pyinfra raised at the canary's failure and ran nothing after it ("Over 0% of hosts failed").
+    assert read_timeouts(fleet)[broken_canary] == OLD
+    assert_fleet_serves(fleet)
+
+
 def test_rollout_reaches_every_host_once_the_canary_is_healthy(fleet: DeployedFleet) -> None:
+    canary = fleet.deploy("--limit", "lab_canary", "--data", CHANGE)
+    assert canary.returncode == 0, canary.stdout[-4000:] + canary.stderr[-4000:]
     done = fleet.deploy("--serial", "--fail-percent", "0", "--data", CHANGE)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert set(read_timeouts(fleet).values()) == {"proxy_read_timeout 1200s;"}
+    assert set(read_timeouts(fleet).values()) == {NEW}
 
     back = fleet.deploy("--serial", "--fail-percent", "0")
     assert back.returncode == 0, back.stdout[-4000:] + back.stderr[-4000:]
-    assert set(read_timeouts(fleet).values()) == {"proxy_read_timeout 900s;"}
+    assert set(read_timeouts(fleet).values()) == {OLD}
