@@ -104,6 +104,21 @@ def _is_current(name: str, digest: str, models: dict[str, str], records_dir: str
     return name in models and records.get(record_name(name)) == digest
 
 
+def _staging_if_stale(model: str, digest: str, api: str, records_dir: str) -> Generator[Any, None, str]:
+    """Yield the commands that make a fresh staging dir when `model` must be (re)created; return its path,
+    or "" when the model is current (or the API is down, which fails the operation)."""
+    models = host.get_fact(OllamaModels, api=api)
+    if models is None:
+        yield _api_down(api)
+        return ""
+    if _is_current(model, digest, models, records_dir):
+        host.noop(f"model {model} is current")
+        return ""
+    staging = posixpath.join(STAGING_DIR, record_name(model))
+    yield f"rm -rf {shlex.quote(staging)} && mkdir -p -m 700 {shlex.quote(staging)}"
+    return staging
+
+
 def _create_commands(
     name: str, digest: str, modelfile: str, api_host: str, records_dir: str, staging: str
 ) -> Generator[Any, None, None]:
@@ -129,17 +144,10 @@ def gguf_model(
     + records_dir: where the definition digests are kept
     """
     digest = file_sha256(gguf)
-    models = host.get_fact(OllamaModels, api=api)
-    if models is None:
-        yield _api_down(api)
-        return
-    if _is_current(model, digest, models, records_dir):
-        host.noop(f"model {model} is current")
-        return
-    staging = posixpath.join(STAGING_DIR, record_name(model))
-    yield f"rm -rf {shlex.quote(staging)} && mkdir -p -m 700 {shlex.quote(staging)}"
-    yield FileUploadCommand(str(gguf), posixpath.join(staging, "model.gguf"))
-    yield from _create_commands(model, digest, "FROM ./model.gguf\n", api_host, records_dir, staging)
+    staging = yield from _staging_if_stale(model, digest, api, records_dir)
+    if staging:
+        yield FileUploadCommand(str(gguf), posixpath.join(staging, "model.gguf"))
+        yield from _create_commands(model, digest, "FROM ./model.gguf\n", api_host, records_dir, staging)
 
 
 def modelfile_digest(modelfile: str, base_digest: str | None = None) -> str:
@@ -159,16 +167,9 @@ def custom_model(
     + digest: modelfile_digest(...) of its definition
     + api, api_host, records_dir: as for gguf_model
     """
-    models = host.get_fact(OllamaModels, api=api)
-    if models is None:
-        yield _api_down(api)
-        return
-    if _is_current(model, digest, models, records_dir):
-        host.noop(f"model {model} is current")
-        return
-    staging = posixpath.join(STAGING_DIR, record_name(model))
-    yield f"rm -rf {shlex.quote(staging)} && mkdir -p -m 700 {shlex.quote(staging)}"
-    yield from _create_commands(model, digest, modelfile, api_host, records_dir, staging)
+    staging = yield from _staging_if_stale(model, digest, api, records_dir)
+    if staging:
+        yield from _create_commands(model, digest, modelfile, api_host, records_dir, staging)
 
 
 PULL_PROGRESS_AWK = (
