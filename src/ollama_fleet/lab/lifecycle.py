@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ollama_fleet.lab import cgroups, hosts, mirror, network, rootfs, state, sysctls
+from ollama_fleet.lab import cgroups, hosts, mirror, network, registry, rootfs, state, sysctls
 from ollama_fleet.lab.artifacts import ensure_tiny_model
 from ollama_fleet.lab.inventory import LAB_KEY_NAMES, render_inventory, render_ssh_config, secrets_path
 from ollama_fleet.lab.paths import inventory_path, runtime_dir, state_dir
@@ -90,6 +90,7 @@ def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
     t0 = time.monotonic()
     base = rootfs.ensure_base(log=log)
     mirror.ensure_debs(base)
+    registry.ensure_registry(ensure_tiny_model())
     t_prepared = time.monotonic()
     lab = _new_state(slot, base)
     # Recorded before anything is made, so `down` can clear a crash at any point below.

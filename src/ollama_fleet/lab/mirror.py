@@ -1,5 +1,6 @@
 """The lab's LAN mirror: an apt repository of the .debs the deploy installs on hosts, plus Ollama release
-artifacts and models, served over HTTP by a small background server on the controller's lab bridge address.
+artifacts, models and an Ollama registry (registry.py), served over HTTP by a small background server on the
+controller's lab bridge address.
 
 The .debs are fetched once with ordinary apt, resolving against the base rootfs' dpkg status (so only what the
 base lacks is downloaded), with an apt configuration of its own that reads only Debian's archives.
@@ -21,7 +22,7 @@ import time
 import urllib.parse
 from email.utils import formatdate
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 from ollama_fleet.lab import rootfs
 from ollama_fleet.lab.paths import cache_dir, cache_lock
@@ -51,6 +52,7 @@ def routes() -> dict[str, Path]:
         "/debian/": cache_dir() / "debs" / debs_recipe_hash(),
         "/ollama/": artifacts / "ollama",
         "/models/": artifacts / "models",
+        "/v2/": artifacts / "registry",
     }
 
 
@@ -146,12 +148,98 @@ def resolve(url_path: str, table: dict[str, Path]) -> Path | None:
     return None
 
 
+class UnsatisfiableRange(ValueError):
+    pass
+
+
+def byte_span(range_header: str, size: int) -> tuple[int, int] | None:
+    """The [start, end) a `Range: bytes=...` header asks of a `size`-byte file; None for a form we answer
+    with the whole file (several ranges, other units: allowed, Range is only a hint).
+    Raises UnsatisfiableRange when the range starts at or beyond the end (416)."""
+    unit, _, spec = range_header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first + last).isdigit():
+        return None
+    if not first:  # bytes=-N: the last N bytes
+        if int(last) == 0:
+            raise UnsatisfiableRange(range_header)
+        return max(size - int(last), 0), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or end <= start:
+        raise UnsatisfiableRange(range_header)
+    return start, end
+
+
+def is_registry_blob(url_path: str) -> bool:
+    parts = url_path.split("?", 1)[0].split("/")
+    return len(parts) >= 4 and parts[1] == "v2" and parts[-2] == "blobs"
+
+
 class MirrorHandler(http.server.SimpleHTTPRequestHandler):
     table: ClassVar[dict[str, Path]] = {}
+    body_length: int | None = None  # bytes of the open file to send; None: to its end
 
     def translate_path(self, path: str) -> str:
         resolved = resolve(path, self.table)
         return str(resolved) if resolved is not None else "/nonexistent/ollama-fleet-lab"
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if code == 200 and is_registry_blob(self.path):
+            # Ollama's pull takes a blob's download URL from the Location header of a 200 or 307 answer
+            # (the public registry redirects to a CDN); here the blob is its own download URL.
+            self.send_header("Location", self.path)
+
+    def send_head(self) -> BinaryIO | None:
+        self.body_length = None
+        path = self.translate_path(self.path)
+        wanted = self.headers.get("Range")
+        # With If-Range we may not know the client's copy is current: the whole file is always right.
+        if wanted and not self.headers.get("If-Range") and os.path.isfile(path):
+            return self._send_range(path, wanted)
+        return super().send_head()
+
+    def _send_range(self, path: str, wanted: str) -> BinaryIO | None:
+        try:
+            source = open(path, "rb")  # noqa: SIM115 (do_GET closes it after copyfile)
+        except OSError:
+            self.send_error(http.HTTPStatus.NOT_FOUND, "File not found")
+            return None
+        size = os.fstat(source.fileno()).st_size
+        try:
+            span = byte_span(wanted, size)
+        except UnsatisfiableRange:
+            source.close()
+            self.send_response(http.HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        start, end = span or (0, size)
+        self.send_response(http.HTTPStatus.PARTIAL_CONTENT if span else http.HTTPStatus.OK)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Length", str(end - start))
+        if span:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.end_headers()
+        source.seek(start)
+        self.body_length = end - start
+        return source
+
+    def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
+        remaining = self.body_length
+        try:
+            while remaining is None or remaining > 0:
+                chunk = source.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+                if not chunk:
+                    return
+                outputfile.write(chunk)
+                remaining = None if remaining is None else remaining - len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client had enough (Ollama reads no body from its Location probe)
 
 
 def serve(bind: str, port: int, table: dict[str, Path]) -> None:
