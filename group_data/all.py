@@ -115,6 +115,9 @@ models_gguf = {}
 models_custom = []
 # Delete models that none of the three lists above names.
 models_prune = False
+# Registries (host:port, as written in models_pull names) that serve plain http, e.g. a LAN mirror:
+# ["10.0.0.5:8080"]. Ollama refuses http unless told; everything else is pulled over https.
+models_insecure_registries = []
 
 # --- health_*: the on-host health timer --------------------------------------------------------------------
 # Install a systemd timer that checks the local API and logs to the journal.

@@ -320,6 +320,18 @@ class ModelsSettings(_Section):
     gguf: dict[str, Path] = Field(default_factory=dict)  # model name -> GGUF file on the controller
     custom: list[CustomModel] = Field(default_factory=list)
     prune: bool = False  # delete models not listed above
+    insecure_registries: list[str] = Field(default_factory=list)  # host:port pulled over plain http
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _registries_are_host_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*", entry):
+                raise ValueError(
+                    f"{entry!r} is not a registry host; write it as in the model name, e.g. 10.0.0.5:8080 "
+                    "(no scheme, no path)"
+                )
+        return value
 
     @field_validator("gguf")
     @classmethod
@@ -331,11 +343,27 @@ class ModelsSettings(_Section):
 
     def names(self) -> list[str]:
         """Every model the host must serve, as Ollama lists them."""
-        return [_tagged(n) for n in [*self.pull, *self.gguf, *(c.name for c in self.custom)]]
+        return [listed_name(n) for n in [*self.pull, *self.gguf, *(c.name for c in self.custom)]]
+
+    def pulls_insecurely(self, name: str) -> bool:
+        """Whether `name` comes from a registry in insecure_registries (Ollama then pulls over http)."""
+        parts = name.split("://", 1)[-1].split("/")
+        return len(parts) == 3 and parts[0] in self.insecure_registries
 
 
-def _tagged(name: str) -> str:
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+DEFAULT_REGISTRY = "registry.ollama.ai"
+
+
+def listed_name(name: str) -> str:
+    """A model name as /api/tags lists it: tagged (`:latest` by default), without a scheme, and without
+    the default registry and its `library/` namespace (`registry.ollama.ai/library/phi` -> `phi:latest`)."""
+    tagged = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    parts = tagged.split("://", 1)[-1].split("/")
+    if len(parts) == 3 and parts[0].lower() == DEFAULT_REGISTRY:
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0].lower() == "library":
+        parts = parts[1:]
+    return "/".join(parts)
 
 
 class HealthSettings(_Section):
@@ -424,7 +452,7 @@ class FleetSettings(BaseModel):
             )
         known = set(self.models.names())
         for custom in self.models.custom:
-            base = _tagged(custom.base)
+            base = listed_name(custom.base)
             if custom.base not in self.models.gguf and base not in known and "/" not in custom.base:
                 raise ValueError(
                     f"models_custom {custom.name!r} is FROM {custom.base!r}, which is neither in models_pull "

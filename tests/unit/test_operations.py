@@ -245,6 +245,18 @@ def test_pull_progress_prints_one_line_per_status_and_ten_percent() -> None:
     ]
 
 
+def test_pull_asks_for_plain_http_only_when_insecure() -> None:
+    secure = models.pull_command("http://127.0.0.1:11434", "llama3.2:1b")
+    insecure = models.pull_command(
+        "http://127.0.0.1:11434", "10.0.0.5:8080/library/tiny:latest", insecure=True
+    )
+    assert """-d '{"model": "llama3.2:1b", "stream": true}' |""" in secure
+    assert (
+        """-d '{"model": "10.0.0.5:8080/library/tiny:latest", "stream": true, "insecure": true}' |"""
+        in insecure
+    )
+
+
 def test_pull_fails_on_an_error_line_or_without_success() -> None:
     failed = _progress(
         ['{"status":"pulling manifest"}', '{"error":"pull model manifest: file does not exist"}']

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
+from ollama_fleet.settings import FleetSettings, SettingsError, listed_name, settings_for_host
 
 pytestmark = pytest.mark.unit
 
@@ -192,6 +192,12 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
         "models_gguf",
         "not found on the controller",
     ),
+    (
+        "insecure-registry-url",
+        {"models_insecure_registries": ["http://10.0.0.5:8080"]},
+        "models_insecure_registries",
+        "no scheme, no path",
+    ),
 ]
 
 
@@ -318,3 +324,28 @@ def test_custom_model_from_a_listed_gguf(tmp_path: Path) -> None:
         ],
     )
     assert s.models.names() == ["tiny:latest", "vehicle-assistant:latest"]
+
+
+@pytest.mark.parametrize(
+    ("name", "listed"),
+    [
+        ("tiny", "tiny:latest"),
+        ("llama3.2:1b", "llama3.2:1b"),
+        ("library/llama3.2", "llama3.2:latest"),
+        ("registry.ollama.ai/library/llama3.2:1b", "llama3.2:1b"),
+        ("team/model", "team/model:latest"),
+        ("10.213.22.1:8080/library/tiny", "10.213.22.1:8080/library/tiny:latest"),
+        ("http://10.213.22.1:8080/library/tiny:v1", "10.213.22.1:8080/library/tiny:v1"),
+    ],
+)
+def test_model_names_as_ollama_lists_them(name: str, listed: str) -> None:
+    assert listed_name(name) == listed
+
+
+def test_pulls_from_listed_insecure_registries_only(tmp_path: Path) -> None:
+    s = settings(tmp_path, models_insecure_registries=["10.213.22.1:8080"])
+    assert s.models.pulls_insecurely("10.213.22.1:8080/library/tiny:latest")
+    assert s.models.pulls_insecurely("http://10.213.22.1:8080/library/tiny")
+    assert not s.models.pulls_insecurely("10.213.22.1:9090/library/tiny")
+    assert not s.models.pulls_insecurely("library/tiny")
+    assert not s.models.pulls_insecurely("tiny")

@@ -8,12 +8,7 @@ from ollama_fleet.deploys.fleet import each
 from ollama_fleet.deploys.service import api_base
 from ollama_fleet.operations import models
 from ollama_fleet.render import render_modelfile
-from ollama_fleet.settings import FleetSettings
-
-
-def tagged(name: str) -> str:
-    """A model name as Ollama lists it (`tiny` -> `tiny:latest`)."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+from ollama_fleet.settings import FleetSettings, listed_name
 
 
 @deploy("Ollama models")
@@ -24,19 +19,24 @@ def ollama_models(s: FleetSettings) -> None:
     for name, path in each(sorted(s.models.gguf.items())):
         base_digests[name] = models.file_sha256(path)
         models.gguf_model(
-            name=f"Create model {tagged(name)} from {path.name}",
-            model=tagged(name),
+            name=f"Create model {listed_name(name)} from {path.name}",
+            model=listed_name(name),
             gguf=path,
             api=api,
             api_host=api_host,
         )
     for name in each(s.models.pull):
-        models.pulled_model(name=f"Pull model {tagged(name)}", model=tagged(name), api=api)
+        models.pulled_model(
+            name=f"Pull model {listed_name(name)}",
+            model=listed_name(name),
+            api=api,
+            insecure=s.models.pulls_insecurely(name),
+        )
     for custom in each(s.models.custom):
         modelfile = render_modelfile(s, custom)
         models.custom_model(
-            name=f"Create model {tagged(custom.name)} from its Modelfile",
-            model=tagged(custom.name),
+            name=f"Create model {listed_name(custom.name)} from its Modelfile",
+            model=listed_name(custom.name),
             modelfile=modelfile,
             digest=models.modelfile_digest(modelfile, base_digests.get(custom.base)),
             api=api,

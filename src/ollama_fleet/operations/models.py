@@ -184,9 +184,12 @@ PULL_PROGRESS_AWK = (
 """Reads /api/pull's NDJSON: one line per status and per 10% of a layer; fails without a final success."""
 
 
-def pull_command(api: str, model: str) -> str:
-    """POST /api/pull with progress lines (PULL_PROGRESS_AWK)."""
-    body = shlex.quote(json.dumps({"model": model, "stream": True}))
+def pull_command(api: str, model: str, insecure: bool = False) -> str:
+    """POST /api/pull with progress lines (PULL_PROGRESS_AWK); `insecure` lets Ollama use plain http."""
+    request: dict[str, object] = {"model": model, "stream": True}
+    if insecure:
+        request["insecure"] = True
+    body = shlex.quote(json.dumps(request))
     return f"curl -sSN --fail {shlex.quote(api + '/api/pull')} -d {body} | {PULL_PROGRESS_AWK}"
 
 
@@ -197,12 +200,13 @@ def _run_with_progress(state: State, host: PyinfraHost, command: str) -> bool:
 
 
 @operation()
-def pulled_model(model: str, api: str) -> Generator[Any, None, None]:
+def pulled_model(model: str, api: str, insecure: bool = False) -> Generator[Any, None, None]:
     """
     Pull `model` from the registry the host can reach, showing progress, unless it is present.
 
-    + model: the model name, tagged
+    + model: the model name as /api/tags lists it (settings.listed_name)
     + api: base URL of the local API
+    + insecure: the registry serves plain http
     """
     models = host.get_fact(OllamaModels, api=api)
     if models is None:
@@ -211,7 +215,7 @@ def pulled_model(model: str, api: str) -> Generator[Any, None, None]:
     if model in models:
         host.noop(f"model {model} is present")
         return
-    yield FunctionCommand(_run_with_progress, (pull_command(api, model),), {})
+    yield FunctionCommand(_run_with_progress, (pull_command(api, model, insecure),), {})
 
 
 @operation()
