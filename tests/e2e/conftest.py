@@ -39,6 +39,7 @@ MODULE_ORDER = (
     "test_deploy",
     "test_verify",
     "test_openai_client",
+    "test_model_pull",
     "test_rollout",
 )
 

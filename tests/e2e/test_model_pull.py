@@ -1,0 +1,139 @@
+"""models_pull against a real registry: the lab mirror's /v2/ serves the tiny GGUF as `library/tiny:latest`.
+
+One host pulls `<mirror host>/library/tiny:latest` over plain http (models_insecure_registries), showing
+progress; the model is then listed and answers a chat through nginx; an identical deploy pulls nothing. The
+pulled model is removed by hand afterwards (models_prune stays off), so later modules see the usual fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from verify_fleet import DeployedFleet, deploy_fleet
+
+from ollama_fleet.lab.state import LabState
+
+pytestmark = pytest.mark.e2e
+
+PULL_OPERATION = "Ollama models | Pull model {}"
+# The on-host health check carries the model list, so adding or dropping a pull rewrites it too.
+HEALTH_SCRIPT = "Ollama health timer | Write /usr/local/lib/ollama-fleet/health-check.py"
+VERIFY_PREFIXES = ("Verify", "Check")  # operations that only check; they may run on every deploy
+
+
+@dataclass(frozen=True)
+class PullRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def changed(self) -> dict[str, list[str]]:
+        """Operation name -> hosts it changed, for operations that are not checks."""
+        operations: list[dict[str, Any]] = json.loads(self.stdout)["results"]["operations"]
+        return {
+            op["name"]: op["success"]
+            for op in operations
+            if op["success"] and not op["name"].split(" | ")[-1].startswith(VERIFY_PREFIXES)
+        }
+
+
+@dataclass(frozen=True)
+class Pull:
+    fleet: DeployedFleet
+    host: str
+    model: str  # as /api/tags lists it
+    registry: str  # host:port of the mirror
+
+    def deploy(self) -> PullRun:
+        started = time.monotonic()
+        done = self.fleet.deploy(
+            "--json",
+            "--limit",
+            self.host,
+            "--data",
+            f"models_pull={json.dumps([self.model])}",
+            "--data",
+            f"models_insecure_registries={json.dumps([self.registry])}",
+        )
+        return PullRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+    def tags(self) -> dict[str, dict[str, Any]]:
+        listed = json.loads(self.fleet.ssh_ok(self.host, "curl -fsS http://127.0.0.1:11434/api/tags"))
+        return {model["name"]: model for model in listed["models"]}
+
+
+@pytest.fixture(scope="module")
+def pull(lab: LabState) -> Iterator[Pull]:
+    fleet = deploy_fleet(lab)
+    registry = lab.mirror_url.removeprefix("http://")
+    setup = Pull(fleet, fleet.hosts[0], f"{registry}/library/tiny:latest", registry)
+    assert setup.model not in setup.tags()
+    yield setup
+    fleet.ssh(setup.host, f"ollama rm {setup.model}")  # may already be gone; the last test checks
+
+
+@pytest.fixture(scope="module")
+def first(pull: Pull) -> PullRun:
+    run = pull.deploy()
+    print(f"\ndeploy that pulls {pull.model}: {run.seconds:.1f} s")
+    return run
+
+
+def test_pull_runs_with_progress(pull: Pull, first: PullRun) -> None:
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert first.changed() == {PULL_OPERATION.format(pull.model): [pull.host], HEALTH_SCRIPT: [pull.host]}
+    progress = first.stderr
+    assert "pulling manifest" in progress
+    # One line per layer and 10% step (PULL_PROGRESS_AWK): the GGUF layer and the config blob reach 100%.
+    assert len(set(re.findall(r"pulling ([0-9a-f]{12}) 100%", progress))) == 2, progress[-4000:]
+    assert "verifying sha256 digest" in progress and "writing manifest" in progress
+    assert re.search(r"^.*\bsuccess$", progress, re.MULTILINE), progress[-4000:]
+
+
+def test_pulled_model_is_listed_with_its_gguf_details(pull: Pull, first: PullRun) -> None:
+    listed = pull.tags()[pull.model]
+    assert listed["details"]["format"] == "gguf"
+    assert listed["details"]["family"] == "llama"
+    manifest = pull.fleet.ssh_ok(
+        pull.host,
+        f"cat /usr/share/ollama/.ollama/models/manifests/{pull.model.replace(':latest', '/latest')}",
+    )
+    assert json.loads(manifest)["layers"][0]["mediaType"] == "application/vnd.ollama.image.model"
+
+
+def test_pulled_model_answers_a_chat_through_nginx(pull: Pull, first: PullRun) -> None:
+    trust = ssl.create_default_context(cafile=str(pull.fleet.ca_file))
+    with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
+        reply = client.post(
+            f"https://{pull.fleet.address(pull.host)}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {pull.fleet.keys['ci']}"},
+            json={"model": pull.model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
+        )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"].strip()
+
+
+def test_identical_deploy_pulls_nothing(pull: Pull, first: PullRun) -> None:
+    again = pull.deploy()
+    print(f"\nidentical deploy: {again.seconds:.1f} s")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == {}
+    assert "pulling manifest" not in again.stderr
+
+
+def test_fleet_is_back_to_its_own_models(pull: Pull, first: PullRun) -> None:
+    pull.fleet.ssh_ok(pull.host, f"ollama rm {pull.model}")
+    assert pull.model not in pull.tags()
+    back = pull.fleet.deploy("--json", "--limit", pull.host)
+    assert back.returncode == 0, back.stderr[-4000:]
+    assert PullRun(back.returncode, back.stdout, back.stderr, 0).changed() == {HEALTH_SCRIPT: [pull.host]}
+    assert pull.model not in pull.tags()
