@@ -155,6 +155,14 @@ def test_second_deploy_changes_nothing_on_any_host(second: Run) -> None:
     assert second.results["totals"]["error"] == 0
 
 
+def test_plain_http_only_redirects_to_https(fleet: Fleet, second: Run) -> None:
+    for name in fleet.names:
+        ip = fleet.lab.host(name).ip
+        response = httpx.get(f"http://{ip}/v1/models?x=1", timeout=10)  # redirects are not followed
+        assert response.status_code == 301
+        assert response.headers["location"] == f"https://{ip}/v1/models?x=1"
+
+
 def test_api_key_never_appears_in_deploy_output(fleet: Fleet, first: Run, second: Run) -> None:
     for run in (first, second):
         assert fleet.key not in run.stdout + run.stderr
