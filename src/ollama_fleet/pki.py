@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ollama_fleet.localfiles import exclusive_lock
 from ollama_fleet.settings import FleetSettings
 
 CA_CERT = "ca.pem"
@@ -62,7 +62,7 @@ class FleetCA:
         with contextlib.suppress(FileExistsError):  # another process may be creating it right now
             ca_dir.mkdir(mode=0o700)
             ca_dir.chmod(0o700)  # mkdir's mode is masked by the umask
-        with _locked(ca_dir / ".lock"):
+        with exclusive_lock(ca_dir / ".lock"):
             cert_path, key_path = ca_dir / CA_CERT, ca_dir / CA_KEY
             if cert_path.exists() and not key_path.exists():
                 raise PkiError(
@@ -277,13 +277,3 @@ def _write_public(path: Path, data: bytes) -> None:
     tmp.write_bytes(data)
     tmp.chmod(0o644)
     tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from ollama_fleet.lab import artifacts
+from ollama_fleet.localfiles import sha256_of
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +139,7 @@ def test_sha256sum_matches_both_archives(release_dir: Path) -> None:
     sums = artifacts.read_sums(release_dir)
     assert set(sums) == {artifacts.TGZ_NAME, artifacts.ZST_NAME}
     for name, digest in sums.items():
-        assert artifacts.sha256_file(release_dir / name) == digest
+        assert sha256_of(release_dir / name) == digest
 
 
 def test_archives_hold_the_release_layout(release_dir: Path) -> None:

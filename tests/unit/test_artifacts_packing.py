@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet.lab import artifacts
+from ollama_fleet.localfiles import sha256_of
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +83,7 @@ def test_sha256sum_file_uses_release_format(fake_binary: Path, tmp_path: Path) -
     ]
     assert all(re.fullmatch(r"[0-9a-f]{64}  \./[\w.-]+", line) for line in lines)
     sums = artifacts.read_sums(tmp_path)
-    assert sums[artifacts.TGZ_NAME] == artifacts.sha256_file(tmp_path / artifacts.TGZ_NAME)
+    assert sums[artifacts.TGZ_NAME] == sha256_of(tmp_path / artifacts.TGZ_NAME)
 
 
 def test_recipe_key_follows_version_and_flags(recipe: artifacts.Recipe) -> None:

@@ -9,6 +9,7 @@ import pytest
 from gguf import GGUFReader, TokenType
 
 from ollama_fleet.lab import tinymodel
+from ollama_fleet.localfiles import sha256_of
 
 pytestmark = pytest.mark.unit
 
@@ -94,7 +95,7 @@ def test_ensure_tiny_model_caches_with_checksum(tmp_path: Path, model: Path) -> 
     path = tinymodel.ensure_tiny_model(tmp_path)
     assert path.read_bytes() == model.read_bytes()
     sha_line = (tmp_path / "tiny-llama.gguf.sha256").read_text()
-    assert sha_line == f"{tinymodel.sha256_of(path)}  tiny-llama.gguf\n"
+    assert sha_line == f"{sha256_of(path)}  tiny-llama.gguf\n"
     first_mtime = path.stat().st_mtime_ns
     assert tinymodel.ensure_tiny_model(tmp_path) == path
     assert path.stat().st_mtime_ns == first_mtime  # unchanged bytes are not rewritten

@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ollama_fleet.lab import tinymodel
-from ollama_fleet.lab.paths import cache_lock
+from ollama_fleet.localfiles import exclusive_lock, sha256_of
 
 DEFAULT_VERSION = "0.24.0"
 MODULE = "github.com/ollama/ollama"
@@ -127,10 +127,6 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
     return proc.stdout
 
 
-def sha256_file(path: Path) -> str:
-    return tinymodel.sha256_of(path)
-
-
 def missing_prerequisites() -> list[str]:
     """What must be installed before building, each with the package that provides it."""
     missing = [f"{tool} (install {pkg})" for tool, pkg in BUILD_TOOLS.items() if not _have_tool(tool)]
@@ -171,7 +167,7 @@ def _download_miniaudio_sdist(dest: Path) -> Path:
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q"]
     _run([*pip, "-d", str(dest), spec])
     sdist = dest / f"miniaudio-{MINIAUDIO_VERSION}.tar.gz"
-    if not sdist.exists() or sha256_file(sdist) != MINIAUDIO_SDIST_SHA256:
+    if not sdist.exists() or sha256_of(sdist) != MINIAUDIO_SDIST_SHA256:
         raise BuildError(f"{spec} sdist missing or not the pinned sha256 {MINIAUDIO_SDIST_SHA256}")
     return sdist
 
@@ -277,7 +273,7 @@ def write_tar_zst(tar_bytes: bytes, dest: Path) -> None:
 
 def write_sums(directory: Path, names: list[str]) -> None:
     """Same format as the release's `find . -type f | xargs sha256sum`: `<sha256>  ./<name>`."""
-    lines = [f"{sha256_file(directory / name)}  ./{name}\n" for name in sorted(names)]
+    lines = [f"{sha256_of(directory / name)}  ./{name}\n" for name in sorted(names)]
     (directory / SUMS_NAME).write_text("".join(lines))
 
 
@@ -308,7 +304,7 @@ def release_is_complete(directory: Path, recipe: Recipe) -> bool:
     except (OSError, ValueError):
         return False
     return set(sums) == {TGZ_NAME, ZST_NAME} and all(
-        sha256_file(directory / name) == digest for name, digest in sums.items()
+        sha256_of(directory / name) == digest for name, digest in sums.items()
     )
 
 
@@ -356,7 +352,7 @@ def ensure_ollama_release(version: str = DEFAULT_VERSION) -> Path:
     recipe = recipe_for(version)
     build_name = f"{version}-{recipe.key()}"
     link = ollama_dir / f"v{version}"
-    with cache_lock(ollama_dir / ".lock"):
+    with exclusive_lock(ollama_dir / ".lock"):
         if not release_is_complete(builds / build_name, recipe):
             build_release(recipe, builds / build_name)
         if not link.is_symlink() or os.readlink(link) != f"builds/{build_name}":
@@ -385,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sums = read_sums(release)
     model = ensure_tiny_model()
-    model_sha = sha256_file(model)
+    model_sha = sha256_of(model)
     if args.json:
         report = {"release_dir": str(release), "sha256": sums, "model": str(model), "model_sha256": model_sha}
         print(json.dumps(report, indent=2))

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar
 
 from ollama_fleet.lab import rootfs
-from ollama_fleet.lab.paths import cache_dir, cache_lock
+from ollama_fleet.lab.paths import cache_dir
 from ollama_fleet.lab.run import LabError, run
+from ollama_fleet.localfiles import exclusive_lock
 
 MIRROR_PACKAGES = ("nginx", "ufw", "zstd")
 """What the deploy installs on hosts (their dependencies come along). Add here when the deploy needs more."""
@@ -87,7 +88,7 @@ def ensure_debs(base: Path) -> Path:
     final = routes()["/debian/"]
     if (final / "Release").is_file():
         return final
-    with cache_lock(cache_dir() / "debs" / ".lock"):
+    with exclusive_lock(cache_dir() / "debs" / ".lock"):
         if (final / "Release").is_file():
             return final
         building = final.with_name(f".build-{final.name}-{os.getpid()}")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import ollama_fleet
@@ -44,15 +41,3 @@ def runtime_dir(slot: int) -> Path:
 def inventory_path(slot: int) -> Path:
     name = "lab.py" if slot == 0 else f"lab{slot}.py"
     return repo_root() / "inventories" / name
-
-
-@contextlib.contextmanager
-def cache_lock(path: Path) -> Iterator[None]:
-    """Serialize builds of one cache across concurrent labs (other slots, other clones)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

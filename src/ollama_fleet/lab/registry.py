@@ -21,8 +21,7 @@ from pathlib import Path
 from gguf import GGUFReader, LlamaFileType
 
 from ollama_fleet.lab import mirror
-from ollama_fleet.lab.paths import cache_lock
-from ollama_fleet.lab.tinymodel import sha256_of
+from ollama_fleet.localfiles import exclusive_lock, sha256_of
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
@@ -148,7 +147,7 @@ def ensure_registry(gguf: Path) -> Path:
     final = registry_dir()
     if _is_current(final, files, model):
         return final
-    with cache_lock(final.with_name(".registry.lock")):
+    with exclusive_lock(final.with_name(".registry.lock")):
         if _is_current(final, files, model):
             return final
         building = final.with_name(f".build-registry-{os.getpid()}")

@@ -12,8 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ollama_fleet.lab.paths import cache_dir, cache_lock
+from ollama_fleet.lab.paths import cache_dir
 from ollama_fleet.lab.run import run
+from ollama_fleet.localfiles import exclusive_lock
 
 SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -59,7 +60,7 @@ def ensure_base(log: bool = True) -> Path:
     final = rootfs_cache() / recipe_hash()
     if final.is_dir():
         return final
-    with cache_lock(rootfs_cache() / ".lock"):
+    with exclusive_lock(rootfs_cache() / ".lock"):
         if final.is_dir():
             return final
         for stale in rootfs_cache().glob(".build-*"):

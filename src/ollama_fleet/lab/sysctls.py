@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ollama_fleet.lab.paths import REGISTRY_DIR, cache_lock
+from ollama_fleet.lab.paths import REGISTRY_DIR
 from ollama_fleet.lab.plan import SlotPlan
+from ollama_fleet.localfiles import exclusive_lock
 
 IP_FORWARD = "net.ipv4.ip_forward"
 INOTIFY_INSTANCES = "fs.inotify.max_user_instances"
@@ -39,7 +40,7 @@ def wanted_for(host_count: int) -> dict[str, str]:
 
 def claim(slot: int, wanted: dict[str, str]) -> None:
     """Mark the slot active, save originals not saved yet, and raise values (never lower them)."""
-    with cache_lock(REGISTRY_DIR / ".lock"):
+    with exclusive_lock(REGISTRY_DIR / ".lock"):
         (REGISTRY_DIR / "active").mkdir(parents=True, exist_ok=True)
         (REGISTRY_DIR / "sysctl").mkdir(parents=True, exist_ok=True)
         (REGISTRY_DIR / "active" / f"slot{slot}").write_text("")
@@ -67,7 +68,7 @@ def _active_slots() -> list[str]:
 def release(slot: int) -> list[str]:
     """Mark the slot inactive; when it was the last one, restore every saved original. Returns what it did."""
     restored: list[str] = []
-    with cache_lock(REGISTRY_DIR / ".lock"):
+    with exclusive_lock(REGISTRY_DIR / ".lock"):
         (REGISTRY_DIR / "active" / f"slot{slot}").unlink(missing_ok=True)
         if _active_slots():
             return restored

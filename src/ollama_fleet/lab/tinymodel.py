@@ -9,13 +9,14 @@ set num_predict / max_tokens.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter, TokenType
+
+from ollama_fleet.localfiles import sha256_of
 
 MODEL_FILE = "tiny-llama.gguf"
 
@@ -131,14 +132,6 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_tiny_model(cache_dir: Path, seed: int = 0) -> Path:

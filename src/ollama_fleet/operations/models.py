@@ -26,6 +26,7 @@ from pyinfra.api.operation import operation
 from pyinfra.api.state import State
 from pyinfra.context import host
 
+from ollama_fleet.localfiles import sha256_of
 from ollama_fleet.operations.shell import fail_command
 
 RECORDS_DIR = "/var/lib/ollama-fleet/models"
@@ -82,11 +83,7 @@ def record_name(model: str) -> str:
 
 @lru_cache(maxsize=64)
 def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)  # size and mtime only key the cache
 
 
 def file_sha256(path: Path) -> str:
