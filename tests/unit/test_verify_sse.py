@@ -73,6 +73,16 @@ def test_natural_bunching_of_a_fast_model_still_passes() -> None:
     assert judge_stream(StreamTiming(tuple(arrivals), done=True)) is None
 
 
+def test_a_late_read_on_a_busy_controller_is_not_buffering() -> None:
+    """Seen in CI: the client read late once and found 44 chunks waiting; the stream was still spread."""
+    early = [0.059 + i * 0.005 for i in range(10)]
+    lagged = [0.3 + i * 0.00001 for i in range(44)]
+    late = [0.4 + i * 0.0075 for i in range(1, 11)]
+    timing = StreamTiming(tuple(early + lagged + late), done=True)
+    assert max(timing.bursts()) == 44 and len(timing.bursts()) >= 64 / 8
+    assert judge_stream(timing) is None
+
+
 def test_one_burst_at_the_end_is_buffering() -> None:
     burst = StreamTiming(tuple(0.4 + i * 0.00001 for i in range(64)), done=True)
     reason = judge_stream(burst)

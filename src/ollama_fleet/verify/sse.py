@@ -120,10 +120,12 @@ def judge_stream(timing: StreamTiming) -> str | None:
     (~14 KB of SSE) reaches the client in one burst at the very end, a longer one in 16 KB blocks. Measured
     on this machine with the tiny model: buffered, 1 burst of 64 (or 69 + 59 of 128), first chunk at the same
     millisecond as the last; unbuffered, 23-71 bursts, first chunk at 0.1-30 % of the time to the last.
-    So a stream passes when all three hold, each far from both measurements:
+    So a stream passes when both hold, each far from both measurements:
       (a) the first chunk arrived in the first half of the time to the last one;
-      (b) no burst carried more than half of the chunks;
-      (c) there are at least chunks/8 bursts (blockwise release gives a handful however big the reply).
+      (b) there are at least chunks/8 bursts (blockwise release gives a handful however big the reply).
+    The size of the largest burst is reported but not judged: when the controller is busy, the client
+    reads late and finds many chunks waiting at once (seen in CI: 44 of 64 in one read, with 14 bursts and
+    the first chunk at 12 % of the time), which says nothing about the proxy.
     """
     if not timing.done:
         return "the stream ended without `data: [DONE]`: the proxy or Ollama cut it short"
@@ -134,7 +136,7 @@ def judge_stream(timing: StreamTiming) -> str | None:
         )
     bursts = timing.bursts()
     early_first = timing.first <= timing.last / 2
-    if not early_first or max(bursts) > timing.chunks / 2 or len(bursts) < timing.chunks / 8:
+    if not early_first or len(bursts) < timing.chunks / 8:
         return (
             f"stream arrived in {len(bursts)} burst(s) (largest {max(bursts)} of {timing.chunks} chunks, "
             f"first chunk at {timing.first * 1000:.0f} ms of {timing.last * 1000:.0f} ms): proxy buffering "
