@@ -233,6 +233,9 @@ class AuthSettings(_Section):
     secrets_file: Path = Path(".fleet/secrets.json")  # {"api_keys": {"name": "key"}}, git-ignored
     health_open: bool = True  # GET /health answers without a key
     keys: list[ApiKey] = Field(default_factory=list)  # resolved, never from inventory files
+    # Keys this host must refuse (verify checks each gets 401): the secrets file's other named keys and
+    # its "revoked_api_keys" list (where a rotated-out key goes). Resolved like `keys`.
+    refused_keys: list[ApiKey] = Field(default_factory=list)
 
     @field_validator("key_names")
     @classmethod
@@ -500,6 +503,9 @@ def settings_for_host(
         raise SettingsError(host, [_describe(err, data) for err in exc.errors()]) from None
 
 
+RESOLVED_FIELDS = ("keys", "refused_keys")  # filled from secrets, never from inventory data
+
+
 def _split_sections(data: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """`nginx_read_timeout` -> sections['nginx']['read_timeout']; unknown keys of a known prefix are typos."""
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
@@ -509,8 +515,8 @@ def _split_sections(data: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]],
         model = SECTIONS.get(prefix)
         if model is None or not field:
             continue  # not ours: ssh_*, lab_*, pyinfra's own keys
-        if field not in model.model_fields or field == "keys":
-            choices = [f"{prefix}_{f}" for f in model.model_fields if f != "keys"]
+        if field not in model.model_fields or field in RESOLVED_FIELDS:
+            choices = [f"{prefix}_{f}" for f in model.model_fields if f not in RESOLVED_FIELDS]
             problems.append(f"{key}: unknown setting; {_closest(key, choices)}")
             continue
         sections[prefix][field] = value
@@ -537,6 +543,7 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
                 f'auth_secrets_file: {str(secrets_file)!r} is not JSON of the form {{"api_keys": {{...}}}}'
             ]
     keys, problems = [], []
+    auth["refused_keys"] = _refused_keys(from_file, secrets_file, names if isinstance(names, list) else [])
     for name in names if isinstance(names, list) else []:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             continue  # AuthSettings reports the bad name; a lookup hint for it would mislead
@@ -557,11 +564,30 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
     return problems
 
 
+def _refused_keys(
+    from_file: Mapping[str, Any], secrets_file: Path, granted: list[Any]
+) -> list[dict[str, str]]:
+    """The secrets file's keys not granted to this host, and its revoked ones (read from the same file)."""
+    refused = [
+        {"name": str(name), "key": str(key)}
+        for name, key in from_file.items()
+        if name not in granted and isinstance(key, str) and key
+    ]
+    try:
+        revoked = json.loads(secrets_file.read_text()).get("revoked_api_keys", []) if from_file else []
+    except (OSError, ValueError, AttributeError):
+        revoked = []
+    for index, key in enumerate(revoked if isinstance(revoked, list) else []):
+        if isinstance(key, str) and key:
+            refused.append({"name": f"revoked_api_keys[{index}]", "key": key})
+    return refused
+
+
 def _describe(err: Any, data: Mapping[str, Any]) -> str:
     """One pydantic error as `key: message (got value)` with the flat key the user wrote."""
     loc = [str(p) for p in err["loc"]]
     key = f"{loc[0]}_{loc[1]}" if len(loc) >= 2 and loc[0] in SECTIONS else ".".join(loc) or "settings"
     message = str(err["msg"]).removeprefix("Value error, ")
-    if key in data and "auth_keys" not in key:
+    if key in data and key not in ("auth_keys", "auth_refused_keys"):
         return f"{key}: {message} (got {data[key]!r})"
     return f"{key}: {message}" if key != "settings" else message

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from verify_fakes import Behaviour, fake_host
 
-from ollama_fleet.deploys.health import SCRIPT_PATH, TAG, render_health_files
+from ollama_fleet.health import SCRIPT_PATH, TAG, render_health_files
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host, timespan_seconds
 from ollama_fleet.verify.status import parse_status, ssh_argv, stale_after
 from ollama_fleet.verify.targets import Target

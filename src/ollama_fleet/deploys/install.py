@@ -63,7 +63,16 @@ def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> N
         path=str(OLLAMA_BIN),
         target=f"{o.install_dir}/current/bin/ollama",
     )
-    release.old_releases_removed(
-        name=f"Keep {o.keep_versions} Ollama versions", install_dir=str(o.install_dir), keep=o.keep_versions
-    )
     restart_triggers.extend([switched, linked])
+
+
+@deploy("Prune old Ollama releases")
+def prune_old_releases(s: FleetSettings) -> None:
+    """Call after the host was verified: until then the previous release is the way back."""
+    o = s.ollama
+    release.old_releases_removed(
+        name=f"Keep {o.keep_versions} Ollama versions",
+        install_dir=str(o.install_dir),
+        keep=o.keep_versions,
+        current=o.version,
+    )

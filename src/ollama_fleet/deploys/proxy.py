@@ -1,17 +1,21 @@
-"""nginx in front of Ollama: the site and keys validated on a staging copy, reloaded only on change."""
+"""nginx in front of Ollama: the site and keys validated on a staging copy; reloaded when its config changed
+in this run, or when its workers are older than the config files (a run cut off before its reload)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.context import host
 from pyinfra.operations import systemd
 
 from ollama_fleet.deploys.service import any_changed
 from ollama_fleet.operations import nginx, packages
+from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
 from ollama_fleet.operations.secrets import Secret
-from ollama_fleet.render import API_KEYS_PATH, render_api_keys, render_nginx_site
+from ollama_fleet.render import API_KEYS_PATH, render_api_keys, render_nginx_site, tls_paths
 from ollama_fleet.settings import FleetSettings
 
 NGINX_DIR = "/etc/nginx"
@@ -23,6 +27,12 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
     # The site template and the keys include must agree on where the include lives.
     assert str(API_KEYS_PATH) == nginx.SitePaths(NGINX_DIR, SITE_NAME).keys
     packages.packages_installed(name="Install nginx", packages=["nginx"])
+    paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
+    tls = tls_paths(s)
+    loaded = host.get_fact(NginxWorkers, files=[paths.site, paths.keys, str(tls.cert), str(tls.key)])
+    stale = nginx_reload_reason(loaded)
+    if stale:
+        logger.info(f"{host.print_prefix}nginx must reload: {stale}")
     site = nginx.site_validated(
         name=f"Install the {SITE_NAME} site after nginx -t on a staging copy",
         site=render_nginx_site(s),
@@ -34,6 +44,6 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
         service="nginx.service",
         running=True,
         reloaded=True,
-        _if=any_changed([site, *reload_triggers]),
+        _if=any_changed([site, *reload_triggers], or_if=stale is not None),
     )
     systemd.service(name="Enable and start nginx", service="nginx.service", running=True, enabled=True)

@@ -1,25 +1,65 @@
-"""The ollama systemd unit and our drop-in; reload and restart only when something they depend on changed."""
+"""The ollama systemd unit and our drop-in; restart when the running process does not match them.
+
+Ollama restarts when this run changed its binary, unit or drop-in, and also when the running process is
+older than those files or runs another binary (a run cut off before its restart leaves exactly that). After
+the restart the host must serve the pinned version; if it does not, the previous release goes back.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from io import StringIO
 
+from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.context import host
 from pyinfra.operations import files, systemd
 
-from ollama_fleet.operations import models
-from ollama_fleet.render import render_dropin, render_unit
+from ollama_fleet.operations import release
+from ollama_fleet.operations.running import OllamaProcess, ServiceProcess, ollama_restart_reason
+from ollama_fleet.render import OLLAMA_BIN, render_dropin, render_unit
 from ollama_fleet.settings import FleetSettings
 
 UNIT_PATH = "/etc/systemd/system/ollama.service"
 DROPIN_PATH = "/etc/systemd/system/ollama.service.d/override.conf"
 
 
-def any_changed(ops: Sequence[OperationMeta]) -> Callable[[], bool]:
-    """An `_if=` condition: true when one of `ops` changed something on this host."""
-    return lambda: any(op.did_change() for op in ops)
+def any_changed(ops: Sequence[OperationMeta], or_if: bool = False) -> Callable[[], bool]:
+    """An `_if=` condition: true when one of `ops` changed something on this host (or `or_if` holds)."""
+    return lambda: or_if or any(op.did_change() for op in ops)
+
+
+def release_binary(s: FleetSettings, version: str) -> str:
+    return f"{s.ollama.install_dir}/{version}/bin/ollama"
+
+
+def ollama_process(s: FleetSettings) -> ServiceProcess:
+    o = s.ollama
+    files_read = [UNIT_PATH, DROPIN_PATH, f"{o.install_dir}/current", str(OLLAMA_BIN)]
+    process: ServiceProcess = host.get_fact(OllamaProcess, service="ollama.service", files=files_read)
+    return process
+
+
+def rollback_target_for(s: FleetSettings) -> str | None:
+    """The version to go back to if this deploy's release fails; read before anything is switched."""
+    releases = host.get_fact(release.OllamaReleases, install_dir=str(s.ollama.install_dir))
+    return rollback_target(s, ollama_process(s), releases)
+
+
+def rollback_target(
+    s: FleetSettings, process: ServiceProcess, releases: release.InstalledReleases
+) -> str | None:
+    """The installed version that served before this deploy, when it is not the pinned one."""
+    o = s.ollama
+    running = process["exe"] or ""
+    for version in releases["versions"]:
+        if version != o.version and running == release_binary(s, version):
+            return version
+    current = releases["current"]
+    if current and current != o.version and current in releases["versions"]:
+        return current
+    return None
 
 
 def api_base(s: FleetSettings) -> str:
@@ -33,19 +73,36 @@ def api_base(s: FleetSettings) -> str:
 
 
 @deploy("Ollama service")
-def ollama_service(s: FleetSettings, restart_triggers: Sequence[OperationMeta]) -> None:
+def ollama_service(
+    s: FleetSettings, restart_triggers: Sequence[OperationMeta], rollback_to: str | None
+) -> None:
+    """`rollback_to`: the version that served before this run (see `rollback_target_for`), if any."""
+    o = s.ollama
+    process = ollama_process(s)
+    stale = ollama_restart_reason(process, release_binary(s, o.version))
+    if stale:
+        logger.info(f"{host.print_prefix}ollama must restart: {stale}")
     unit = files.put(name=f"Install {UNIT_PATH}", src=StringIO(render_unit(s)), dest=UNIT_PATH, mode="644")
     dropin = files.put(
         name=f"Install {DROPIN_PATH}", src=StringIO(render_dropin(s)), dest=DROPIN_PATH, mode="644"
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=any_changed([unit, dropin]))
-    # Starts the service if it is stopped; restarts it only when the binary, unit or drop-in changed.
+    systemd.daemon_reload(
+        name="Reload systemd units", _if=any_changed([unit, dropin], or_if=process["need_daemon_reload"])
+    )
+    # Starts the service if it is stopped; restarts it when a file it reads changed in this run or since
+    # it started, or when it runs another binary than the pinned one.
     systemd.service(
         name="Restart ollama after a change",
         service="ollama.service",
         running=True,
         restarted=True,
-        _if=any_changed([*restart_triggers, unit, dropin]),
+        _if=any_changed([*restart_triggers, unit, dropin], or_if=stale is not None),
     )
     systemd.service(name="Enable and start ollama", service="ollama.service", running=True, enabled=True)
-    models.api_answering(name="Wait for the Ollama API", api=api_base(s))
+    release.release_serving(
+        name=f"Check that Ollama {o.version} serves (else roll back)",
+        version=o.version,
+        api=api_base(s),
+        install_dir=str(o.install_dir),
+        rollback_to=rollback_to,
+    )

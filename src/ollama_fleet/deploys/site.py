@@ -6,13 +6,18 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 
 from ollama_fleet.deploys.firewall import firewall
-from ollama_fleet.deploys.fleet import settings_for
-from ollama_fleet.deploys.health import health_monitoring, verify_after_deploy
-from ollama_fleet.deploys.install import install_ollama
+from ollama_fleet.deploys.fleet import host_data, settings_for
+from ollama_fleet.deploys.health import health_monitoring
+from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
 from ollama_fleet.deploys.proxy import nginx_proxy
-from ollama_fleet.deploys.service import ollama_service
+from ollama_fleet.deploys.service import api_base, ollama_service, rollback_target_for
 from ollama_fleet.deploys.tls import tls_material
+from ollama_fleet.operations import release
+from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.settings import FleetSettings
+from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
+from ollama_fleet.verify.targets import target_for_settings
 
 
 def deploy_site() -> None:
@@ -21,14 +26,36 @@ def deploy_site() -> None:
     if s.firewall.enabled:
         # First: the SSH rule is in place and ufw is on before any port starts listening.
         firewall(s=s)
+    # Read before anything is switched: the release serving now is the one to roll back to.
+    rollback_to = rollback_target_for(s)
     restart_ollama_on: list[OperationMeta] = []
     install_ollama(s=s, restart_triggers=restart_ollama_on)
-    ollama_service(s=s, restart_triggers=restart_ollama_on)
+    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
     if s.nginx.enabled:
         reload_nginx_on: list[OperationMeta] = []
         tls_material(s=s, reload_triggers=reload_nginx_on)
         nginx_proxy(s=s, reload_triggers=reload_nginx_on)
     ollama_models(s=s)
     health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
-    # Last: check the host from the controller as a client would; a host that does not work fails the run.
-    verify_after_deploy(s)
+    # Check the host from the controller as a client would; a host that does not work fails the run
+    # (and goes back to the release it served before, when this run changed it).
+    checked_like_a_client(
+        name="Check the host like a client (ollama-fleet verify)",
+        target=target_for_settings(s, host.name, host_data(host)),
+        on_failure=failure_command(s, rollback_to),
+    )
+    # Last: only a verified release may make the previous one go.
+    prune_old_releases(s=s)
+
+
+def failure_command(s: FleetSettings, rollback_to: str | None) -> FailureCommand:
+    """How a host that fails its client check fails: back to `rollback_to` first, when there is one."""
+
+    def command(failure: str) -> str:
+        if rollback_to is None:
+            return fail_command(failure)
+        o = s.ollama
+        why = f"failed its client check ({failure})"
+        return release.rollback_script(str(o.install_dir), o.version, rollback_to, api_base(s), why, 60)
+
+    return command

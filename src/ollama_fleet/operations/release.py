@@ -166,9 +166,7 @@ def current_release(version: str, install_dir: str) -> Generator[str, None, None
     if releases["current"] == version:
         host.noop(f"current is {version}")
         return
-    temp = shlex.quote(posixpath.join(install_dir, ".current-new"))
-    current = shlex.quote(posixpath.join(install_dir, "current"))
-    yield f"ln -sfn {shlex.quote(version)} {temp} && mv -T {temp} {current}"
+    yield switch_script(install_dir, version)
 
 
 def versions_to_remove(versions: list[str], current: str | None, keep: int) -> list[str]:
@@ -179,17 +177,124 @@ def versions_to_remove(versions: list[str], current: str | None, keep: int) -> l
 
 
 @operation()
-def old_releases_removed(install_dir: str, keep: int) -> Generator[str, None, None]:
+def old_releases_removed(install_dir: str, keep: int, current: str) -> Generator[str, None, None]:
     """
     Remove installed versions beyond `keep` (the current one is never removed).
 
+    Run it only after the current version was verified: until then the previous one is the way back.
+
     + install_dir: /opt/ollama
     + keep: how many versions to keep, counting the current one
+    + current: the version this deploy made current (the fact was read before the switch)
     """
     releases = host.get_fact(OllamaReleases, install_dir=install_dir)
-    doomed = versions_to_remove(list(releases["versions"]), releases["current"], keep)
+    doomed = versions_to_remove(list(releases["versions"]), current, keep)
     if not doomed:
         host.noop(f"at most {keep} Ollama versions installed")
         return
     for version in doomed:
         yield f"rm -rf {shlex.quote(posixpath.join(install_dir, version))}"
+
+
+def wait_for_version_script(api: str, version: str, seconds: int) -> str:
+    """Shell that waits up to `seconds` for ollama.service to be active and `api` to report `version`.
+
+    Prints one last line: `serving <version>`, `other <version>` or `down <why>`; exits 0 only when serving.
+    """
+    url = shlex.quote(api + "/api/version")
+    wanted = shlex.quote(version)
+    return (
+        f"seen=; for i in $(seq {seconds}); do "
+        f"body=$(curl -fsS --max-time 2 {url} 2>/dev/null) && "
+        'seen=$(printf \'%s\' "$body" | sed -n \'s/.*"version": *"\\([^"]*\\)".*/\\1/p\'); '
+        f'if [ "$seen" = {wanted} ] && systemctl is-active -q ollama.service; then '
+        'echo "serving $seen"; exit 0; fi; '
+        "sleep 1; done; "
+        'if [ -n "$seen" ]; then echo "other $seen"; '
+        'else echo "down $(systemctl is-active ollama.service 2>/dev/null || true)"; fi; exit 1'
+    )
+
+
+def switch_script(install_dir: str, version: str) -> str:
+    """Point `current` at `version` in one rename."""
+    temp = shlex.quote(posixpath.join(install_dir, ".current-new"))
+    current = shlex.quote(posixpath.join(install_dir, "current"))
+    return f"ln -sfn {shlex.quote(version)} {temp} && mv -T {temp} {current}"
+
+
+def rollback_script(install_dir: str, failed: str, previous: str, api: str, why: str, seconds: int) -> str:
+    """Switch back to `previous`, restart, wait for it to serve; always fails the host, saying so."""
+    back = f"ollama-fleet: Ollama {failed} {why}; rolled back to {previous}, which serves again"
+    stuck = f"ollama-fleet: Ollama {failed} {why}; rolled back to {previous}, but it does not serve either"
+    return (
+        f"{switch_script(install_dir, previous)} && systemctl restart ollama.service && "
+        f"( {wait_for_version_script(api, previous, seconds)} ) >/dev/null; "
+        f"ok=$?; if [ $ok = 0 ]; then echo {shlex.quote(back)} >&2; "
+        f"else echo {shlex.quote(stuck)} >&2; fi; exit 1"
+    )
+
+
+class ServingVersion(FactBase[str]):
+    """`serving V`, `other V` or `down STATE`, after waiting up to `seconds` for Ollama to serve `version`.
+
+    Read at execution time by `release_serving` (after the restart); `read` makes each reading a new fact.
+    """
+
+    def command(self, api: str, version: str, seconds: int, read: int) -> str:
+        return f"( {wait_for_version_script(api, version, seconds)} ) || true"
+
+    def process(self, output: list[str]) -> str:
+        return output[-1].strip() if output else "down ?"
+
+
+_readings = 0
+
+
+def read_serving_version(api: str, version: str, seconds: int) -> str:
+    global _readings
+    _readings += 1
+    reading: str = host.get_fact(ServingVersion, api=api, version=version, seconds=seconds, read=_readings)
+    return reading
+
+
+def unhealthy_reason(reading: str, version: str, seconds: int) -> str | None:
+    """Why a `ServingVersion` reading is not `version` serving, or None when it is."""
+    kind, _, seen = reading.partition(" ")
+    if kind == "serving" and seen == version:
+        return None
+    if kind == "other":
+        return f"did not come up: /api/version reports {seen} after {seconds}s"
+    state = seen or "not active"
+    return f"did not come up: ollama.service is {state} after {seconds}s (see journalctl -u ollama)"
+
+
+@operation()
+def release_serving(
+    version: str,
+    api: str,
+    install_dir: str,
+    rollback_to: str | None = None,
+    timeout_seconds: int = 60,
+) -> Generator[str, None, None]:
+    """
+    Wait (while executing) until ollama.service serves `version`; otherwise roll back and fail the host.
+
+    Nothing to do, and no change reported, when it serves. When it does not and `rollback_to` is set (the
+    version that was serving before this deploy), `current` goes back to it and Ollama is restarted; the
+    host fails either way, with a message naming both versions and why.
+
+    + version: the pinned version that must be serving
+    + api: base URL of the local API
+    + install_dir: /opt/ollama
+    + rollback_to: the version to go back to, if any
+    + timeout_seconds: how long to wait for the service to come up
+    """
+    if not host.state.is_executing:
+        return  # a check of what runs: nothing to plan
+    reason = unhealthy_reason(read_serving_version(api, version, timeout_seconds), version, timeout_seconds)
+    if reason is None:
+        return
+    if rollback_to is None:
+        yield fail_command(f"Ollama {version} {reason}; no previous release to roll back to")
+        return
+    yield rollback_script(install_dir, version, rollback_to, api, reason, timeout_seconds)

@@ -6,7 +6,8 @@ the fleet CA, days to expiry), root (/health says "Ollama is running"), auth (no
 /v1/models), chat (a completion per model), stream (SSE chunks that arrive token by token, not buffered),
 cors (allowed origin gets the allow headers, another does not), raw_port (11434 dropped by the firewall),
 outsider (lab only: 443 unreachable from the outsider netns). A check whose prerequisite failed is shown as
-blocked. status shows each host's last on-host health timer result, read over SSH.
+blocked. --quick leaves out chat and stream, the checks that load models and generate. status shows each
+host's last on-host health timer result, read over SSH.
 
 Exit codes: 0 every check passed (or every host is healthy), 1 something failed, 2 bad input or settings.
 """
@@ -55,6 +56,11 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help=f"seconds per request ({DEFAULT_TIMEOUT:.0f})",
     )
+    verify.add_argument(
+        "--quick",
+        action="store_true",
+        help="leave out the checks that generate (chat, stream): no model is loaded, nothing is evicted",
+    )
     _group_data_option(verify)
     verify.set_defaults(func=run_verify)
 
@@ -102,7 +108,7 @@ def run_verify(args: argparse.Namespace) -> int:
     def progress(target: Target, result: CheckResult) -> None:
         print(redact(progress_line(target.name, result), secrets), file=sys.stderr, flush=True)
 
-    report = verify_fleet(targets, timeout=args.timeout, on_result=progress)
+    report = verify_fleet(targets, timeout=args.timeout, on_result=progress, quick=args.quick)
     print(to_json(report, secrets) if args.json else render_text(report, secrets))
     return report.exit_code
 

@@ -82,6 +82,12 @@ class HostContext:
     def configured_keys(self) -> list[tuple[str, str]]:
         return [(k.name, k.key.get_secret_value()) for k in self.settings.auth.keys]
 
+    def refused_keys(self) -> list[tuple[str, str]]:
+        """Keys the host must answer 401 to: ungranted or revoked in the secrets file."""
+        configured = {key for _, key in self.configured_keys()}
+        refused = [(k.name, k.key.get_secret_value()) for k in self.settings.auth.refused_keys]
+        return [(name, key) for name, key in refused if key not in configured]
+
     def auth_header(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
 

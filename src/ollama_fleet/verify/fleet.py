@@ -20,6 +20,7 @@ def verify_fleet(
     targets: Sequence[Target],
     timeout: float = DEFAULT_TIMEOUT,
     on_result: Callable[[Target, CheckResult], None] | None = None,
+    quick: bool = False,
 ) -> FleetReport:
     """Run the checks on all hosts at once (a thread each); results keep the inventory's order."""
     lock = threading.Lock()
@@ -30,7 +31,7 @@ def verify_fleet(
                 on_result(target, result)
 
     def one_host(target: Target) -> HostReport:
-        results = check_host(target, timeout, report_one)
+        results = check_host(target, timeout, report_one, quick=quick)
         return HostReport(host=target.name, address=target.address, results=tuple(results))
 
     started = time.perf_counter()
@@ -42,4 +43,5 @@ def verify_fleet(
 
 def secrets_of(targets: Sequence[Target]) -> list[str]:
     """Every key value of the fleet, for redaction of anything printed."""
-    return sorted({k.key.get_secret_value() for t in targets for k in t.settings.auth.keys})
+    auth = [t.settings.auth for t in targets]
+    return sorted({k.key.get_secret_value() for a in auth for k in [*a.keys, *a.refused_keys]})

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ollama_fleet.deploys.health import TAG, TIMER
+from ollama_fleet.health import TAG, TIMER
 from ollama_fleet.settings import timespan_seconds
 from ollama_fleet.verify.report import format_table
 from ollama_fleet.verify.targets import Target
