@@ -200,6 +200,7 @@ def wait_for_version_script(api: str, version: str, seconds: int) -> str:
     """Shell that waits up to `seconds` for ollama.service to be active and `api` to report `version`.
 
     Prints one last line: `serving <version>`, `other <version>` or `down <why>`; exits 0 only when serving.
+    A main process that exited (systemd waits to restart it, or gave up) ends the wait at once.
     """
     url = shlex.quote(api + "/api/version")
     wanted = shlex.quote(version)
@@ -209,6 +210,8 @@ def wait_for_version_script(api: str, version: str, seconds: int) -> str:
         'seen=$(printf \'%s\' "$body" | sed -n \'s/.*"version": *"\\([^"]*\\)".*/\\1/p\'); '
         f'if [ "$seen" = {wanted} ] && systemctl is-active -q ollama.service; then '
         'echo "serving $seen"; exit 0; fi; '
+        "sub=$(systemctl show ollama.service -p SubState --value 2>/dev/null); "
+        'case "$sub" in auto-restart|failed) echo "down crashed (its process exited: $sub)"; exit 1;; esac; '
         "sleep 1; done; "
         'if [ -n "$seen" ]; then echo "other $seen"; '
         'else echo "down $(systemctl is-active ollama.service 2>/dev/null || true)"; fi; exit 1'
@@ -264,6 +267,8 @@ def unhealthy_reason(reading: str, version: str, seconds: int) -> str | None:
         return None
     if kind == "other":
         return f"did not come up: /api/version reports {seen} after {seconds}s"
+    if seen.startswith("crashed"):
+        return f"did not come up: ollama.service {seen} (see journalctl -u ollama)"
     state = seen or "not active"
     return f"did not come up: ollama.service is {state} after {seconds}s (see journalctl -u ollama)"
 

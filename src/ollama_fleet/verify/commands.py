@@ -6,8 +6,9 @@ the fleet CA, days to expiry), root (/health says "Ollama is running"), auth (no
 /v1/models), chat (a completion per model), stream (SSE chunks that arrive token by token, not buffered),
 cors (allowed origin gets the allow headers, another does not), raw_port (11434 dropped by the firewall),
 outsider (lab only: 443 unreachable from the outsider netns). A check whose prerequisite failed is shown as
-blocked. --quick leaves out chat and stream, the checks that load models and generate. status shows each
-host's last on-host health timer result, read over SSH.
+blocked. --quick runs tls, root, auth, version, models and cors only: no generation (no model is loaded
+or evicted) and no firewall probe (each waits for a timeout). status shows each host's last on-host health
+timer result, read over SSH.
 
 Exit codes: 0 every check passed (or every host is healthy), 1 something failed, 2 bad input or settings.
 """
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
     verify.add_argument(
         "--quick",
         action="store_true",
-        help="leave out the checks that generate (chat, stream): no model is loaded, nothing is evicted",
+        help="only the cheap checks: no chat/stream (nothing loaded or evicted), no firewall probes",
     )
     _group_data_option(verify)
     verify.set_defaults(func=run_verify)
