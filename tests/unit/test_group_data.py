@@ -14,7 +14,8 @@ from ollama_fleet.settings import SECTIONS
 pytestmark = pytest.mark.unit
 
 ALL_PY = Path(__file__).resolve().parents[2] / "group_data" / "all.py"
-NOT_SETTABLE = {"auth_keys", "auth_refused_keys"}  # resolved from the environment or the secrets file, never from data
+# resolved from the environment or the secrets file, never from data
+NOT_SETTABLE = {"auth_keys", "auth_refused_keys"}
 
 
 def _defaults() -> dict[str, tuple[Any, Any]]:

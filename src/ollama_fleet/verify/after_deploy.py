@@ -3,8 +3,9 @@
 It runs while pyinfra executes, after every earlier operation of the host, and in two depths: a host on
 which this run changed something gets every check (chat and stream included); a host on which nothing
 changed gets the quick ones (TLS, root, auth, version, models, CORS), which load no model (so evict
-nothing clients are using) and wait for no firewall timeout. A passing check yields no command, so it is never counted as a change;
-a failing one yields the caller's `on_failure` command (a rollback, or a plain failure) with the reasons.
+nothing clients are using) and wait for no firewall timeout. A passing check yields no command, so it is
+never counted as a change; a failing one yields the caller's `on_failure` command (a rollback, or a plain
+failure) with the reasons.
 """
 
 from __future__ import annotations
