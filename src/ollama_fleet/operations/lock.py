@@ -1,0 +1,169 @@
+"""One deploy at a time per host: a lock directory in /run, taken when the run starts executing on the host.
+
+The lock is bookkeeping, not configuration: taking and releasing it is read and written through facts
+while pyinfra executes, so a run that changes nothing still reports no change, and `--dry` takes no lock.
+A lock is stale when it is older than LOCK_TTL_SECONDS, or when it was taken from this controller by a
+process that no longer runs (a deploy that failed or was killed); /run is emptied when the host reboots.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import shlex
+import socket
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+from pyinfra import logger
+from pyinfra.api.facts import FactBase
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+
+from ollama_fleet.operations.shell import fail_command
+
+LOCK_PATH = "/run/ollama-fleet/deploy.lock"
+LOCK_TTL_SECONDS = 2 * 3600  # a deploy that pulls large models can take long; a dead one expires
+
+
+@functools.cache
+def this_holder() -> str:
+    """Who holds the lock: one line naming the controller, process and user, unique to this run."""
+    return (
+        f"{socket.gethostname()} pid={os.getpid()} user={getpass.getuser()} "
+        f"since={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} run={uuid.uuid4().hex[:12]}"
+    )
+
+
+@dataclass(frozen=True)
+class LockState:
+    acquired: bool
+    holder: str = ""
+    age_seconds: int = 0
+
+
+def _parse(output: list[str]) -> LockState:
+    line = output[-1].strip() if output else ""
+    if line == "acquired":
+        return LockState(acquired=True)
+    if not line.startswith("held "):
+        return LockState(acquired=False, holder=line)
+    _, age, holder = [*line.split(" ", 2), "", ""][:3]
+    return LockState(acquired=False, holder=holder, age_seconds=int(age) if age.isdigit() else 0)
+
+
+def _held_line(lock: str) -> str:
+    return f'echo "held $(( $(date +%s) - $(stat -c %Y {lock}) )) $(cat {lock}/holder 2>/dev/null)"'
+
+
+class LockTaken(FactBase[LockState]):
+    """Take the deploy lock for `holder` (atomic mkdir), or say who holds it and for how long."""
+
+    def command(self, path: str, holder: str) -> str:
+        lock, who = shlex.quote(path), shlex.quote(holder)
+        return (
+            f"mkdir -p -m 700 $(dirname {lock}); "
+            f"if mkdir -m 700 {lock} 2>/dev/null; then printf '%s\\n' {who} > {lock}/holder; echo acquired; "
+            f'elif [ "$(cat {lock}/holder 2>/dev/null)" = {who} ]; then echo acquired; '
+            f"else {_held_line(lock)}; fi"
+        )
+
+    def process(self, output: list[str]) -> LockState:
+        return _parse(output)
+
+
+class LockTakenOver(FactBase[LockState]):
+    """Replace a stale lock held by `stale` with `holder` (nothing happens if its holder changed since)."""
+
+    def command(self, path: str, holder: str, stale: str) -> str:
+        lock, who, old = shlex.quote(path), shlex.quote(holder), shlex.quote(stale)
+        return (
+            f'if [ "$(cat {lock}/holder 2>/dev/null)" = {old} ]; then '
+            f"printf '%s\\n' {who} > {lock}/holder.new && mv {lock}/holder.new {lock}/holder && "
+            f"touch {lock} && echo acquired; else {_held_line(lock)}; fi"
+        )
+
+    def process(self, output: list[str]) -> LockState:
+        return _parse(output)
+
+
+class LockReleased(FactBase[bool]):
+    """Remove the lock if `holder` holds it."""
+
+    def command(self, path: str, holder: str) -> str:
+        lock, who = shlex.quote(path), shlex.quote(holder)
+        return f'if [ "$(cat {lock}/holder 2>/dev/null)" = {who} ]; then rm -rf {lock}; fi; echo released'
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output) and output[-1].strip() == "released"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_reason(
+    lock: LockState,
+    ttl_seconds: int = LOCK_TTL_SECONDS,
+    controller: str | None = None,
+    alive: Callable[[int], bool] = pid_alive,
+) -> str | None:
+    """Why a held lock may be taken over, or None while its holder may still be deploying."""
+    if lock.age_seconds > ttl_seconds:
+        return f"it is older than {ttl_seconds // 60} min"
+    fields = lock.holder.split()
+    pid = next((f.removeprefix("pid=") for f in fields if f.startswith("pid=")), "")
+    here = controller if controller is not None else socket.gethostname()
+    if fields and fields[0] == here and pid.isdigit() and not alive(int(pid)):
+        return f"its deploy (pid {pid} on this controller) no longer runs"
+    return None
+
+
+def held_message(lock: LockState) -> str:
+    minutes, seconds = divmod(lock.age_seconds, 60)
+    return (
+        f"another deploy holds the deploy lock {LOCK_PATH} (held by {lock.holder or '?'}, "
+        f"for {minutes}m{seconds:02d}s); wait for it to finish. If that deploy is gone, remove the lock on "
+        f"the host (it expires after {LOCK_TTL_SECONDS // 60} min)"
+    )
+
+
+@operation()
+def deploy_lock_taken(holder: str) -> Generator[str, None, None]:
+    """
+    Take this host's deploy lock while executing (no change reported); fail the host if another run has it.
+
+    + holder: this run's holder line (`this_holder()`)
+    """
+    if not host.state.is_executing:
+        return
+    lock: LockState = host.get_fact(LockTaken, path=LOCK_PATH, holder=holder)
+    stale = None if lock.acquired else stale_reason(lock)
+    if stale:
+        logger.warning(f"{host.print_prefix}taking over the stale deploy lock of {lock.holder}: {stale}")
+        lock = host.get_fact(LockTakenOver, path=LOCK_PATH, holder=holder, stale=lock.holder)
+    if not lock.acquired:
+        yield fail_command(held_message(lock))
+
+
+@operation()
+def deploy_lock_released(holder: str) -> Generator[str, None, None]:
+    """
+    Release this host's deploy lock while executing (no change reported).
+
+    + holder: this run's holder line
+    """
+    if not host.state.is_executing:
+        return
+    host.get_fact(LockReleased, path=LOCK_PATH, holder=holder)
+    return
+    yield  # a generator with nothing to run
