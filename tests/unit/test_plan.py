@@ -337,3 +337,29 @@ def test_secret_upload_shows_no_content_and_is_never_world_readable(tmp_path: Pa
     temp = "/etc/x/.key.pem.ollama-fleet-new"
     assert commands[1] == f"rm -f {temp} && install -m 600 /dev/null {temp}"
     assert commands[-1].endswith(f"mv -f {temp} /etc/x/key.pem")
+
+
+# --- day 2: the lock, the checks and the prune ----------------------------------------------------------
+
+
+def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_check(tmp_path: Path) -> None:
+    operations = plan(tmp_path, fleet(tmp_path))
+    names = [op["name"].split(" | ")[-1] for op in operations]
+    assert names[0] == "Take the deploy lock"
+    assert names[-3:] == [
+        "Check the host like a client (ollama-fleet verify)",
+        "Keep 2 Ollama versions",
+        "Release the deploy lock",
+    ]
+    assert names.index("Restart ollama after a change") < names.index(
+        "Check that Ollama 0.24.0 serves (else roll back)"
+    )
+    # the lock, the serving check and the client check read or bookkeep; in a plan they change nothing
+    ops = by_name(operations)
+    for name in (
+        "Take the deploy lock",
+        "Check that Ollama 0.24.0 serves (else roll back)",
+        "Check the host like a client (ollama-fleet verify)",
+        "Release the deploy lock",
+    ):
+        assert ops[name]["hosts_with_change"] == [], name

@@ -1,0 +1,248 @@
+"""Day-2 decisions, pure: when a running Ollama or nginx is stale, where a failed release rolls back to,
+what the deploy lock says, and which checks are quick. The shell pieces run locally where they can."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ollama_fleet.deploys.service import rollback_target
+from ollama_fleet.operations import lock, release
+from ollama_fleet.operations.running import (
+    NginxWorkers,
+    OllamaProcess,
+    ServiceProcess,
+    WorkerStarts,
+    nginx_reload_reason,
+    ollama_restart_reason,
+)
+from ollama_fleet.settings import FleetSettings, settings_for_host
+from ollama_fleet.verify.checks import CHECKS
+
+pytestmark = pytest.mark.unit
+
+BINARY = "/opt/ollama/0.24.1/bin/ollama"
+
+
+def process(**overrides: object) -> ServiceProcess:
+    base: ServiceProcess = {
+        "active": True,
+        "need_daemon_reload": False,
+        "started": 2000,
+        "exe": BINARY,
+        "newest_file": 1990,
+        "newest_path": "/etc/systemd/system/ollama.service.d/override.conf",
+    }
+    return {**base, **overrides}  # type: ignore[typeddict-item]
+
+
+# --- restart Ollama on state ---------------------------------------------------------------------------
+
+
+def test_a_process_newer_than_its_files_and_running_the_pinned_binary_is_left_alone() -> None:
+    assert ollama_restart_reason(process(), BINARY) is None
+    assert ollama_restart_reason(process(newest_file=2000), BINARY) is None  # same second: written first
+
+
+def test_a_process_older_than_a_file_it_reads_restarts() -> None:
+    reason = ollama_restart_reason(process(newest_file=2001), BINARY)
+    assert reason == "it started before /etc/systemd/system/ollama.service.d/override.conf last changed"
+
+
+def test_a_process_running_another_release_restarts_even_with_old_files() -> None:
+    old = "/opt/ollama/0.24.0/bin/ollama"
+    assert ollama_restart_reason(process(exe=old), BINARY) == f"it runs {old}, not {BINARY}"
+    gone = f"{old} (deleted)"
+    assert "(deleted)" in str(ollama_restart_reason(process(exe=gone), BINARY))
+
+
+def test_a_stopped_service_is_started_not_restarted() -> None:
+    assert ollama_restart_reason(process(active=False, started=None), BINARY) is None
+
+
+def test_ollama_process_fact_parses_systemctl_and_stat() -> None:
+    output = [
+        "ActiveState=active",
+        "NeedDaemonReload=yes",
+        "MainPID=321",
+        "ExecMainStartTimestamp=@1796229000",
+        f"exe={BINARY}",
+        "newest 1796229100 /opt/ollama/current",
+    ]
+    parsed = OllamaProcess().process(output)
+    assert parsed == {
+        "active": True,
+        "need_daemon_reload": True,
+        "started": 1796229000,
+        "exe": BINARY,
+        "newest_file": 1796229100,
+        "newest_path": "/opt/ollama/current",
+    }
+    assert OllamaProcess().process(["ActiveState=inactive", "ExecMainStartTimestamp="])["started"] is None
+
+
+# --- reload nginx on state -----------------------------------------------------------------------------
+
+
+def workers(newest_worker: int | None, newest_file: int | None) -> WorkerStarts:
+    return {
+        "running": newest_worker is not None,
+        "newest_worker": newest_worker,
+        "newest_file": newest_file,
+        "newest_path": "/etc/nginx/ollama-fleet/api-keys.conf",
+    }
+
+
+def test_nginx_reloads_only_when_a_config_file_is_newer_than_its_workers_beyond_clock_slack() -> None:
+    assert nginx_reload_reason(workers(1000, 990)) is None
+    assert nginx_reload_reason(workers(1000, 1001)) is None  # boot time is whole seconds: within slack
+    reason = nginx_reload_reason(workers(1000, 1002))
+    assert reason == "its workers started before /etc/nginx/ollama-fleet/api-keys.conf last changed"
+    assert nginx_reload_reason(workers(None, 1002)) is None  # not running: `running=True` starts it
+
+
+def test_nginx_workers_fact_takes_the_newest_worker() -> None:
+    parsed = NginxWorkers().process(["worker 1000", "worker 1500", "newest 1200 /etc/x.conf"])
+    assert parsed == {
+        "running": True,
+        "newest_worker": 1500,
+        "newest_file": 1200,
+        "newest_path": "/etc/x.conf",
+    }
+
+
+def test_nginx_workers_fact_reads_this_machines_proc(tmp_path: Path) -> None:
+    """The command's /proc arithmetic, run here against this shell's own children."""
+    config = tmp_path / "site.conf"
+    config.write_text("x")
+    command = NginxWorkers().command([str(config)])
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        # stand in for `systemctl show nginx.service -p MainPID --value` with this test's own PID
+        script = command.replace("systemctl show nginx.service -p MainPID --value", "echo $PPID")
+        output = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    parsed = NginxWorkers().process(output.splitlines())
+    assert parsed["running"] and parsed["newest_file"] is not None
+    assert abs(int(parsed["newest_worker"] or 0) - int(config.stat().st_mtime)) <= 2
+
+
+# --- rollback ------------------------------------------------------------------------------------------
+
+
+def settings(**data: object) -> FleetSettings:
+    base: dict[str, object] = {"auth_enabled": False, "firewall_enabled": False, "ollama_version": "0.24.1"}
+    return settings_for_host("h1", {**base, **data}, environ={})
+
+
+def releases(current: str | None, *versions: str) -> release.InstalledReleases:
+    return {"current": current, "versions": dict.fromkeys(versions, "sha"), "foreign": []}
+
+
+def test_rollback_goes_to_the_release_that_was_serving() -> None:
+    s = settings()
+    serving_old = process(exe="/opt/ollama/0.24.0/bin/ollama")
+    assert rollback_target(s, serving_old, releases("0.24.0", "0.24.0")) == "0.24.0"
+    # a run cut off after the switch: current is already the new one, the process still runs the old
+    assert rollback_target(s, serving_old, releases("0.24.1", "0.24.0", "0.24.1")) == "0.24.0"
+
+
+def test_no_rollback_on_a_bare_host_or_when_nothing_else_is_installed() -> None:
+    s = settings()
+    assert rollback_target(s, process(active=False, exe=None), releases(None)) is None
+    assert rollback_target(s, process(), releases("0.24.1", "0.24.1")) is None
+
+
+def test_unhealthy_reasons_name_what_was_seen() -> None:
+    assert release.unhealthy_reason("serving 0.24.1", "0.24.1", 60) is None
+    assert "reports 0.24.0" in str(release.unhealthy_reason("other 0.24.0", "0.24.1", 60))
+    crashed = release.unhealthy_reason("down crashed (its process exited: auto-restart)", "0.24.1", 60)
+    assert crashed == (
+        "did not come up: ollama.service crashed (its process exited: auto-restart) "
+        "(see journalctl -u ollama)"
+    )
+    assert "is activating after 60s" in str(release.unhealthy_reason("down activating", "0.24.1", 60))
+
+
+def test_the_wait_script_reports_down_when_nothing_answers() -> None:
+    script = release.wait_for_version_script("http://127.0.0.1:9", "0.24.1", 1)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1].startswith("down")
+
+
+def test_pruning_counts_the_version_just_deployed_as_current() -> None:
+    # the fact was read before the switch (current 0.24.0): the new 0.24.1 must survive, not the old
+    assert release.versions_to_remove(["0.23.0", "0.24.0", "0.24.1"], "0.24.1", keep=2) == ["0.23.0"]
+    assert release.versions_to_remove(["0.24.0", "0.24.1"], "0.24.1", keep=1) == ["0.24.0"]
+
+
+# --- the deploy lock -----------------------------------------------------------------------------------
+
+
+def test_a_lock_held_by_a_live_run_is_respected_and_named() -> None:
+    held = lock.LockState(acquired=False, holder="ctl pid=42 user=ops since=x run=r", age_seconds=75)
+    assert lock.stale_reason(held, controller="ctl", alive=lambda pid: True) is None
+    assert lock.stale_reason(held, controller="other", alive=lambda pid: False) is None  # can't tell: wait
+    message = lock.held_message(held)
+    assert "held by ctl pid=42 user=ops" in message and "for 1m15s" in message
+
+
+def test_a_lock_is_stale_when_its_controller_process_is_gone_or_it_expired() -> None:
+    held = lock.LockState(acquired=False, holder="ctl pid=42 user=ops since=x run=r", age_seconds=5)
+    assert "no longer runs" in str(lock.stale_reason(held, controller="ctl", alive=lambda pid: False))
+    old = lock.LockState(acquired=False, holder="elsewhere pid=1", age_seconds=lock.LOCK_TTL_SECONDS + 1)
+    assert "older than" in str(lock.stale_reason(old, controller="ctl", alive=lambda pid: True))
+
+
+def test_lock_facts_take_refuse_and_release_on_a_real_directory(tmp_path: Path) -> None:
+    path = str(tmp_path / "run" / "deploy.lock")
+
+    def run(command: str) -> list[str]:
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout.split(
+            "\n"
+        )
+
+    def fact(cls: type, **kwargs: str) -> object:
+        out = [line for line in run(cls().command(path=path, **kwargs)) if line]
+        return cls().process(out)
+
+    assert fact(lock.LockTaken, holder="me pid=1") == lock.LockState(acquired=True)
+    assert fact(lock.LockTaken, holder="me pid=1") == lock.LockState(acquired=True)  # ours: taken again
+    theirs = fact(lock.LockTaken, holder="you pid=2")
+    assert isinstance(theirs, lock.LockState) and not theirs.acquired and theirs.holder == "me pid=1"
+    assert fact(lock.LockTakenOver, holder="you pid=2", stale="someone else") != lock.LockState(True)
+    assert fact(lock.LockTakenOver, holder="you pid=2", stale="me pid=1") == lock.LockState(acquired=True)
+    assert fact(lock.LockReleased, holder="me pid=1") is True  # not the holder any more: left alone
+    assert Path(path).is_dir()
+    assert fact(lock.LockReleased, holder="you pid=2") is True
+    assert not Path(path).exists()
+
+
+# --- quick checks --------------------------------------------------------------------------------------
+
+
+def test_quick_checks_load_no_model_and_wait_for_no_timeout() -> None:
+    quick = [spec.name for spec in CHECKS if spec.quick]
+    assert quick == ["tls", "root", "auth", "version", "models", "cors"]
+
+
+def test_ungranted_and_revoked_keys_are_known_as_refused(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(
+        '{"api_keys": {"ci": "ci-key-0123456789abcdef", "old": "old-key-0123456789abcdef"},'
+        ' "revoked_api_keys": ["rotated-0123456789abcdef"]}'
+    )
+    s = settings_for_host(
+        "h1", {"auth_key_names": ["ci"], "auth_secrets_file": str(secrets), "firewall_enabled": False}, {}
+    )
+    assert [k.name for k in s.auth.keys] == ["ci"]
+    assert [(k.name, k.key.get_secret_value()) for k in s.auth.refused_keys] == [
+        ("old", "old-key-0123456789abcdef"),
+        ("revoked_api_keys[0]", "rotated-0123456789abcdef"),
+    ]
+    assert "old-key" not in repr(s)  # secrets stay hidden in reprs
