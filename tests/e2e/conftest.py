@@ -41,6 +41,7 @@ MODULE_ORDER = (
     "test_openai_client",
     "test_model_pull",
     "test_rollout",
+    "test_day2",
 )
 
 

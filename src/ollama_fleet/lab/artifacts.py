@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,10 +213,19 @@ def compile_ollama(recipe: Recipe, include_dir: Path, gobin: Path) -> Path:
     )
     _run([go_binary(), "install", *recipe.goflags, f"{MODULE}@v{recipe.version}"], env=env)
     binary = gobin / "ollama"
-    reported = binary_version(binary)
-    if reported != recipe.version:
-        raise BuildError(f"built binary reports version {reported!r}, expected {recipe.version}")
+    reported, expected = binary_version(binary), labelled_version(recipe)
+    if reported != expected:
+        raise BuildError(f"built binary reports version {reported!r}, expected {expected}")
     return binary
+
+
+def labelled_version(recipe: Recipe) -> str:
+    """The version the build reports: the ldflags' version.Version (the source's, unless relabelled)."""
+    for flag in recipe.goflags:
+        match = re.search(r"/version\.Version=(\S+)", flag)
+        if match:
+            return match.group(1)
+    return recipe.version
 
 
 def binary_version(binary: Path) -> str:
@@ -359,6 +370,23 @@ def ensure_ollama_release(version: str = DEFAULT_VERSION) -> Path:
             _point_symlink(link, f"builds/{build_name}")
         _prune_other_builds(builds, version, build_name)
     return link
+
+
+def ensure_relabelled_release(label: str, base: str = DEFAULT_VERSION) -> Path:
+    """The source of Ollama `base` built to report version `label`: a second release for upgrade tests.
+
+    Only the link step differs from the `base` build (Go's build cache keeps the compiled packages), so
+    it takes seconds once `base` was built on this machine. Its archives and sha256sum.txt are a release
+    directory like `ensure_ollama_release`'s, for `ollama_source = "controller"`.
+    """
+    ensure_ollama_release(base)  # fills the build cache
+    recipe = dataclasses.replace(recipe_for(base), goflags=release_goflags(label))
+    dest = artifacts_dir() / "ollama" / "relabelled" / f"{label}-from-{base}-{recipe.key()}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(artifacts_dir() / "ollama" / ".lock"):
+        if not release_is_complete(dest, recipe):
+            build_release(recipe, dest)
+    return dest
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,223 @@
+"""Day 2 on the lab: changing a serving fleet safely.
+
+- a no-change re-run reports 0 changed operations on every host, its client check included;
+- a release that cannot start (a valid checksum, a binary that exits 1) rolls back by itself;
+- a deploy killed right after the release switch, or right after new keys went live, is finished by the
+  next run: it restarts Ollama (the new version serves) and reloads nginx (the removed key gets 401);
+- a second deploy is refused while another holds a host's deploy lock, and a dead holder's lock is taken.
+
+Upgrades use a second release built from the same source and labelled 0.24.1 (a link step, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from verify_fleet import SITE, DeployedFleet, deploy_fleet, statuses
+
+from ollama_fleet.lab.artifacts import ensure_relabelled_release
+from ollama_fleet.lab.paths import repo_root
+from ollama_fleet.lab.state import LabState
+
+pytestmark = pytest.mark.e2e
+
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+BASE, UPGRADE = "0.24.0", "0.24.1"
+LOCK = "/run/ollama-fleet/deploy.lock"
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: LabState) -> DeployedFleet:
+    return deploy_fleet(lab)
+
+
+@pytest.fixture(scope="module")
+def upgrade() -> Path:
+    return ensure_relabelled_release(UPGRADE, base=BASE)
+
+
+def from_controller(release: Path, version: str) -> list[str]:
+    return [
+        "--data", "ollama_source=controller",
+        "--data", f"ollama_controller_dir={release}",
+        "--data", f"ollama_version={version}",
+    ]  # fmt: skip
+
+
+def api_version(fleet: DeployedFleet, host: str) -> str:
+    body = fleet.ssh_ok(host, "curl -fsS --max-time 5 http://127.0.0.1:11434/api/version")
+    return str(json.loads(body)["version"])
+
+
+def changed_operations(stdout: str) -> dict[str, list[str]]:
+    """Operation name -> hosts it changed, from `pyinfra --json` (every operation, checks included)."""
+    operations = json.loads(stdout)["results"]["operations"]
+    return {op["name"]: op["success"] for op in operations if op["success"]}
+
+
+def deploy_killed_after(fleet: DeployedFleet, operation: str, *args: str) -> str:
+    """Run the deploy and SIGKILL pyinfra as soon as `operation` has finished on its hosts.
+
+    pyinfra prints `[host] Success` when an operation is done on a host and only then starts the next
+    one, which first reads facts over SSH: killing on that line leaves the next operation unstarted.
+    """
+    argv = [PYINFRA, "-y", fleet.lab.inventory_path, "deploys/ollama.py", *args]
+    env = {**os.environ, "PYINFRA_PROGRESS": "off"}
+    proc = subprocess.Popen(
+        argv, cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines, started = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if f"Starting operation: {operation}" in line:
+            started = True
+        elif started and re.search(r"\] (Success|No changes)", line):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert started and proc.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
+    return "".join(lines)
+
+
+def test_a_no_change_rerun_changes_nothing_its_check_included(fleet: DeployedFleet) -> None:
+    done = fleet.deploy("--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert changed_operations(done.stdout) == {}
+    assert "quick client check (0 operation(s) changed this host)" in done.stderr
+    for host in fleet.hosts:
+        assert fleet.ssh(host, f"test -e {LOCK}").returncode == 1, f"{host}: the lock was not released"
+
+
+def test_verify_quick_leaves_out_generation_and_firewall_probes(fleet: DeployedFleet) -> None:
+    code, report = fleet.verify("--quick")
+    assert code == 0, report
+    for checks in statuses(report).values():
+        assert set(checks) == {"tls", "root", "auth", "version", "models", "cors"}
+
+
+def test_a_release_that_cannot_start_rolls_back_by_itself(fleet: DeployedFleet, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "bin").mkdir(parents=True)
+    (broken / "lib" / "ollama").mkdir(parents=True)
+    (broken / "bin" / "ollama").write_text("#!/bin/sh\necho 'this release cannot start' >&2\nexit 1\n")
+    (broken / "bin" / "ollama").chmod(0o755)
+    release = tmp_path / "release"
+    release.mkdir()
+    archive = release / "ollama-linux-amd64.tgz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(broken), "bin", "lib"], check=True)
+    subprocess.run(f"sha256sum {archive.name} > sha256sum.txt", shell=True, cwd=release, check=True)
+    canary = fleet.hosts[0]
+
+    done = fleet.deploy("--limit", canary, *from_controller(release, "0.24.9"))
+
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Ollama 0.24.9 did not come up: ollama.service crashed" in output, output[-3000:]
+    assert f"rolled back to {BASE}, which serves again" in output
+    assert fleet.ssh_ok(canary, "readlink /opt/ollama/current").strip() == BASE
+    assert api_version(fleet, canary) == BASE
+    fleet.ssh_ok(canary, "rm -rf /opt/ollama/0.24.9")
+    code, report = fleet.verify()
+    assert code == 0, report
+
+
+@pytest.fixture
+def upgraded_host(fleet: DeployedFleet, upgrade: Path) -> Iterator[str]:
+    host = fleet.hosts[1]
+    yield host
+    back = fleet.deploy("--limit", host)  # the inventory's own version again
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-3000:]
+    assert api_version(fleet, host) == BASE
+    fleet.ssh_ok(host, f"rm -rf /opt/ollama/{UPGRADE}")
+
+
+def test_a_deploy_killed_after_the_switch_is_finished_by_the_next_run(
+    fleet: DeployedFleet, upgrade: Path, upgraded_host: str
+) -> None:
+    host = upgraded_host
+    deploy_killed_after(fleet, "Install Ollama | Switch", "--limit", host, *from_controller(upgrade, UPGRADE))
+    assert fleet.ssh_ok(host, "readlink /opt/ollama/current").strip() == UPGRADE
+    assert api_version(fleet, host) == BASE  # switched, never restarted
+
+    done = fleet.deploy("--limit", host, *from_controller(upgrade, UPGRADE))
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert f"ollama must restart: it runs /opt/ollama/{BASE}/bin/ollama" in output
+    assert "taking over the stale deploy lock" in output  # the killed run's lock
+    assert api_version(fleet, host) == UPGRADE
+
+
+@pytest.fixture
+def rotated_key(fleet: DeployedFleet) -> Iterator[tuple[str, str]]:
+    """The lab's "ci" key replaced by a new value; the old one listed as revoked. Restored afterwards."""
+    secrets_file = Path(fleet.lab.key_path).parent / "secrets.json"
+    saved = secrets_file.read_text()
+    data = json.loads(saved)
+    old, new = data["api_keys"]["ci"], "rotated-" + secrets.token_urlsafe(24)
+    data["api_keys"]["ci"] = new
+    data["revoked_api_keys"] = [old]
+    secrets_file.write_text(json.dumps(data))  # the file keeps its mode
+    try:
+        yield old, new
+    finally:
+        secrets_file.write_text(saved)
+        restored = fleet.deploy()
+        assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+
+
+def test_a_rotated_key_with_an_interrupted_reload_is_refused_after_the_next_run(
+    fleet: DeployedFleet, rotated_key: tuple[str, str]
+) -> None:
+    old, new = rotated_key
+    host = fleet.hosts[2]
+    deploy_killed_after(fleet, "nginx proxy | Install the ollama-fleet site", "--limit", host)
+
+    def answers(key: str) -> int:
+        trust = ssl.create_default_context(cafile=str(fleet.ca_file))
+        url = f"https://{fleet.address(host)}/v1/models"
+        return httpx.get(url, headers={"Authorization": f"Bearer {key}"}, verify=trust).status_code
+
+    assert (answers(old), answers(new)) == (200, 401)  # the new keys file is live but not loaded
+    code, report = fleet.verify("--quick", "--hosts", host)
+    assert code == 1 and statuses(report)[host]["auth"] == "fail"  # verify sees the revoked key work
+
+    done = fleet.deploy("--limit", host)
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "nginx must reload: its workers started before" in done.stderr
+    assert (answers(old), answers(new)) == (401, 200)
+    code, report = fleet.verify("--hosts", host)
+    assert code == 0, report
+
+
+def test_a_second_deploy_waits_for_the_holder_of_the_lock(fleet: DeployedFleet) -> None:
+    host = fleet.hosts[0]
+    holder = subprocess.Popen(["sleep", "600"])  # stands in for a deploy running on this controller
+    try:
+        who = f"{os.uname().nodename} pid={holder.pid} user=ops since=now run=other"
+        fleet.ssh_ok(host, f"mkdir -p {LOCK} && printf '%s\\n' '{who}' > {LOCK}/holder")
+        done = fleet.deploy("--limit", host, "--data", "nginx_read_timeout=1234")
+        output = done.stdout + done.stderr
+        assert done.returncode != 0
+        assert f"another deploy holds the deploy lock {LOCK} (held by {who}, for 0m" in output
+        assert "1234s" not in fleet.ssh_ok(host, f"cat {SITE}")  # refused before any change
+    finally:
+        holder.kill()
+        holder.wait()
+    done = fleet.deploy("--limit", host)  # the holder is gone: its lock is stale
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"its deploy (pid {holder.pid} on this controller) no longer runs" in done.stderr
+    assert fleet.ssh(host, f"test -e {LOCK}").returncode == 1
