@@ -1,4 +1,4 @@
-"""`ollama-fleet lab|verify|status`: thin wrappers over the lab and verify packages."""
+"""`ollama-fleet lab|verify|status|rollout|rollback`: thin wrappers over the lab, verify and rollout code."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from ollama_fleet.lab import commands as lab_commands
+    from ollama_fleet.rollout import commands as rollout_commands
     from ollama_fleet.verify import commands as verify_commands
 
     parser = argparse.ArgumentParser(prog="ollama-fleet", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     lab_commands.register(subparsers)
     verify_commands.register(subparsers)
+    rollout_commands.register(subparsers)
     return parser
 
 

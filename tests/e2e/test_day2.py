@@ -21,12 +21,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from verify_fleet import SITE, DeployedFleet, deploy_fleet, statuses
 
-from ollama_fleet.lab.artifacts import ensure_relabelled_release
+from ollama_fleet.lab.artifacts import ensure_relabelled_release, publish_release, unpublish_release
 from ollama_fleet.lab.paths import repo_root
 from ollama_fleet.lab.state import LabState
 
@@ -221,3 +222,142 @@ def test_a_second_deploy_waits_for_the_holder_of_the_lock(fleet: DeployedFleet) 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"its deploy (pid {holder.pid} on this controller) no longer runs" in done.stderr
     assert fleet.ssh(host, f"test -e {LOCK}").returncode == 1
+
+
+# --- ollama-fleet rollout / rollback -------------------------------------------------------------------
+
+
+def rollout(
+    fleet: DeployedFleet, *args: str, inventory: str | None = None
+) -> tuple[int, dict[str, Any], str]:
+    argv = [sys.executable, "-m", "ollama_fleet.cli", "rollout", inventory or fleet.lab.inventory_path]
+    done = fleet.run([*argv, "--canary", "lab_canary", "--json", *args], timeout=1800)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def outcomes(report: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """host -> (result, version before, version after)."""
+    return {h["host"]: (h["result"], h["version_before"], h["version_after"]) for h in report["hosts"]}
+
+
+def pinned(tmp_path: Path, version: str) -> str:
+    group_data = tmp_path / f"pin-{version}"
+    group_data.mkdir()
+    (group_data / "all.py").write_text(f'ollama_version = "{version}"\n')
+    return str(group_data)
+
+
+@pytest.fixture
+def broken_release(tmp_path: Path) -> Iterator[str]:
+    """A release 0.24.9 on the lab mirror whose binary exits 1 (its checksum is valid)."""
+    release = tmp_path / "broken-release"
+    release.mkdir()
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "lib" / "ollama").mkdir(parents=True)
+    (tree / "bin" / "ollama").write_text("#!/bin/sh\nexit 1\n")
+    (tree / "bin" / "ollama").chmod(0o755)
+    subprocess.run(
+        ["tar", "-czf", str(release / "ollama-linux-amd64.tgz"), "-C", str(tree), "bin", "lib"], check=True
+    )
+    subprocess.run("sha256sum ollama-linux-amd64.tgz > sha256sum.txt", shell=True, cwd=release, check=True)
+    release.chmod(0o755)
+    tmp_path.chmod(0o755)
+    publish_release(release, "0.24.9")
+    yield "0.24.9"
+    unpublish_release("0.24.9")
+
+
+@pytest.fixture
+def fleet_back_on_base(fleet: DeployedFleet, upgrade: Path) -> Iterator[None]:
+    yield
+    done = fleet.deploy()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for host in fleet.hosts:
+        fleet.ssh_ok(host, f"rm -rf /opt/ollama/{UPGRADE} /opt/ollama/0.24.9")
+
+
+def test_a_rollout_of_a_release_that_cannot_start_halts_at_the_canary_then_resumes_with_a_good_one(
+    fleet: DeployedFleet, upgrade: Path, broken_release: str, fleet_back_on_base: None, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "rollout.json")
+    canary, *rest = fleet.hosts
+
+    code, report, log = rollout(
+        fleet, "--batch", "1", "--state", state, "--group-data", pinned(tmp_path, broken_release)
+    )
+
+    assert code == 1
+    assert report["status"] == "halted" and report["halt_reason"] == f"batch 1 failed on {canary}"
+    result = outcomes(report)
+    assert result[canary] == ("failed", BASE, BASE)
+    canary_reason = next(h["reason"] for h in report["hosts"] if h["host"] == canary)
+    assert (
+        f"Ollama {broken_release} did not come up" in canary_reason
+        and f"rolled back to {BASE}" in canary_reason
+    )
+    assert all(result[host][0] == "untouched" for host in rest)
+    for host in rest:
+        assert broken_release not in fleet.ssh_ok(host, "ls /opt/ollama")  # never changed
+    code_verify, verified = fleet.verify()
+    assert code_verify == 0, verified  # the whole fleet serves
+
+    # the operator pins a good release and resumes: the halted batch is retried, then the rest
+    code, report, log = rollout(
+        fleet, "--resume", "--batch", "1", "--state", state, "--group-data", pinned(tmp_path, UPGRADE)
+    )
+
+    assert code == 0, log[-3000:]
+    assert report["status"] == "done"
+    assert outcomes(report) == {host: ("ok", BASE, UPGRADE) for host in fleet.hosts}
+    assert "batch 3/3" in log and "batch 1/3" in log
+
+
+def test_an_unreachable_host_halts_the_rollout_naming_it(fleet: DeployedFleet, tmp_path: Path) -> None:
+    down = fleet.hosts[1]
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(
+        Path(fleet.lab.inventory_path).read_text()
+        + f"\nlab_rest = [(n, {{**d, 'ssh_port': 1}}) if n == {down!r} else (n, d) for n, d in lab_rest]\n"
+        + "lab_hosts = lab_canary + lab_rest\n"
+    )
+
+    code, report, _ = rollout(fleet, "--state", str(tmp_path / "state.json"), inventory=str(inventory))
+
+    assert code == 1
+    assert report["halt_reason"].startswith(f"{down} is unreachable: SSH {fleet.address(down)}:1")
+    assert outcomes(report)[fleet.hosts[0]][0] == "ok"
+    assert outcomes(report)[down][0] == "untouched" and outcomes(report)[fleet.hosts[2]][0] == "untouched"
+
+
+def test_rollback_goes_back_one_release_and_refuses_when_there_is_none(
+    fleet: DeployedFleet, upgrade: Path, fleet_back_on_base: None, tmp_path: Path
+) -> None:
+    host = fleet.hosts[2]
+    up = fleet.run(
+        [
+            PYINFRA,
+            "-y",
+            "--group-data",
+            pinned(tmp_path, UPGRADE),
+            "--limit",
+            host,
+            fleet.lab.inventory_path,
+            "deploys/ollama.py",
+        ],
+        timeout=900,
+    )
+    assert up.returncode == 0, up.stderr[-3000:]
+    assert api_version(fleet, host) == UPGRADE
+
+    argv = [sys.executable, "-m", "ollama_fleet.cli", "rollback", fleet.lab.inventory_path, "--hosts", host]
+    back = fleet.run(argv)
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert f"{host}: rolled back ({UPGRADE} -> {BASE})" in back.stdout
+    assert api_version(fleet, host) == BASE
+
+    again = fleet.run(argv)
+    assert again.returncode == 1
+    assert f"no release older than {BASE} is installed" in again.stdout
+    assert api_version(fleet, host) == BASE

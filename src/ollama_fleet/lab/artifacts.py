@@ -377,7 +377,8 @@ def ensure_relabelled_release(label: str, base: str = DEFAULT_VERSION) -> Path:
 
     Only the link step differs from the `base` build (Go's build cache keeps the compiled packages), so
     it takes seconds once `base` was built on this machine. Its archives and sha256sum.txt are a release
-    directory like `ensure_ollama_release`'s, for `ollama_source = "controller"`.
+    directory like `ensure_ollama_release`'s, for `ollama_source = "controller"`, and the lab mirror
+    serves it as v`label` (so `ollama_version = label` is all a lab deploy needs).
     """
     ensure_ollama_release(base)  # fills the build cache
     recipe = dataclasses.replace(recipe_for(base), goflags=release_goflags(label))
@@ -386,7 +387,21 @@ def ensure_relabelled_release(label: str, base: str = DEFAULT_VERSION) -> Path:
     with exclusive_lock(artifacts_dir() / "ollama" / ".lock"):
         if not release_is_complete(dest, recipe):
             build_release(recipe, dest)
+    publish_release(dest, label)
     return dest
+
+
+def publish_release(directory: Path, version: str) -> Path:
+    """Serve a release directory on the lab mirror as `<mirror>/ollama/v<version>/` (a symlink)."""
+    link = artifacts_dir() / "ollama" / f"v{version}"
+    target = os.path.relpath(directory.resolve(), link.parent.resolve())
+    if not link.is_symlink() or os.readlink(link) != target:
+        _point_symlink(link, target)
+    return link
+
+
+def unpublish_release(version: str) -> None:
+    (artifacts_dir() / "ollama" / f"v{version}").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

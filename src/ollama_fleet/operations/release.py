@@ -303,3 +303,13 @@ def release_serving(
         yield fail_command(f"Ollama {version} {reason}; no previous release to roll back to")
         return
     yield rollback_script(install_dir, version, rollback_to, api, reason, timeout_seconds)
+
+
+@operation()
+def refused(command: str) -> Generator[str, None, None]:
+    """
+    Fail the host with `command` (from `fail_command`): a deploy that cannot go on for this host.
+
+    + command: the failing command
+    """
+    yield command

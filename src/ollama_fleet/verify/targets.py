@@ -60,7 +60,20 @@ def target_for_settings(settings: FleetSettings, name: str, data: Mapping[str, A
 def load_inventory(
     inventory: str, group_data: Sequence[str] = (), cwd: Path | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it.
+    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it."""
+    return {host.name: host.data.dict() for host in _pyinfra_inventory(inventory, group_data, cwd)}
+
+
+def load_groups(
+    inventory: str, group_data: Sequence[str] = (), cwd: Path | None = None
+) -> dict[str, list[str]]:
+    """Group name -> its host names in inventory order (pyinfra's own groups, e.g. from the inventory)."""
+    loaded = _pyinfra_inventory(inventory, group_data, cwd)
+    return {name: [host.name for host in hosts] for name, hosts in loaded.groups.items()}
+
+
+def _pyinfra_inventory(inventory: str, group_data: Sequence[str], cwd: Path | None) -> Any:
+    """pyinfra's Inventory, loaded as its CLI does.
 
     pyinfra's CLI looks for group_data/ in the current directory and beside the inventory file, then in the
     --group-data directories (later ones override); it needs a State in context while it executes the
@@ -80,10 +93,9 @@ def load_inventory(
     state.cwd = workdir
     with ctx_state.use(state):
         loaded = make_inventory(inventory, cwd=workdir, group_data_directories=list(group_data))
-    hosts = {host.name: host.data.dict() for host in loaded}
-    if not hosts:
+    if not list(loaded):
         raise InventoryError(f"inventory {inventory!r} holds no hosts")
-    return hosts
+    return loaded
 
 
 def select(hosts: Mapping[str, Any], wanted: Iterable[str] | None) -> list[str]:
