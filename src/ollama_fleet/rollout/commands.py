@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_fleet.rollout import state as st
-from ollama_fleet.rollout.plan import PlanError, default_canary_group, plan_batches
+from ollama_fleet.rollout.plan import PlanError, batch_size, default_canary_group, plan_batches
 from ollama_fleet.rollout.runner import RolloutOptions, run_pyinfra, run_rollout, serving_version
 from ollama_fleet.verify.report import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, format_table
 from ollama_fleet.verify.targets import (
@@ -85,6 +85,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         _err(f"ollama-fleet rollout: deploy file {args.deploy!r} not found")
         return EXIT_BAD_INPUT
     try:
+        batch_size(args.batch, 1)  # a bad --batch is refused before the inventory is read
         targets = {t.name: t for t in load_targets(args.inventory, None, args.group_data)}
         groups = load_groups(args.inventory, args.group_data)
         path = args.state or st.default_state_path(args.inventory)
