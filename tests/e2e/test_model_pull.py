@@ -26,7 +26,6 @@ pytestmark = pytest.mark.e2e
 PULL_OPERATION = "Ollama models | Pull model {}"
 # The on-host health check carries the model list, so adding or dropping a pull rewrites it too.
 HEALTH_SCRIPT = "Ollama health timer | Write /usr/local/lib/ollama-fleet/health-check.py"
-VERIFY_PREFIXES = ("Verify", "Check")  # operations that only check; they may run on every deploy
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,9 @@ class PullRun:
     seconds: float
 
     def changed(self) -> dict[str, list[str]]:
-        """Operation name -> hosts it changed, for operations that are not checks."""
+        """Operation name -> hosts it changed (every operation: the checks and the lock report none)."""
         operations: list[dict[str, Any]] = json.loads(self.stdout)["results"]["operations"]
-        return {
-            op["name"]: op["success"]
-            for op in operations
-            if op["success"] and not op["name"].split(" | ")[-1].startswith(VERIFY_PREFIXES)
-        }
+        return {op["name"]: op["success"] for op in operations if op["success"]}
 
 
 @dataclass(frozen=True)
