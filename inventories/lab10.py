@@ -9,5 +9,10 @@ lab_canary = [
 lab_rest = [
     ("lab-2", {"ssh_hostname": "10.213.20.12", **_ssh, **_lab}),
     ("lab-3", {"ssh_hostname": "10.213.20.13", **_ssh, **_lab}),
+    ("lab-4", {"ssh_hostname": "10.213.20.14", **_ssh, **_lab}),
+    ("lab-5", {"ssh_hostname": "10.213.20.15", **_ssh, **_lab}),
+    ("lab-6", {"ssh_hostname": "10.213.20.16", **_ssh, **_lab}),
+    ("lab-7", {"ssh_hostname": "10.213.20.17", **_ssh, **_lab}),
+    ("lab-8", {"ssh_hostname": "10.213.20.18", **_ssh, **_lab}),
 ]
 lab_hosts = lab_canary + lab_rest

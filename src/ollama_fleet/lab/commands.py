@@ -1,5 +1,7 @@
 """`ollama-fleet lab build|up|down|status`: argparse wiring over `lifecycle`.
 
+The lab's own dependencies (numpy and gguf, the `lab` extra) are imported only when a lab command runs, so
+`pip install ollama-fleet` without extras gives a working verify, status, rollout and deploy.
 Also runnable alone: `python -m ollama_fleet.lab.commands lab up --hosts 3`.
 """
 
@@ -9,11 +11,25 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-from ollama_fleet.lab import artifacts, lifecycle
 from ollama_fleet.lab.plan import MAX_HOSTS, default_slot
 from ollama_fleet.lab.run import LabError
+
+LAB_OLLAMA_VERSION = "0.24.0"  # the release the lab builds (lab.artifacts.DEFAULT_VERSION; a test keeps both)
+
+
+def _lab_module(name: str) -> ModuleType:
+    """`ollama_fleet.lab.<name>`, or LabError naming the extra to install when a dependency is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"ollama_fleet.lab.{name}")
+    except ModuleNotFoundError as exc:
+        raise LabError(
+            f"the lab needs the 'lab' extra ({exc.name} is not installed): pip install 'ollama-fleet[lab]'"
+        ) from None
 
 
 def _add_slot(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +43,9 @@ def register(subparsers: Any) -> None:
     lab = subparsers.add_parser("lab", help="a throwaway local fleet of systemd-nspawn hosts")
     actions = lab.add_subparsers(dest="lab_command", required=True)
     build = actions.add_parser("build", help="build (or reuse) Ollama from source and the tiny model")
-    build.add_argument("--version", default=artifacts.DEFAULT_VERSION, help="Ollama release (%(default)s)")
+    build.add_argument("--version", default=LAB_OLLAMA_VERSION, help="Ollama release (%(default)s)")
     build.add_argument("--json", action="store_true", help="machine-readable output")
-    build.set_defaults(func=_build)
+    build.set_defaults(func=_guarded(_build))
     up = actions.add_parser("up", help="bring a lab up (clearing a stale one of the same slot first)")
     up.add_argument("--hosts", type=int, default=3, help=f"number of hosts, 1..{MAX_HOSTS} (default 3)")
     _add_slot(up)
@@ -48,11 +64,13 @@ def _slot(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    return artifacts.main(["--version", args.version, *(["--json"] if args.json else [])])
+    build_args = ["--version", args.version, *(["--json"] if args.json else [])]
+    result: int = _lab_module("artifacts").main(build_args)
+    return result
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = lifecycle.up(args.hosts, _slot(args))
+    lab = _lab_module("lifecycle").up(args.hosts, _slot(args))
     for host in lab.hosts:
         print(f"{host.name}\t{host.ip}")
     print(
@@ -65,12 +83,12 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    lifecycle.down(_slot(args))
+    _lab_module("lifecycle").down(_slot(args))
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    report = lifecycle.status(_slot(args))
+    report = _lab_module("lifecycle").status(_slot(args))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["up"] else 1
@@ -81,7 +99,7 @@ def _status(args: argparse.Namespace) -> int:
     assert isinstance(mirror, dict)
     serving = f"running, PID {mirror['pid']}" if mirror["running"] else "NOT running"
     print(f"lab slot {report['slot']}: {report['phase']}; mirror {mirror['url']}/ ({serving})")
-    for row in report["hosts"]:  # type: ignore[attr-defined]
+    for row in report["hosts"]:
         run_state = "running" if row["running"] else "stopped"
         ready = "ssh-ready" if row["ssh_ready"] else "no-ssh"
         print(f"  {row['name']}\t{row['ip']}\t{run_state}\t{ready}")
