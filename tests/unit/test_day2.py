@@ -43,11 +43,11 @@ def process(**overrides: object) -> ServiceProcess:
 
 def test_a_process_newer_than_its_files_and_running_the_pinned_binary_is_left_alone() -> None:
     assert ollama_restart_reason(process(), BINARY) is None
-    assert ollama_restart_reason(process(newest_file=2000), BINARY) is None  # same second: written first
+    assert ollama_restart_reason(process(newest_file=2001), BINARY) is None  # within the clock slack
 
 
 def test_a_process_older_than_a_file_it_reads_restarts() -> None:
-    reason = ollama_restart_reason(process(newest_file=2001), BINARY)
+    reason = ollama_restart_reason(process(newest_file=2002), BINARY)
     assert reason == "it started before /etc/systemd/system/ollama.service.d/override.conf last changed"
 
 
@@ -60,15 +60,17 @@ def test_a_process_running_another_release_restarts_even_with_old_files() -> Non
 
 def test_a_stopped_service_is_started_not_restarted() -> None:
     assert ollama_restart_reason(process(active=False, started=None), BINARY) is None
+    # no start time readable: the binary is still compared
+    assert ollama_restart_reason(process(started=None), BINARY) is None
+    assert ollama_restart_reason(process(started=None, exe="/x"), BINARY) == f"it runs /x, not {BINARY}"
 
 
 def test_ollama_process_fact_parses_systemctl_and_stat() -> None:
     output = [
         "ActiveState=active",
         "NeedDaemonReload=yes",
-        "MainPID=321",
-        "ExecMainStartTimestamp=@1796229000",
         f"exe={BINARY}",
+        "started=1796229000",
         "newest 1796229100 /opt/ollama/current",
     ]
     parsed = OllamaProcess().process(output)
@@ -80,7 +82,7 @@ def test_ollama_process_fact_parses_systemctl_and_stat() -> None:
         "newest_file": 1796229100,
         "newest_path": "/opt/ollama/current",
     }
-    assert OllamaProcess().process(["ActiveState=inactive", "ExecMainStartTimestamp="])["started"] is None
+    assert OllamaProcess().process(["ActiveState=inactive"])["started"] is None
 
 
 # --- reload nginx on state -----------------------------------------------------------------------------

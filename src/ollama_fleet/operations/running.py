@@ -21,10 +21,20 @@ CLOCK_SLACK = 1
 class ServiceProcess(TypedDict):
     active: bool
     need_daemon_reload: bool
-    started: int | None  # unix seconds of the main process's start (systemd's ExecMainStartTimestamp)
+    started: int | None  # unix seconds of the main process's start (may read up to CLOCK_SLACK early)
     exe: str | None  # what the main process runs (/proc/PID/exe), " (deleted)" when removed under it
     newest_file: int | None  # unix seconds of the newest mtime among the files it reads
     newest_path: str | None
+
+
+def _start_time_script(pid: str, prefix: str) -> str:
+    """Prints `<prefix><unix seconds>`: when process `pid` started, from the kernel's boot time and field 22
+    of /proc/PID/stat (clock ticks since boot). Any systemd version; the same for Ollama and nginx."""
+    printf = f'{{printf "{prefix}%d\\n", b + $22 / hz}}'
+    return (
+        "btime=$(awk '/^btime/ {print $2}' /proc/stat); hz=$(getconf CLK_TCK); "
+        f'awk -v b="$btime" -v hz="$hz" \'{printf}\' /proc/{pid}/stat 2>/dev/null'
+    )
 
 
 def _newest_mtime_script(paths: list[str]) -> str:
@@ -50,10 +60,11 @@ class OllamaProcess(FactBase[ServiceProcess]):
     def command(self, service: str, files: list[str]) -> str:
         unit = shlex.quote(service)
         return (
-            f"systemctl show {unit} -p ActiveState -p NeedDaemonReload -p MainPID "
-            "-p ExecMainStartTimestamp --timestamp=unix 2>/dev/null; "
+            f"systemctl show {unit} -p ActiveState -p NeedDaemonReload 2>/dev/null; "
             f"pid=$(systemctl show {unit} -p MainPID --value 2>/dev/null); "
-            'if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "exe=$(readlink /proc/$pid/exe)"; fi; '
+            'if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "exe=$(readlink /proc/$pid/exe)"; '
+            + _start_time_script("$pid", "started=")
+            + "; fi; "
             + _newest_mtime_script(files)
         )
 
@@ -65,8 +76,8 @@ class OllamaProcess(FactBase[ServiceProcess]):
                 found["active"] = value == "active"
             elif key == "NeedDaemonReload":
                 found["need_daemon_reload"] = value == "yes"
-            elif key == "ExecMainStartTimestamp" and value.startswith("@"):
-                found["started"] = int(value[1:])
+            elif key == "started" and value.isdigit():
+                found["started"] = int(value)
             elif key == "exe" and value:
                 found["exe"] = value
             elif line.startswith("newest "):
@@ -80,12 +91,14 @@ def ollama_restart_reason(process: ServiceProcess, binary: str) -> str | None:
 
     `binary` is the resolved path the service should run (install_dir/<version>/bin/ollama).
     """
-    if not process["active"] or process["started"] is None:
+    if not process["active"]:
         return None  # not running: starting it is the job of `running=True`, not of a restart
     if process["exe"] is not None and process["exe"] != binary:
         return f"it runs {process['exe']}, not {binary}"
+    if process["started"] is None:
+        return None
     newest = process["newest_file"]
-    if newest is not None and newest > process["started"]:
+    if newest is not None and newest > process["started"] + CLOCK_SLACK:
         return f"it started before {process['newest_path']} last changed"
     return None
 
@@ -112,12 +125,10 @@ class NginxWorkers(FactBase[WorkerStarts]):
         return (
             "master=$(systemctl show nginx.service -p MainPID --value 2>/dev/null); "
             'if [ -n "$master" ] && [ "$master" != 0 ]; then '
-            "btime=$(awk '/^btime/ {print $2}' /proc/stat); hz=$(getconf CLK_TCK); "
             "for pid in $(cat /proc/$master/task/$master/children 2>/dev/null); do "
-            # field 22 of /proc/PID/stat: start time in clock ticks since boot (comm "(nginx)" has no space)
-            'awk -v b="$btime" -v hz="$hz" \'{printf "worker %d\\n", b + $22 / hz}\' '
-            "/proc/$pid/stat 2>/dev/null; done; "
-            "fi; " + _newest_mtime_script(files)
+            + _start_time_script("$pid", "worker ")
+            + "; done; fi; "
+            + _newest_mtime_script(files)
         )
 
     def process(self, output: list[str]) -> WorkerStarts:
