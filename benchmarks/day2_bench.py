@@ -74,6 +74,7 @@ def broken_release(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "ollama"
     script.write_text("#!/bin/sh\nexit 1\n")
+    script.chmod(0o755)
     archive = directory / "ollama-linux-amd64.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(script, "bin/ollama")
@@ -121,8 +122,10 @@ def rollback_figures(inventory: str, host: str, work: Path) -> None:
         )
     finally:
         artifacts.unpublish_release(BROKEN)
-    restart = next(t for t, text in lines if "Starting operation: Ollama service | Restart ollama" in text)
-    back = next(t for t, text in lines if "rolled back to" in text)
+    restart = next((t for t, text in lines if "Starting operation: Ollama service | Restart" in text), None)
+    back = next((t for t, text in lines if "rolled back to" in text), None)
+    if restart is None or back is None:
+        raise SystemExit("the failing upgrade did not roll back:\n" + "\n".join(t for _, t in lines[-30:]))
     print(
         f"  failing upgrade on {host}: restart -> serving {BASE} again {back - restart:.1f} s; "
         f"the whole failing run {failing:.1f} s / a no-change run {calm:.1f} s = {failing / calm:.1f}x"
@@ -137,6 +140,7 @@ def main() -> int:
     parser.add_argument("--hosts", default="3,8", help="comma list of fleet sizes (%(default)s)")
     parser.add_argument("--batch", default="3")
     parser.add_argument("--slot", type=int, default=10)
+    parser.add_argument("--only", choices=("rerun", "rollout", "rollback"), help="one figure only")
     args = parser.parse_args()
     sizes = [int(n) for n in args.hosts.split(",")]
 
@@ -150,9 +154,11 @@ def main() -> int:
                 work = Path(tmp)
                 work.chmod(0o755)
                 deploy(lab.inventory_path)  # from bare hosts
-                rerun_figures(lab.inventory_path, hosts)
-                if hosts == max(sizes):
+                if args.only in (None, "rerun"):
+                    rerun_figures(lab.inventory_path, hosts)
+                if hosts == max(sizes) and args.only in (None, "rollout"):
                     rollout_figures(lab.inventory_path, hosts, args.batch, work)
+                if hosts == max(sizes) and args.only in (None, "rollback"):
                     rollback_figures(lab.inventory_path, lab.hosts[0].name, work)
         finally:
             lifecycle.down(args.slot, log=False)
