@@ -198,5 +198,6 @@ def test_a_second_deploy_changes_no_health_unit_and_verifies_again(fleet: Deploy
     assert len(health) >= 5
     for op in health:
         assert (op["success"], sorted(op["no_change"])) == ([], sorted(fleet.hosts)), op["name"]
-    verify = next(op for op in operations if op["name"].startswith("Verify "))
-    assert sorted(verify["success"]) == sorted(fleet.hosts)  # it only verifies, and says so in its name
+    check = next(op for op in operations if op["name"].startswith("Check the host like a client"))
+    assert (check["success"], sorted(check["no_change"])) == ([], sorted(fleet.hosts))  # ran, changed nothing
+    assert "quick client check (0 operation(s) changed this host)" in done.stderr
