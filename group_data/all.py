@@ -31,6 +31,9 @@ ollama_keep_versions = 2
 # System user and group that run `ollama serve` (created like the official installer does).
 ollama_user = "ollama"
 ollama_group = "ollama"
+# systemd sandboxing of ollama.service (ollama.service.d/hardening.conf): read-only system, writable only
+# ollama_home and ollama_models_dir, no capabilities, no privilege gain; GPU devices stay reachable.
+ollama_hardening = True
 # Home directory of that user.
 ollama_home = "/usr/share/ollama"
 # Where Ollama stores models (OLLAMA_MODELS), owned by ollama_user.

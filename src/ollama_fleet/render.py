@@ -25,6 +25,8 @@ SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 UNIT_TEMPLATE = "ollama.service.j2"
 DROPIN_TEMPLATE = "ollama-override.conf.j2"
+HARDENING_TEMPLATE = "ollama-hardening.conf.j2"
+PERSONAL_DIRS = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
 API_KEYS_TEMPLATE = "nginx-api-keys.conf.j2"
 
 
@@ -50,6 +52,17 @@ def render_unit(s: FleetSettings) -> str:
 def render_dropin(s: FleetSettings) -> str:
     """ollama.service.d/override.conf: one Environment= line per validated setting."""
     return _render(s, DROPIN_TEMPLATE, environment=s.ollama.environment())
+
+
+def render_hardening(s: FleetSettings) -> str:
+    """ollama.service.d/hardening.conf: the sandbox; writable only Ollama's home and models directory.
+
+    ProtectHome hides /home, /root and /run/user even from ReadWritePaths, so it is off when a directory
+    Ollama writes lies there (a models directory in someone's home).
+    """
+    writable = list(dict.fromkeys(str(p) for p in (s.ollama.home, s.ollama.models_dir)))
+    personal = any(PurePosixPath(path).is_relative_to(base) for path in writable for base in PERSONAL_DIRS)
+    return _render(s, HARDENING_TEMPLATE, writable=writable, protect_home="no" if personal else "yes")
 
 
 def render_nginx_site(s: FleetSettings, *, api_keys_path: PurePosixPath = API_KEYS_PATH) -> str:

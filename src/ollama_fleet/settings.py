@@ -51,6 +51,7 @@ class OllamaSettings(_Section):
     keep_versions: int = Field(default=2, ge=1)
     user: str = "ollama"
     group: str = "ollama"
+    hardening: bool = True  # systemd sandboxing of ollama.service (GPU-safe; see the hardening drop-in)
     home: Path = Path("/usr/share/ollama")
     models_dir: Path = Path("/usr/share/ollama/.ollama/models")
     listen: str = "127.0.0.1:11434"
@@ -62,6 +63,16 @@ class OllamaSettings(_Section):
     def _version_is_plain(cls, value: str) -> str:
         if not re.fullmatch(r"\d+\.\d+\.\d+(-rc\d+)?", value):
             raise ValueError(f"{value!r} is not a release version; write it like 0.24.0 (no leading v)")
+        return value
+
+    @field_validator("user", "group")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value in ("root", "0"):
+            raise ValueError(
+                "root would give `ollama serve` (and every model it runs) all privileges; use a system "
+                "account such as 'ollama' (the deploy creates it)"
+            )
         return value
 
     @field_validator("listen")

@@ -180,7 +180,7 @@ def test_hosts_pass_the_testinfra_checks(fleet: Fleet, second: Run) -> None:
         check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:]
-    assert f"{10 * len(fleet.names)} passed" in result.stdout
+    assert f"{11 * len(fleet.names)} passed" in result.stdout
 
 
 def test_bad_settings_on_one_host_change_no_host(fleet: Fleet, second: Run, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from infra_fleet import fleet, hostspecs, ip_of
 from ollama_fleet.deploys.firewall import wanted_rules
 from ollama_fleet.operations import ufw
 from ollama_fleet.pki import cert_sans, host_sans
-from ollama_fleet.render import render_dropin, render_nginx_site, tls_paths
+from ollama_fleet.render import render_dropin, render_hardening, render_nginx_site, tls_paths
 from ollama_fleet.settings import FleetSettings
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +50,20 @@ def test_pinned_version_serves_from_a_versioned_directory(host: Any, s: FleetSet
     assert host.file(f"{install}/current").is_symlink
     version = json.loads(host.check_output(f"curl -fsS http://127.0.0.1:{s.ollama.listen_port}/api/version"))
     assert version["version"] == s.ollama.version
+
+
+def test_the_service_runs_sandboxed(host: Any, s: FleetSettings) -> None:
+    sandbox = host.file("/etc/systemd/system/ollama.service.d/hardening.conf")
+    if not s.ollama.hardening:
+        assert not sandbox.exists
+        return
+    assert sandbox.content_string == render_hardening(s)
+    exposure = host.check_output("systemd-analyze security ollama.service --no-pager | tail -1")
+    match = re.search(r"exposure level for ollama.service: ([0-9.]+)", exposure)
+    assert match, exposure
+    assert float(match.group(1)) < 2.0, exposure  # "OK" (9.2 "UNSAFE" without the sandbox)
+    main_pid = host.check_output("systemctl show ollama.service -p MainPID --value")
+    assert "NoNewPrivs:\t1" in host.check_output(f"cat /proc/{main_pid}/status")
 
 
 def test_system_user_and_models_directory(host: Any, s: FleetSettings) -> None:

@@ -602,3 +602,47 @@ def test_auth_settings_change_what_needs_a_key(
 ) -> None:
     with running_nginx(tmp_path, ca, **data) as running, running.client() as client:
         assert client.get(path, headers=headers).status_code == status
+
+
+# --- the systemd sandbox ---
+
+
+def test_the_sandbox_writes_only_home_and_models_and_keeps_gpus_reachable(tmp_path: Path) -> None:
+    text = render.render_hardening(fleet_settings(tmp_path))
+    lines = text.splitlines()
+    assert "ReadWritePaths=/usr/share/ollama /usr/share/ollama/.ollama/models" in lines
+    for directive in (
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+    ):
+        assert directive in lines
+    active = [line.split("=")[0] for line in lines if line and not line.startswith("#")]
+    assert not {"PrivateDevices", "MemoryDenyWriteExecute", "DevicePolicy"} & set(active)
+
+
+def test_models_in_a_home_directory_turn_protect_home_off(tmp_path: Path) -> None:
+    s = fleet_settings(tmp_path, ollama_models_dir="/home/ai/models")
+    assert "ProtectHome=no" in render.render_hardening(s).splitlines()
+
+
+def test_the_sandbox_parses_in_systemd_analyze_verify(tmp_path: Path) -> None:
+    s = fleet_settings(tmp_path)
+    unit = render.render_unit(s).replace(f"ExecStart={render.OLLAMA_BIN}", "ExecStart=/bin/true")
+    sandbox = render.render_hardening(s).split("[Service]\n", 1)[1]
+    path = tmp_path / "ollama.service"
+    path.write_text(unit.replace("[Service]\n", "[Service]\n" + sandbox, 1))
+    result = subprocess.run(
+        [_binary("systemd-analyze"), "verify", "--man=no", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ollama.service" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("key", ["ollama_user", "ollama_group"])
+def test_running_ollama_as_root_is_refused(tmp_path: Path, key: str) -> None:
+    from ollama_fleet.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=rf"{key}: root would give `ollama serve`"):
+        fleet_settings(tmp_path, **{key: "root"})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
+from pyinfra.context import host
+from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server
 
 from ollama_fleet.operations import packages, release
@@ -11,6 +13,7 @@ from ollama_fleet.render import OLLAMA_BIN
 from ollama_fleet.settings import FleetSettings
 
 STAGING_DIR = "/var/lib/ollama-fleet/staging"
+GPU_GROUPS = ("render", "video")
 
 
 def required_packages(s: FleetSettings) -> list[str]:
@@ -19,6 +22,11 @@ def required_packages(s: FleetSettings) -> list[str]:
     if s.ollama.archive_format == "tar.zst":
         wanted.append("zstd")
     return wanted
+
+
+def gpu_groups(existing: list[str]) -> list[str]:
+    """render and video, where the host has them: AMD GPUs need /dev/kfd and /dev/dri (as install.sh adds)."""
+    return [group for group in GPU_GROUPS if group in existing]
 
 
 @deploy("Install Ollama")
@@ -33,6 +41,8 @@ def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> N
         name=f"Create system user {o.user}",
         user=o.user,
         group=o.group,
+        groups=gpu_groups(host.get_fact(Groups)),
+        append=True,
         home=str(o.home),
         shell="/bin/false",
         system=True,

@@ -18,11 +18,12 @@ from pyinfra.operations import files, systemd
 
 from ollama_fleet.operations import release
 from ollama_fleet.operations.running import OllamaProcess, ServiceProcess, ollama_restart_reason
-from ollama_fleet.render import OLLAMA_BIN, render_dropin, render_unit
+from ollama_fleet.render import OLLAMA_BIN, render_dropin, render_hardening, render_unit
 from ollama_fleet.settings import FleetSettings
 
 UNIT_PATH = "/etc/systemd/system/ollama.service"
 DROPIN_PATH = "/etc/systemd/system/ollama.service.d/override.conf"
+HARDENING_PATH = "/etc/systemd/system/ollama.service.d/hardening.conf"
 
 
 def any_changed(ops: Sequence[OperationMeta], or_if: bool = False) -> Callable[[], bool]:
@@ -36,7 +37,7 @@ def release_binary(s: FleetSettings, version: str) -> str:
 
 def ollama_process(s: FleetSettings) -> ServiceProcess:
     o = s.ollama
-    files_read = [UNIT_PATH, DROPIN_PATH, f"{o.install_dir}/current", str(OLLAMA_BIN)]
+    files_read = [UNIT_PATH, DROPIN_PATH, HARDENING_PATH, f"{o.install_dir}/current", str(OLLAMA_BIN)]
     process: ServiceProcess = host.get_fact(OllamaProcess, service="ollama.service", files=files_read)
     return process
 
@@ -86,8 +87,18 @@ def ollama_service(
     dropin = files.put(
         name=f"Install {DROPIN_PATH}", src=StringIO(render_dropin(s)), dest=DROPIN_PATH, mode="644"
     )
+    if o.hardening:
+        sandbox = files.put(
+            name=f"Install {HARDENING_PATH} (systemd sandbox)",
+            src=StringIO(render_hardening(s)),
+            dest=HARDENING_PATH,
+            mode="644",
+        )
+    else:
+        sandbox = files.file(name=f"Remove {HARDENING_PATH}", path=HARDENING_PATH, present=False)
     systemd.daemon_reload(
-        name="Reload systemd units", _if=any_changed([unit, dropin], or_if=process["need_daemon_reload"])
+        name="Reload systemd units",
+        _if=any_changed([unit, dropin, sandbox], or_if=process["need_daemon_reload"]),
     )
     # Starts the service if it is stopped; restarts it when a file it reads changed in this run or since
     # it started, or when it runs another binary than the pinned one.
@@ -96,7 +107,7 @@ def ollama_service(
         service="ollama.service",
         running=True,
         restarted=True,
-        _if=any_changed([*restart_triggers, unit, dropin], or_if=stale is not None),
+        _if=any_changed([*restart_triggers, unit, dropin, sandbox], or_if=stale is not None),
     )
     systemd.service(name="Enable and start ollama", service="ollama.service", running=True, enabled=True)
     release.release_serving(
