@@ -547,6 +547,12 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
     secrets_file = Path(auth.get("secrets_file") or AuthSettings.model_fields["secrets_file"].default)
     from_file: dict[str, str] = {}
     if secrets_file.is_file():
+        mode = secrets_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            return [
+                f"auth_secrets_file: {str(secrets_file)!r} is readable by others (mode {mode:04o}); "
+                f"it holds the API keys: run chmod 600 {secrets_file}"
+            ]
         try:
             from_file = json.loads(secrets_file.read_text())["api_keys"]
         except (ValueError, KeyError, TypeError):
@@ -569,10 +575,35 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
                 f"auth_key_names: key {name!r} is too short or has characters unsafe in a header "
                 "(use 16+ of A-Z a-z 0-9 _ - . ~ + / =)"
             )
+        elif looks_guessable(key):
+            problems.append(
+                f"auth_key_names: key {name!r} is guessable (few distinct characters or a repeated "
+                "pattern); make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         else:
             keys.append({"name": name, "key": key})
+    problems += _shared_keys(keys)
     auth["keys"] = keys
     return problems
+
+
+def looks_guessable(key: str) -> bool:
+    """Fewer than 10 distinct characters, or a short chunk repeated (`abcdabcdabcdabcd`)."""
+    if len(set(key)) < 10:
+        return True
+    return any(key == (key[:size] * len(key))[: len(key)] for size in range(1, len(key) // 2 + 1))
+
+
+def _shared_keys(keys: list[dict[str, Any]]) -> list[str]:
+    """Two names with one value cannot be told apart in logs or revoked one at a time."""
+    names_by_key: dict[str, list[str]] = {}
+    for item in keys:
+        names_by_key.setdefault(str(item["key"]), []).append(str(item["name"]))
+    return [
+        f"auth_key_names: keys {', '.join(map(repr, names))} have the same value; give each its own"
+        for names in names_by_key.values()
+        if len(names) > 1
+    ]
 
 
 def _refused_keys(

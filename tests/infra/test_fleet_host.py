@@ -122,7 +122,7 @@ def test_secret_files_are_readable_only_by_who_needs_them(host: Any, s: FleetSet
     key = host.file(str(tls_paths(s).key))
     assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
     keys = host.file("/etc/nginx/ollama-fleet/api-keys.conf")
-    assert (keys.user, keys.group, keys.mode) == ("root", "www-data", 0o640)
+    assert (keys.user, keys.group, keys.mode) == ("root", "root", 0o600)
     # no staged copy of the keys is left behind
     assert not host.file("/var/lib/ollama-fleet/nginx").exists
 

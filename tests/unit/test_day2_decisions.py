@@ -239,6 +239,7 @@ def test_ungranted_and_revoked_keys_are_known_as_refused(tmp_path: Path) -> None
         '{"api_keys": {"ci": "ci-key-0123456789abcdef", "old": "old-key-0123456789abcdef"},'
         ' "revoked_api_keys": ["rotated-0123456789abcdef"]}'
     )
+    secrets.chmod(0o600)
     s = settings_for_host(
         "h1", {"auth_key_names": ["ci"], "auth_secrets_file": str(secrets), "firewall_enabled": False}, {}
     )

@@ -229,6 +229,7 @@ def test_lab_settings_are_a_complete_valid_fleet(tmp_path: Path) -> None:
     model.write_bytes(b"GGUF")
     keys = {name: f"lab-{name}-0123456789abcdef" for name in LAB_KEY_NAMES}
     (tmp_path / "secrets.json").write_text(json.dumps({"api_keys": keys}))
+    (tmp_path / "secrets.json").chmod(0o600)  # as `lab up` makes it
     data = {**group_defaults(), **lab_settings(SlotPlan(0), tmp_path, model)}
     s = settings_for_host("lab-1", data, environ={})
     assert [k.key.get_secret_value() for k in s.auth.keys] == list(keys.values())

@@ -391,7 +391,7 @@ def test_go_live_installs_files_link_and_disables_the_default_site(tmp_path: Pat
     assert sh(nginx.go_live_script(paths, str(work))).returncode == 0
     assert Path(paths.site).read_text() == (work / "new" / "site.conf").read_text()
     assert Path(paths.site).stat().st_mode & 0o777 == 0o644
-    assert Path(paths.keys).stat().st_mode & 0o777 == 0o640
+    assert Path(paths.keys).stat().st_mode & 0o777 == 0o600
     assert os.readlink(paths.enabled) == paths.site
     assert not Path(paths.default_site).exists()
     assert not list(Path(paths.nginx_dir).rglob(".*.new"))

@@ -233,9 +233,31 @@ def test_short_or_unsafe_key_is_refused_without_showing_it(tmp_path: Path) -> No
         assert bad not in str(caught.value)
 
 
+def test_a_secrets_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text('{"api_keys": {"alice": "aLiCe-4f9d0e1b2c3a5968"}}')
+    secrets.chmod(0o644)
+    with pytest.raises(SettingsError, match=r"is readable by others \(mode 0644\).*chmod 600") as caught:
+        settings(tmp_path, environ={}, auth_secrets_file=str(secrets))
+    assert "aLiCe" not in str(caught.value)
+
+
+def test_guessable_and_shared_keys_are_refused_without_showing_them(tmp_path: Path) -> None:
+    for weak in ("aaaaaaaaaaaaaaaaaaaa", "abcdabcdabcdabcdabcd", "0101010101010101"):
+        with pytest.raises(SettingsError, match="key 'alice' is guessable") as caught:
+            settings(tmp_path, environ={"OLLAMA_FLEET_API_KEY_ALICE": weak})
+        assert weak not in str(caught.value)
+    same = "Shared-7d1e93b04c2fa865"
+    environ = {"OLLAMA_FLEET_API_KEY_ALICE": same, "OLLAMA_FLEET_API_KEY_BOB": same}
+    with pytest.raises(SettingsError, match="keys 'alice', 'bob' have the same value") as caught:
+        settings(tmp_path, environ=environ, auth_key_names=["alice", "bob"])
+    assert same not in str(caught.value)
+
+
 def test_malformed_secrets_file_is_named(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.json"
     secrets.write_text('{"keys": []}')
+    secrets.chmod(0o600)
     with pytest.raises(SettingsError, match=r"auth_secrets_file: .* is not JSON of the form"):
         settings(tmp_path, environ={}, auth_secrets_file=str(secrets))
 
@@ -261,6 +283,7 @@ def test_key_from_secrets_file_and_env_taking_precedence(tmp_path: Path) -> None
     secrets.write_text(
         json.dumps({"api_keys": {"alice": "file-key-0123456789", "ci-bot": "ci-key-0123456789abc"}})
     )
+    secrets.chmod(0o600)
     s = settings(tmp_path, auth_key_names=["alice", "ci-bot"], auth_secrets_file=str(secrets))
     assert {k.name: k.key.get_secret_value() for k in s.auth.keys} == {
         "alice": KEY,

@@ -23,6 +23,8 @@ from pyinfra.facts.files import Link
 from ollama_fleet.operations.secrets import FileDigest, Secret, file_matches, secret_file
 from ollama_fleet.operations.shell import fail_command
 
+KEYS_MODE = 0o600  # nginx parses its config as root; workers never need the keys file
+
 
 @dataclass(frozen=True)
 class SitePaths:
@@ -51,7 +53,7 @@ def _site_is_live(paths: SitePaths, site_sha: str, api_keys: Secret, keys_group:
     return (
         file_matches(host.get_fact(FileDigest, path=paths.site), site_sha, "root", "root", 0o644)
         and file_matches(
-            host.get_fact(FileDigest, path=paths.keys), api_keys.sha256, "root", keys_group, 0o640
+            host.get_fact(FileDigest, path=paths.keys), api_keys.sha256, "root", keys_group, KEYS_MODE
         )
         and isinstance(enabled, dict)
         and enabled.get("link_target") == paths.site
@@ -108,7 +110,7 @@ def go_live_script(paths: SitePaths, work_dir: str) -> str:
     return " && ".join(
         [
             "mkdir -p " + " ".join(q(posixpath.dirname(p)) for p in (paths.site, paths.enabled, paths.keys)),
-            swap(f"{new}/api-keys.conf", paths.keys, "640"),
+            swap(f"{new}/api-keys.conf", paths.keys, f"{KEYS_MODE:o}"),
             swap(f"{new}/site.conf", paths.site, "644"),
             f"ln -sfn {q(paths.site)} {q(enabled_temp)} && mv -Tf {q(enabled_temp)} {q(paths.enabled)}",
             f"rm -f {q(paths.default_site)}",
@@ -123,7 +125,7 @@ def site_validated(
     nginx_dir: str = "/etc/nginx",
     site_name: str = "ollama-fleet",
     work_dir: str = "/var/lib/ollama-fleet/nginx",
-    keys_group: str = "www-data",
+    keys_group: str = "root",
 ) -> Generator[Any, None, None]:
     """
     Install the nginx site and its API-keys include, only after `nginx -t` passed on a staging copy.
@@ -133,7 +135,7 @@ def site_validated(
     + nginx_dir: the live nginx configuration directory
     + site_name: sites-available/<site_name>.conf and <nginx_dir>/<site_name>/api-keys.conf
     + work_dir: root-only directory for the upload and the staging copy (removed afterwards)
-    + keys_group: group that may read the keys include
+    + keys_group: group of the keys include (root: only nginx's master, which runs as root, reads it)
     """
     paths = SitePaths(nginx_dir, site_name)
     site_sha = hashlib.sha256(site.encode()).hexdigest()
@@ -147,7 +149,7 @@ def site_validated(
     yield f"mkdir -m 700 {q(work_dir)} {q(new)}"
     yield f"cp -a {q(nginx_dir)} {q(work_dir + '/staging')}"
     yield FileUploadCommand(BytesIO(site.encode()), f"{new}/site.conf")
-    yield from secret_file._inner(api_keys, f"{new}/api-keys.conf", "root", keys_group, 0o640)
+    yield from secret_file._inner(api_keys, f"{new}/api-keys.conf", "root", keys_group, KEYS_MODE)
     yield stage_script(paths, work_dir)
     yield validate_script(paths, work_dir)
     yield go_live_script(paths, work_dir)
