@@ -28,6 +28,9 @@ ollama_controller_dir = None
 ollama_install_dir = "/opt/ollama"
 # How many versions to keep installed, counting the current one (older ones are removed; >= 1).
 ollama_keep_versions = 2
+# Trusted archive digests, "<version>/<archive>" -> sha256 (e.g. "0.24.0/ollama-linux-amd64.tgz"): checked
+# instead of the release's sha256sum.txt, which comes from the same place as the archive.
+ollama_sha256 = {}
 # System user and group that run `ollama serve` (created like the official installer does).
 ollama_user = "ollama"
 ollama_group = "ollama"

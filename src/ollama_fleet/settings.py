@@ -49,6 +49,9 @@ class OllamaSettings(_Section):
     controller_dir: Path | None = None
     install_dir: Path = Path("/opt/ollama")
     keep_versions: int = Field(default=2, ge=1)
+    # "<version>/<archive>" -> sha256, e.g. {"0.24.0/ollama-linux-amd64.tgz": "ab12..."}: a digest taken from
+    # somewhere you trust, checked instead of the sha256sum.txt that comes from the same place as the archive.
+    sha256: dict[str, str] = Field(default_factory=dict)
     user: str = "ollama"
     group: str = "ollama"
     hardening: bool = True  # systemd sandboxing of ollama.service (GPU-safe; see the hardening drop-in)
@@ -63,6 +66,18 @@ class OllamaSettings(_Section):
     def _version_is_plain(cls, value: str) -> str:
         if not re.fullmatch(r"\d+\.\d+\.\d+(-rc\d+)?", value):
             raise ValueError(f"{value!r} is not a release version; write it like 0.24.0 (no leading v)")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _pins_are_digests(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, digest in value.items():
+            if not re.fullmatch(r"\d+\.\d+\.\d+(-rc\d+)?/ollama-linux-(amd64|arm64)\.(tgz|tar\.zst)", key):
+                raise ValueError(
+                    f"key {key!r} is not '<version>/<archive>'; write it like '0.24.0/ollama-linux-amd64.tgz'"
+                )
+            if not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+                raise ValueError(f"{key}: {digest!r} is not a sha256 (64 lowercase hex digits)")
         return value
 
     @field_validator("user", "group")
@@ -135,6 +150,11 @@ class OllamaSettings(_Section):
     @property
     def archive_name(self) -> str:
         return f"ollama-linux-{self.arch}.{self.archive_format}"
+
+    @property
+    def pinned_sha256(self) -> str | None:
+        """The trusted digest of this version's archive, when ollama_sha256 pins it."""
+        return self.sha256.get(f"{self.version}/{self.archive_name}")
 
     @property
     def download_base(self) -> str:

@@ -7,6 +7,7 @@ leave the fleet serving; the last test proves the fleet is back to "no change".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -228,6 +229,35 @@ def test_checksum_mismatch_leaves_the_installed_version_serving(
     assert fleet.ssh(target, "readlink /opt/ollama/current").strip() == "0.24.0"
     assert fleet.ssh(target, "ls /opt/ollama").split() == ["0.24.0", "current"]
     assert fleet.ssh(target, "ls -A /var/lib/ollama-fleet/staging").strip() == ""
+    assert fleet.https(target, "/api/version").json() == {"version": "0.24.0"}
+
+
+def test_a_tampered_release_with_a_recomputed_sha256sum_txt_is_refused_by_the_pin(
+    fleet: Fleet, second: Run, tmp_path: Path
+) -> None:
+    genuine_dir = ensure_ollama_release()
+    genuine = hashlib.sha256((genuine_dir / "ollama-linux-amd64.tgz").read_bytes()).hexdigest()
+    release = tmp_path / "release"
+    release.mkdir()
+    tampered = (genuine_dir / "ollama-linux-amd64.tgz").read_bytes() + b"tampered"
+    (release / "ollama-linux-amd64.tgz").write_bytes(tampered)
+    (release / "sha256sum.txt").write_text(
+        f"{hashlib.sha256(tampered).hexdigest()}  ./ollama-linux-amd64.tgz\n"
+    )
+    target = fleet.names[1]
+
+    run = fleet.deploy(
+        "--limit", target,
+        "--data", "ollama_source=controller",
+        "--data", f"ollama_controller_dir={release}",
+        "--data", "ollama_version=0.24.1",
+        "--data", "ollama_sha256=" + json.dumps({"0.24.1/ollama-linux-amd64.tgz": genuine}),
+    )  # fmt: skip
+
+    assert run.returncode != 0
+    assert f"checksum mismatch for ollama-linux-amd64.tgz: expected {genuine} (ollama_sha256)" in run.stderr
+    assert fleet.ssh(target, "readlink /opt/ollama/current").strip() == "0.24.0"
+    assert fleet.ssh(target, "ls /opt/ollama").split() == ["0.24.0", "current"]
     assert fleet.https(target, "/api/version").json() == {"version": "0.24.0"}
 
 

@@ -395,3 +395,18 @@ def test_go_live_installs_files_link_and_disables_the_default_site(tmp_path: Pat
     assert os.readlink(paths.enabled) == paths.site
     assert not Path(paths.default_site).exists()
     assert not list(Path(paths.nginx_dir).rglob(".*.new"))
+
+
+def test_a_pinned_digest_is_checked_instead_of_sha256sum_txt(tmp_path: Path) -> None:
+    archive, sums = _staged(tmp_path)
+    genuine = hashlib.sha256(archive.read_bytes()).hexdigest()
+    sums.write_text(f"{genuine}  ./ollama-linux-amd64.tgz\n")
+    assert sh(release.verify_script(str(archive), str(sums), pinned=genuine)).returncode == 0
+    # a tampered archive with a sha256sum.txt recomputed to match it: refused by the pin
+    archive.write_bytes(archive.read_bytes() + b"tampered")
+    sums.write_text(f"{hashlib.sha256(archive.read_bytes()).hexdigest()}  ./ollama-linux-amd64.tgz\n")
+    assert sh(release.verify_script(str(archive), str(sums))).returncode == 0  # sha256sum.txt alone: passes
+    result = sh(release.verify_script(str(archive), str(sums), pinned=genuine))
+    assert result.returncode == 1
+    assert f"expected {genuine} (ollama_sha256), got" in result.stderr
+    assert not archive.parent.exists()

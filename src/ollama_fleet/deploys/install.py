@@ -62,6 +62,7 @@ def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> N
         staging_dir=STAGING_DIR,
         download_base=o.download_base if o.source in ("release", "mirror") else None,
         controller_dir=o.controller_dir if o.source == "controller" else None,
+        pinned_sha256=o.pinned_sha256,
     )
     switched = release.current_release(
         name=f"Switch {o.install_dir}/current to {o.version}",

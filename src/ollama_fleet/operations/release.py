@@ -71,21 +71,27 @@ def version_key(version: str) -> tuple[int, ...]:
     return (int(major), int(minor), int(patch), int(rc) if rc is not None else 1_000_000)
 
 
-def verify_script(archive: str, sums: str) -> str:
-    """Shell that aborts unless sha256(archive) equals its line in sha256sum.txt ('./' or '*' prefixes ok).
+def verify_script(archive: str, sums: str, pinned: str | None = None) -> str:
+    """Shell that aborts unless sha256(archive) equals its line in sha256sum.txt ('./' or '*' prefixes ok),
+    or the `pinned` digest (ollama_sha256) when there is one: sha256sum.txt is then not read at all.
 
     On a mismatch the staged download is deleted so a bad archive can never be unpacked later.
     """
     name = shlex.quote(posixpath.basename(archive))
     stage = shlex.quote(posixpath.dirname(archive))
-    return (
-        f'expected=$(awk -v f={name} \'{{n=$2; sub(/^\\*/, "", n); sub(/^\\.\\//, "", n); '
+    source = "ollama_sha256" if pinned else "sha256sum.txt"
+    lookup = (
+        f"expected={shlex.quote(pinned)}; "
+        if pinned
+        else f'expected=$(awk -v f={name} \'{{n=$2; sub(/^\\*/, "", n); sub(/^\\.\\//, "", n); '
         f"if (n == f) print $1}}' {shlex.quote(sums)}); "
-        f"actual=$(sha256sum {shlex.quote(archive)} | cut -d' ' -f1); "
+    )
+    return (
+        lookup + f"actual=$(sha256sum {shlex.quote(archive)} | cut -d' ' -f1); "
         f'if [ -z "$expected" ]; then rm -rf {stage}; '
         f'echo "ollama-fleet: {name} is not listed in sha256sum.txt" >&2; exit 1; fi; '
         f'if [ "$expected" != "$actual" ]; then rm -rf {stage}; '
-        f'echo "ollama-fleet: checksum mismatch for {name}: expected $expected, got $actual; '
+        f'echo "ollama-fleet: checksum mismatch for {name}: expected $expected ({source}), got $actual; '
         f'the installed version is left untouched" >&2; exit 1; fi'
     )
 
@@ -112,6 +118,7 @@ def release_installed(
     staging_dir: str,
     download_base: str | None = None,
     controller_dir: Path | None = None,
+    pinned_sha256: str | None = None,
 ) -> Generator[Any, None, None]:
     """
     Ensure Ollama `version` is unpacked in `install_dir/<version>`, verified by sha256 first.
@@ -122,9 +129,18 @@ def release_installed(
     + staging_dir: where the archive is downloaded/uploaded and checked (removed afterwards)
     + download_base: URL of the directory holding the archive and sha256sum.txt (release or mirror)
     + controller_dir: or a directory on the controller holding them (air-gapped LANs)
+    + pinned_sha256: a trusted digest of the archive (ollama_sha256), checked instead of sha256sum.txt
     """
     releases = host.get_fact(OllamaReleases, install_dir=install_dir)
-    if version in releases["versions"]:
+    installed = releases["versions"].get(version)
+    if installed is not None and pinned_sha256 and installed != pinned_sha256:
+        yield fail_command(
+            f"{install_dir}/{version} was unpacked from an archive with sha256 {installed}, not the pinned "
+            f"{pinned_sha256} (ollama_sha256); check the pin, then remove {install_dir}/{version} to "
+            "reinstall"
+        )
+        return
+    if installed is not None:
         host.noop(f"Ollama {version} is installed")
         return
     if version in releases["foreign"]:
@@ -138,18 +154,17 @@ def release_installed(
     archive = posixpath.join(stage, archive_name)
     sums = posixpath.join(stage, "sha256sum.txt")
     yield f"rm -rf {shlex.quote(stage)} && mkdir -p -m 700 {shlex.quote(stage)}"
+    names = [archive_name] if pinned_sha256 else [archive_name, "sha256sum.txt"]
     if download_base is not None:
-        for remote, url in (
-            (archive, f"{download_base}/{archive_name}"),
-            (sums, f"{download_base}/sha256sum.txt"),
-        ):
+        for name in names:
+            remote, url = posixpath.join(stage, name), f"{download_base}/{name}"
             yield f"curl -fsSL --retry 3 --connect-timeout 20 -o {shlex.quote(remote)} {shlex.quote(url)}"
     elif controller_dir is not None:
-        yield FileUploadCommand(str(controller_dir / archive_name), archive)
-        yield FileUploadCommand(str(controller_dir / "sha256sum.txt"), sums)
+        for name in names:
+            yield FileUploadCommand(str(controller_dir / name), posixpath.join(stage, name))
     else:
         raise OperationError("release_installed needs download_base or controller_dir")  # a caller's bug
-    yield verify_script(archive, sums)
+    yield verify_script(archive, sums, pinned_sha256)
     yield unpack_script(archive, install_dir, version)
     yield f"rm -rf {shlex.quote(stage)}"
 
