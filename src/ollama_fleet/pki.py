@@ -161,6 +161,22 @@ def reissue_reason(
     return None
 
 
+def pair_problem(cert_pem: str, key_pem: str) -> str | None:
+    """Why a certificate and a private key cannot serve together, or None (the key is never shown)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        return "the certificate is not a PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError):
+        return "the key is not an unencrypted PEM private key"
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        return "the key does not belong to the certificate (their public keys differ)"
+    return None
+
+
 def cert_sans(cert: x509.Certificate) -> list[str]:
     """A certificate's SANs as normalized text: lowercase DNS names, IPs in canonical form."""
     try:

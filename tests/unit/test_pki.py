@@ -219,3 +219,17 @@ def test_missing_or_unreadable_certificate_needs_reissue(
     ca: FleetCA, cert_pem: str | None, reason: str
 ) -> None:
     assert reason in (reissue_reason(cert_pem, SANS, 30, ca) or "")
+
+
+def test_pair_problem_tells_a_matching_pair_from_a_foreign_key(tmp_path: Path) -> None:
+    from ollama_fleet.pki import pair_problem
+
+    authority = FleetCA.load_or_create(tmp_path / "ca")
+    cert, key = authority.issue("h1.lan", ["h1.lan"])
+    _, other = authority.issue("h2.lan", ["h2.lan"])
+    assert pair_problem(cert, key) is None
+    assert (
+        pair_problem(cert, other) == "the key does not belong to the certificate (their public keys differ)"
+    )
+    assert pair_problem("junk", key) == "the certificate is not a PEM certificate"
+    assert pair_problem(cert, "junk") == "the key is not an unencrypted PEM private key"

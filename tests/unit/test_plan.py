@@ -363,3 +363,22 @@ def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_che
         "Release the deploy lock",
     ):
         assert ops[name]["hosts_with_change"] == [], name
+
+
+def test_a_provided_key_of_another_certificate_stops_the_run_before_any_change(tmp_path: Path) -> None:
+    ca = FleetCA.load_or_create(tmp_path / "their-ca")
+    cert_pem, _ = ca.issue("h1.fleet.lan", ["h1.fleet.lan"])
+    _, other_key = ca.issue("h2.fleet.lan", ["h2.fleet.lan"])
+    (tmp_path / "cert.pem").write_text(cert_pem)
+    (tmp_path / "key.pem").write_text(other_key)
+    provided = {
+        "tls_mode": "provided",
+        "tls_cert_file": str(tmp_path / "cert.pem"),
+        "tls_key_file": str(tmp_path / "key.pem"),
+    }
+    result = pyinfra("--dry", str(fleet(tmp_path, count=1, h1=provided)), "deploys/ollama.py")
+    assert result.returncode != 0
+    assert "@fake/h1: TLS: tls_cert_file" in result.stderr
+    assert "the key does not belong to the certificate (their public keys differ)" in result.stderr
+    body = [line for line in other_key.splitlines() if not line.startswith("-----")]
+    assert not any(line in result.stdout + result.stderr for line in body)

@@ -21,7 +21,7 @@ from pyinfra.operations import files
 
 from ollama_fleet.deploys.fleet import FleetError
 from ollama_fleet.operations.secrets import Secret, secret_file
-from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue
+from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue, pair_problem
 from ollama_fleet.render import tls_paths
 from ollama_fleet.settings import FleetSettings
 
@@ -81,6 +81,15 @@ def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None
         reload_triggers.append(
             files.put(name=f"Install {paths.ca}", src=StringIO(ca.cert_pem), dest=str(paths.ca), mode="644")
         )
+    # nginx would refuse to start on a mismatched pair: say so before anything changes on any host.
+    problem = pair_problem(cert, key.reveal())
+    if problem:
+        where = (
+            f"tls_cert_file {s.tls.cert_file} / tls_key_file {s.tls.key_file}"
+            if s.tls.mode == "provided"
+            else f"the issued pair in {s.tls.ca_dir}/hosts (remove it to reissue)"
+        )
+        raise FleetError(f"{s.host}: TLS: {where}: {problem}")
     reload_triggers.append(
         files.put(name=f"Install {paths.cert}", src=StringIO(cert), dest=str(paths.cert), mode="644")
     )
