@@ -188,16 +188,20 @@ def test_api_key_and_tls_key_never_reach_any_output(tmp_path: Path) -> None:
     assert "Will create" in diff and "ExecStart=/usr/local/bin/ollama serve" in diff
 
 
-def test_provided_certificate_is_uploaded_without_showing_its_key(tmp_path: Path) -> None:
-    cert_pem, key_pem = FleetCA.load_or_create(tmp_path / "their-ca").issue("h1.fleet.lan", ["h1.fleet.lan"])
+def provided_tls(tmp_path: Path, cert_pem: str, key_pem: str) -> dict[str, Any]:
+    """Host data for tls_mode "provided" with these PEMs written on the controller."""
     (tmp_path / "cert.pem").write_text(cert_pem)
     (tmp_path / "key.pem").write_text(key_pem)
-    provided = {
+    return {
         "tls_mode": "provided",
         "tls_cert_file": str(tmp_path / "cert.pem"),
         "tls_key_file": str(tmp_path / "key.pem"),
     }
-    inventory = fleet(tmp_path, count=1, h1=provided)
+
+
+def test_provided_certificate_is_uploaded_without_showing_its_key(tmp_path: Path) -> None:
+    cert_pem, key_pem = FleetCA.load_or_create(tmp_path / "their-ca").issue("h1.fleet.lan", ["h1.fleet.lan"])
+    inventory = fleet(tmp_path, count=1, h1=provided_tls(tmp_path, cert_pem, key_pem))
     ops = by_name(plan(tmp_path, inventory))
     assert ops["Install /etc/ollama-fleet/tls/fullchain.pem"]["hosts_with_change"] == ["@fake/h1"]
     assert ops["Install /etc/ollama-fleet/tls/privkey.pem (secret)"]["hosts_with_change"] == ["@fake/h1"]
@@ -369,14 +373,8 @@ def test_a_provided_key_of_another_certificate_stops_the_run_before_any_change(t
     ca = FleetCA.load_or_create(tmp_path / "their-ca")
     cert_pem, _ = ca.issue("h1.fleet.lan", ["h1.fleet.lan"])
     _, other_key = ca.issue("h2.fleet.lan", ["h2.fleet.lan"])
-    (tmp_path / "cert.pem").write_text(cert_pem)
-    (tmp_path / "key.pem").write_text(other_key)
-    provided = {
-        "tls_mode": "provided",
-        "tls_cert_file": str(tmp_path / "cert.pem"),
-        "tls_key_file": str(tmp_path / "key.pem"),
-    }
-    result = pyinfra("--dry", str(fleet(tmp_path, count=1, h1=provided)), "deploys/ollama.py")
+    inventory = fleet(tmp_path, count=1, h1=provided_tls(tmp_path, cert_pem, other_key))
+    result = pyinfra("--dry", str(inventory), "deploys/ollama.py")
     assert result.returncode != 0
     assert "@fake/h1: TLS: tls_cert_file" in result.stderr
     assert "the key does not belong to the certificate (their public keys differ)" in result.stderr

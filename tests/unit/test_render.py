@@ -184,18 +184,21 @@ def test_https_redirect_keeps_a_non_default_port() -> None:
     assert render.https_redirect(8443) == "https://$host:8443$request_uri"
 
 
-def test_systemd_accepts_the_rendered_unit(tmp_path: Path) -> None:
+def assert_systemd_accepts_the_unit_with(tmp_path: Path, dropin: str) -> None:
     """systemd-analyze verify parses the unit plus the drop-in's lines and reports no unknown key."""
     s = fleet_settings(tmp_path)
     unit = render.render_unit(s).replace(f"ExecStart={render.OLLAMA_BIN}", "ExecStart=/bin/true")
-    dropin_lines = render.render_dropin(s).split("[Service]\n", 1)[1]
     path = tmp_path / "ollama.service"
-    path.write_text(unit.replace("[Service]\n", "[Service]\n" + dropin_lines, 1))
+    path.write_text(unit.replace("[Service]\n", "[Service]\n" + dropin.split("[Service]\n", 1)[1], 1))
     result = subprocess.run(
         [_binary("systemd-analyze"), "verify", "--man=no", str(path)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     assert "ollama.service" not in result.stderr, result.stderr  # warnings name the file
+
+
+def test_systemd_accepts_the_rendered_unit(tmp_path: Path) -> None:
+    assert_systemd_accepts_the_unit_with(tmp_path, render.render_dropin(fleet_settings(tmp_path)))
 
 
 # --- the site under a real nginx ---
@@ -628,16 +631,7 @@ def test_models_in_a_home_directory_turn_protect_home_off(tmp_path: Path) -> Non
 
 
 def test_the_sandbox_parses_in_systemd_analyze_verify(tmp_path: Path) -> None:
-    s = fleet_settings(tmp_path)
-    unit = render.render_unit(s).replace(f"ExecStart={render.OLLAMA_BIN}", "ExecStart=/bin/true")
-    sandbox = render.render_hardening(s).split("[Service]\n", 1)[1]
-    path = tmp_path / "ollama.service"
-    path.write_text(unit.replace("[Service]\n", "[Service]\n" + sandbox, 1))
-    result = subprocess.run(
-        [_binary("systemd-analyze"), "verify", "--man=no", str(path)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert "ollama.service" not in result.stderr, result.stderr
+    assert_systemd_accepts_the_unit_with(tmp_path, render.render_hardening(fleet_settings(tmp_path)))
 
 
 @pytest.mark.parametrize("key", ["ollama_user", "ollama_group"])
