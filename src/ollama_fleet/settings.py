@@ -566,6 +566,7 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
     names = auth.get("key_names") or []
     secrets_file = Path(auth.get("secrets_file") or AuthSettings.model_fields["secrets_file"].default)
     from_file: dict[str, str] = {}
+    revoked: Any = []
     if secrets_file.is_file():
         mode = secrets_file.stat().st_mode & 0o777
         if mode & 0o077:
@@ -574,13 +575,14 @@ def _resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[
                 f"it holds the API keys: run chmod 600 {secrets_file}"
             ]
         try:
-            from_file = json.loads(secrets_file.read_text())["api_keys"]
+            document = json.loads(secrets_file.read_text())
+            from_file, revoked = document["api_keys"], document.get("revoked_api_keys", [])
         except (ValueError, KeyError, TypeError):
             return [
                 f'auth_secrets_file: {str(secrets_file)!r} is not JSON of the form {{"api_keys": {{...}}}}'
             ]
     keys, problems = [], []
-    auth["refused_keys"] = _refused_keys(from_file, secrets_file, names if isinstance(names, list) else [])
+    auth["refused_keys"] = _refused_keys(from_file, revoked, names if isinstance(names, list) else [])
     for name in names if isinstance(names, list) else []:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             continue  # AuthSettings reports the bad name; a lookup hint for it would mislead
@@ -626,19 +628,13 @@ def _shared_keys(keys: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _refused_keys(
-    from_file: Mapping[str, Any], secrets_file: Path, granted: list[Any]
-) -> list[dict[str, str]]:
-    """The secrets file's keys not granted to this host, and its revoked ones (read from the same file)."""
+def _refused_keys(from_file: Mapping[str, Any], revoked: Any, granted: list[Any]) -> list[dict[str, str]]:
+    """The secrets file's keys not granted to this host, and its "revoked_api_keys" list."""
     refused = [
         {"name": str(name), "key": str(key)}
         for name, key in from_file.items()
         if name not in granted and isinstance(key, str) and key
     ]
-    try:
-        revoked = json.loads(secrets_file.read_text()).get("revoked_api_keys", []) if from_file else []
-    except (OSError, ValueError, AttributeError):
-        revoked = []
     for index, key in enumerate(revoked if isinstance(revoked, list) else []):
         if isinstance(key, str) and key:
             refused.append({"name": f"revoked_api_keys[{index}]", "key": key})

@@ -24,10 +24,10 @@ SITE_NAME = "ollama-fleet"
 
 @deploy("nginx proxy")
 def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> None:
-    # The site template and the keys include must agree on where the include lives.
-    assert str(API_KEYS_PATH) == nginx.SitePaths(NGINX_DIR, SITE_NAME).keys
-    packages.packages_installed(name="Install nginx", packages=["nginx"])
     paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
+    # The site template and the keys include must agree on where the include lives.
+    assert str(API_KEYS_PATH) == paths.keys
+    packages.packages_installed(name="Install nginx", packages=["nginx"])
     tls = tls_paths(s)
     loaded = host.get_fact(NginxWorkers, files=[paths.site, paths.keys, str(tls.cert), str(tls.key)])
     stale = nginx_reload_reason(loaded)

@@ -33,20 +33,6 @@ RECORDS_DIR = "/var/lib/ollama-fleet/models"
 STAGING_DIR = "/var/lib/ollama-fleet/models/staging"
 
 
-class OllamaApiUp(FactBase[bool]):
-    """True when the local Ollama API answers."""
-
-    @staticmethod
-    def default() -> bool:
-        return False
-
-    def command(self, api: str) -> str:
-        return f"curl -fsS -o /dev/null --max-time 5 {shlex.quote(api + '/')} && echo up || echo down"
-
-    def process(self, output: list[str]) -> bool:
-        return output[-1].strip() == "up"
-
-
 class OllamaModels(FactBase[dict[str, str] | None]):
     """Model name -> digest from `GET /api/tags`; None when the API does not answer."""
 
@@ -238,24 +224,3 @@ def unlisted_models_removed(
         body = shlex.quote(json.dumps({"model": name}))
         record = shlex.quote(posixpath.join(records_dir, f"{record_name(name)}.sha256"))
         yield f"curl -fsS -X DELETE {shlex.quote(api + '/api/delete')} -d {body} && rm -f {record}"
-
-
-@operation()
-def api_answering(api: str, timeout_seconds: int = 60) -> Generator[str, None, None]:
-    """
-    Wait until the local Ollama API answers (after a start or restart); nothing to do when it does.
-
-    + api: base URL of the local API
-    + timeout_seconds: how long to wait before failing the host
-    """
-    if host.get_fact(OllamaApiUp, api=api):
-        host.noop("the Ollama API answers")
-        return
-    url = shlex.quote(api + "/")
-    yield (
-        f"for i in $(seq {timeout_seconds}); do curl -fsS -o /dev/null --max-time 2 {url} && exit 0; "
-        "sleep 1; done; "
-        + fail_command(
-            f"the Ollama API at {api} did not answer within {timeout_seconds}s; see journalctl -u ollama"
-        )
-    )

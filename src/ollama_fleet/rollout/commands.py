@@ -25,6 +25,7 @@ from typing import Any
 from ollama_fleet.rollout import state as st
 from ollama_fleet.rollout.plan import PlanError, batch_size, default_canary_group, plan_batches
 from ollama_fleet.rollout.runner import RolloutOptions, run_pyinfra, run_rollout, serving_version
+from ollama_fleet.verify.commands import group_data_option
 from ollama_fleet.verify.report import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, format_table
 from ollama_fleet.verify.targets import (
     FleetSettingsError,
@@ -54,7 +55,7 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--json", action="store_true", help="print the machine-readable result on stdout")
     rollout.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per check request")
     rollout.add_argument("-v", "--verbose", action="store_true", help="show all of pyinfra's output")
-    _group_data(rollout)
+    group_data_option(rollout)
     rollout.set_defaults(func=run_rollout_command)
 
     rollback = subparsers.add_parser(
@@ -63,14 +64,8 @@ def register(subparsers: Any) -> None:
     rollback.add_argument("inventory", help="pyinfra inventory file")
     rollback.add_argument("--hosts", action="extend", nargs="+", metavar="NAME", help="only these hosts")
     rollback.add_argument("-v", "--verbose", action="store_true", help="show all of pyinfra's output")
-    _group_data(rollback)
+    group_data_option(rollback)
     rollback.set_defaults(func=run_rollback_command)
-
-
-def _group_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--group-data", action="append", default=[], metavar="DIR", help="more group data, as pyinfra's"
-    )
 
 
 def _err(message: str) -> None:
@@ -84,10 +79,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     if not Path(args.deploy).is_file():
         _err(f"ollama-fleet rollout: deploy file {args.deploy!r} not found")
         return EXIT_BAD_INPUT
+    group_data = tuple(args.group_data or ())
     try:
         batch_size(args.batch, 1)  # a bad --batch is refused before the inventory is read
-        targets = {t.name: t for t in load_targets(args.inventory, None, args.group_data)}
-        groups = load_groups(args.inventory, args.group_data)
+        targets = {t.name: t for t in load_targets(args.inventory, None, group_data)}
+        groups = load_groups(args.inventory, group_data)
         path = args.state or st.default_state_path(args.inventory)
         state = _starting_state(args, list(targets), groups, path)
     except (InventoryError, FleetSettingsError, PlanError) as exc:
@@ -96,7 +92,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     options = RolloutOptions(
         inventory=args.inventory,
         deploy=args.deploy,
-        group_data=tuple(args.group_data),
+        group_data=group_data,
         max_unavailable=args.max_unavailable,
         timeout=args.timeout,
         verbose=args.verbose,
@@ -150,15 +146,16 @@ def render_table(state: st.RolloutState) -> str:
 
 
 def run_rollback_command(args: argparse.Namespace) -> int:
+    group_data = tuple(args.group_data or ())
     try:
-        targets = {t.name: t for t in load_targets(args.inventory, None, args.group_data)}
+        targets = {t.name: t for t in load_targets(args.inventory, None, group_data)}
         chosen = select(targets, args.hosts)
     except (InventoryError, FleetSettingsError) as exc:
         _err(f"ollama-fleet rollback: {exc}")
         return EXIT_BAD_INPUT
     deploy = str(resources.files("ollama_fleet") / "pyinfra_files" / "rollback.py")
     options = RolloutOptions(
-        inventory=args.inventory, deploy=deploy, group_data=tuple(args.group_data), verbose=args.verbose
+        inventory=args.inventory, deploy=deploy, group_data=group_data, verbose=args.verbose
     )
     _err(f"rolling back {', '.join(chosen)} to their previous Ollama release")
     before = {host: serving_version(targets[host], 10.0) or "-" for host in chosen}

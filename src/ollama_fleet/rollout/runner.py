@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ollama_fleet.rollout import state as st
 from ollama_fleet.rollout.plan import should_halt
-from ollama_fleet.verify.checks import check_host
 from ollama_fleet.verify.context import make_client
-from ollama_fleet.verify.report import redact
+from ollama_fleet.verify.fleet import verify_fleet
+from ollama_fleet.verify.report import failure_summary
 from ollama_fleet.verify.targets import Target
 
 SSH_TIMEOUT = 5.0
@@ -106,16 +106,11 @@ def _failed_hosts(stdout: str, hosts: Sequence[str], code: int) -> set[str]:
 
 
 def verify_batch(targets: Sequence[Target], timeout: float) -> dict[str, str]:
-    """Host -> failure summary, for the hosts that fail the full client check."""
-    failures = {}
-    for target in targets:
-        results = check_host(target, timeout)
-        failed = [r for r in results if not r.ok]
-        if failed:
-            secrets = [k.key.get_secret_value() for k in target.settings.auth.keys]
-            summary = "; ".join(f"{r.check}: {r.reason}" for r in failed)
-            failures[target.name] = redact(f"verify failed: {summary}", secrets)
-    return failures
+    """Host -> failure summary, for the hosts that fail the full client check (hosts checked at once)."""
+    report = verify_fleet(targets, timeout=timeout)
+    by_name = {t.name: t for t in targets}
+    failures = {h.host: failure_summary(by_name[h.host], list(h.results)) for h in report.hosts}
+    return {host: f"verify failed: {summary}" for host, summary in failures.items() if summary}
 
 
 def run_rollout(

@@ -18,8 +18,7 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 
 from ollama_fleet.verify.checks import check_host
-from ollama_fleet.verify.context import CheckResult
-from ollama_fleet.verify.report import progress_line, redact
+from ollama_fleet.verify.report import failure_summary, progress_line, redact
 from ollama_fleet.verify.targets import Target
 
 AFTER_DEPLOY_TIMEOUT = 120.0  # seconds per request: right after a deploy the first chat may load the model
@@ -36,14 +35,6 @@ def changed_operations(state: object, on: Host) -> list[str]:
         if meta.is_complete() and meta.did_change():
             names.append(", ".join(sorted(state.get_op_meta(op_hash).names)))  # type: ignore[attr-defined]
     return names
-
-
-def failure_summary(target: Target, results: list[CheckResult]) -> str | None:
-    failed = [r for r in results if not r.ok]
-    if not failed:
-        return None
-    secrets = [k.key.get_secret_value() for k in target.settings.auth.keys]
-    return redact("; ".join(f"{r.check}: {r.status}: {r.reason}" for r in failed), secrets)
 
 
 @operation()

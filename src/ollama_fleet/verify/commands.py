@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="only the cheap checks: no chat/stream (nothing loaded or evicted), no firewall probes",
     )
-    _group_data_option(verify)
+    group_data_option(verify)
     verify.set_defaults(func=run_verify)
 
     status = subparsers.add_parser(
@@ -73,11 +73,12 @@ def register(subparsers: Any) -> None:
     status.add_argument(
         "--hosts", action="extend", nargs="+", metavar="NAME", help="only these inventory hosts"
     )
-    _group_data_option(status)
+    group_data_option(status)
     status.set_defaults(func=run_status)
 
 
-def _group_data_option(parser: argparse.ArgumentParser) -> None:
+def group_data_option(parser: argparse.ArgumentParser) -> None:
+    """--group-data DIR (repeatable), as pyinfra's; shared with rollout and rollback."""
     parser.add_argument(
         "--group-data",
         action="append",

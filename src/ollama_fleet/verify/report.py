@@ -9,6 +9,7 @@ from typing import Any
 
 from ollama_fleet.verify.checks import CHECK_NAMES
 from ollama_fleet.verify.context import CheckResult, Status
+from ollama_fleet.verify.targets import Target
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -113,6 +114,15 @@ def to_json(report: FleetReport, secrets: Iterable[str] = ()) -> str:
         ],
     }
     return redact(json.dumps(payload, indent=2), list(secrets))
+
+
+def failure_summary(target: Target, results: list[CheckResult]) -> str | None:
+    """The failed checks of one host on one line (`check: status: reason; ...`), keys redacted."""
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        return None
+    secrets = [k.key.get_secret_value() for k in target.settings.auth.keys]
+    return redact("; ".join(f"{r.check}: {r.status}: {r.reason}" for r in failed), secrets)
 
 
 def progress_line(host: str, result: CheckResult) -> str:
