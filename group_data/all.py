@@ -63,8 +63,10 @@ nginx_read_timeout = 900
 nginx_send_timeout = 900
 # Seconds to connect to Ollama.
 nginx_connect_timeout = 10
-# Largest request body (model uploads to /api/blobs), an nginx size like "64g"; "0" means no limit.
+# Largest model upload (/api/blobs, admin keys only), an nginx size like "64g"; "0" means no limit.
 nginx_client_max_body_size = "64g"
+# Largest body of any other request (chat, embeddings, images as base64), e.g. "32m"; over it: 413.
+nginx_api_max_body_size = "32m"
 # Strict-Transport-Security max-age in seconds; 0 sends no HSTS header.
 nginx_hsts_max_age = 0
 # Template file name of the site, looked up in nginx_template_dirs first, then in the built-in templates.
@@ -100,6 +102,13 @@ auth_key_names = []
 auth_secrets_file = ".fleet/secrets.json"
 # Let GET /health answer without a key (for monitors).
 auth_health_open = True
+# Scope of a key auth_key_policies does not name: "inference" (chat, completions, embeddings, /v1/models,
+# /api/tags, /api/show, /api/version, /api/ps) or "admin" (everything: pull, push, create, delete, copy,
+# blob uploads). A key gets 403 naming its scope on any other path.
+auth_default_scope = "inference"
+# Per key: {"ci": {"scope": "admin"}, "webapp": {"rate": "60r/m", "burst": 10, "concurrency": 4}}.
+# rate (nginx limit_req, e.g. "5r/s") and concurrency (requests in flight) answer 429 when exceeded.
+auth_key_policies = {}
 
 # --- firewall_*: ufw on each host --------------------------------------------------------------------------
 # Manage ufw: deny incoming, allow SSH from admin subnets and the API ports from client subnets.

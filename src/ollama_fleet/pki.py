@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
-import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +26,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ollama_fleet.localfiles import exclusive_lock
 from ollama_fleet.settings import FleetSettings
+from ollama_fleet.settings.rules import DNS_NAME
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca-key.pem"
 CA_DAYS = 3650  # host certificates are short-lived and reissued; the CA is what clients are given once
 CLOCK_SKEW = dt.timedelta(minutes=5)  # a host whose clock lags a little must still accept a new cert
-
-_DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
 
 
 class PkiError(Exception):
@@ -194,7 +192,7 @@ def general_name(san: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(san))
     except ValueError:
         pass
-    if not _DNS_NAME.fullmatch(san.lower()):
+    if not DNS_NAME.fullmatch(san):
         raise PkiError(f"SAN {san!r} is neither an IP address nor a DNS name")
     return x509.DNSName(san.lower())
 

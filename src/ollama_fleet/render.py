@@ -65,6 +65,26 @@ def render_hardening(s: FleetSettings) -> str:
     return _render(s, HARDENING_TEMPLATE, writable=writable, protect_home="no" if personal else "yes")
 
 
+INFERENCE_PATHS = (
+    "~^/v1/(chat/completions|completions|embeddings|models)$",
+    "~^/v1/models/",
+    "~^/api/(chat|generate|embed|embeddings|tags|show|version|ps)$",
+    "/",
+)
+"""What an `inference` key may use (nginx map patterns against the normalized $uri); all else is admin."""
+
+JSON_ERRORS = {
+    413: (
+        "request_too_large",
+        "Request body too large (nginx_api_max_body_size; uploads: nginx_client_max_body_size).",
+    ),
+    429: ("rate_limit_exceeded", "Too many requests for this key (its rate or concurrency); retry later."),
+    502: ("upstream_unavailable", "Ollama is not answering on this host; retry later or on another host."),
+    504: ("upstream_timeout", "Ollama did not answer in time (nginx_read_timeout)."),
+}
+"""Errors nginx itself makes, answered as OpenAI-shaped JSON instead of nginx's HTML pages."""
+
+
 def render_nginx_site(s: FleetSettings, *, api_keys_path: PurePosixPath = API_KEYS_PATH) -> str:
     """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama.
 
@@ -80,11 +100,14 @@ def render_nginx_site(s: FleetSettings, *, api_keys_path: PurePosixPath = API_KE
         upstream=f"http://{upstream_address(s.ollama.listen_host)}:{s.ollama.listen_port}",
         upstream_host=f"localhost:{s.ollama.listen_port}",
         origin_patterns=[origin_regex(origin) for origin in s.ollama.origins],
+        inference_paths=INFERENCE_PATHS,
+        policies=[(name, s.auth.policy(name)) for name in s.auth.key_names],
+        json_errors=JSON_ERRORS,
     )
 
 
 def render_api_keys(s: FleetSettings) -> str:
-    """The body of the `$ollama_fleet_key_ok` map: one entry per key. SECRET: never print or diff it."""
+    """The body of the `$ollama_fleet_key_name` map: one entry per key. SECRET: never print or diff it."""
     entries = [(key.name, bearer_regex(key.name, key.key.get_secret_value())) for key in s.auth.keys]
     return _render(s, API_KEYS_TEMPLATE, entries=entries)
 

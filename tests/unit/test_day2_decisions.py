@@ -230,7 +230,7 @@ def test_lock_facts_take_refuse_and_release_on_a_real_directory(tmp_path: Path) 
 
 def test_quick_checks_load_no_model_and_wait_for_no_timeout() -> None:
     quick = [spec.name for spec in CHECKS if spec.quick]
-    assert quick == ["tls", "root", "auth", "version", "models", "cors"]
+    assert quick == ["tls", "root", "auth", "scopes", "version", "models", "cors"]
 
 
 def test_ungranted_and_revoked_keys_are_known_as_refused(tmp_path: Path) -> None:

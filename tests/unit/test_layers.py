@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "ollama_fleet"
 
 # module (or package) -> the project packages it must never import
 FORBIDDEN = {
-    "settings.py": ("render", "operations", "deploys", "verify", "rollout"),
+    "settings": ("render", "operations", "deploys", "verify", "rollout"),
     "render.py": ("operations", "deploys", "verify", "rollout"),
     "health.py": ("operations", "deploys", "verify", "rollout"),
     "operations": ("deploys", "verify", "rollout"),

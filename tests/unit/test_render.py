@@ -44,6 +44,7 @@ def fleet_settings(tmp_path: Path, **data: Any) -> FleetSettings:
         "firewall_client_subnets": ["10.0.0.0/24"],
         "firewall_admin_subnets": ["10.0.9.0/24"],
         "auth_key_names": ["alice", "ci-bot"],
+        "auth_key_policies": {"ci-bot": {"scope": "admin", "rate": "120r/m", "burst": 20, "concurrency": 4}},
         "auth_secrets_file": str(tmp_path / "no-secrets.json"),
         "ollama_origins": ORIGINS,
         "ollama_env": {
@@ -233,7 +234,7 @@ def _fake_ollama() -> FakeOllama:
             fake.seen.append(
                 {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
             )
-            if self.path == "/v1/chat/completions":
+            if self.path == "/v1/chat/completions" and b'"stream"' in body:
                 return self._stream()
             text = b"Ollama is running" if self.path == "/" else json.dumps({"path": self.path}).encode()
             self.send_response(200)
@@ -258,7 +259,7 @@ def _fake_ollama() -> FakeOllama:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
 
-        do_GET = do_POST = do_HEAD = do_OPTIONS = _answer
+        do_GET = do_POST = do_HEAD = do_OPTIONS = do_DELETE = _answer
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     fake = FakeOllama(server)
@@ -272,6 +273,7 @@ class Proxy:
     http: str
     upstream: FakeOllama
     ca_file: Path
+    prefix: Path  # nginx's -p directory: its config and logs
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.https, verify=_strict_context(self.ca_file), **kwargs)
@@ -309,6 +311,7 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     site = render.render_nginx_site(s, api_keys_path=PurePosixPath(keys))
     # The lab and real hosts listen on every address; the test listens on loopback only.
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
+    site = site.replace("/var/log/nginx/ollama-fleet.access.log", str(tmp / "ollama-fleet.access.log"))
     (tmp / "site.conf").write_text(site)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -355,6 +358,7 @@ def running_nginx(tmp: Path, ca: FleetCA, **data: Any) -> Iterator[Proxy]:
             f"http://127.0.0.1:{http_port}",
             upstream,
             ca.directory / "ca.pem",
+            tmp,
         )
     finally:
         process.terminate()
@@ -640,3 +644,133 @@ def test_running_ollama_as_root_is_refused(tmp_path: Path, key: str) -> None:
 
     with pytest.raises(SettingsError, match=rf"{key}: root would give `ollama serve`"):
         fleet_settings(tmp_path, **{key: "root"})
+
+
+# --- key scopes, limits and nginx's own errors, on real nginx ---
+
+ADMIN_ONLY = [
+    ("POST", "/api/pull"),
+    ("DELETE", "/api/delete"),
+    ("POST", "/api/create"),
+    ("POST", "/api/push"),
+    ("POST", "/api/copy"),
+    ("POST", "/api/blobs/sha256:" + "0" * 64),
+    ("HEAD", "/api/blobs/sha256:" + "0" * 64),
+    ("POST", "/api//pull"),  # nginx merges slashes before it decides
+    ("POST", "/v1/chat/completions/../../../api/pull"),
+    ("POST", "/api/%70ull"),
+    ("POST", "/API/PULL"),
+    ("GET", "/api/some-endpoint-ollama-adds-later"),
+]
+INFERENCE = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/tiny:latest"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/generate"),
+    ("POST", "/api/embed"),
+    ("GET", "/api/tags"),
+    ("POST", "/api/show"),
+    ("GET", "/api/version"),
+    ("GET", "/api/ps"),
+]
+
+
+def _raw_request(proxy: Proxy, method: str, path: str, key: str) -> httpx.Response:
+    """The path exactly as written (no client-side dot-segment or percent normalization)."""
+    with proxy.client(timeout=10) as client:
+        request = client.build_request(method, "/", headers=_bearer(key), content=b"{}")
+        request.url = request.url.copy_with(raw_path=path.encode())
+        return client.send(request)
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ONLY)
+def test_an_inference_key_gets_403_naming_its_scope_on_admin_paths(
+    proxy: Proxy, method: str, path: str
+) -> None:
+    before = len(proxy.upstream.seen)
+    response = _raw_request(proxy, method, path, ALICE_KEY)
+    assert response.status_code == 403
+    assert len(proxy.upstream.seen) == before
+    if method != "HEAD":
+        error = response.json()["error"]
+        assert error["code"] == "insufficient_scope" and error["type"] == "permission_error"
+        assert "'alice' has the 'inference' scope" in error["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), INFERENCE)
+def test_an_inference_key_reaches_the_inference_api(proxy: Proxy, method: str, path: str) -> None:
+    response = _raw_request(proxy, method, path, ALICE_KEY)
+    assert response.status_code == 200, response.text
+    assert proxy.upstream.seen[-1]["path"] == path
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/api/pull"), ("DELETE", "/api/delete")])
+def test_an_admin_key_gets_through_everywhere(proxy: Proxy, method: str, path: str) -> None:
+    response = _raw_request(proxy, method, path, CI_KEY)
+    assert response.status_code == 200, response.text
+    assert proxy.upstream.seen[-1]["path"] == path and proxy.upstream.seen[-1]["method"] == method
+
+
+def test_the_access_log_names_the_key_never_its_value(proxy: Proxy) -> None:
+    _raw_request(proxy, "GET", "/api/version?from=log-test", ALICE_KEY)
+    log = proxy.prefix / "ollama-fleet.access.log"
+    lines = [line for line in log.read_text().splitlines() if "from=log-test" in line]
+    assert lines and " - key=alice [" in lines[-1]
+    assert ALICE_KEY not in log.read_text() and CI_KEY not in log.read_text()
+
+
+LIMITS = {
+    "auth_key_policies": {"alice": {"rate": "1r/m"}, "ci-bot": {"scope": "admin", "concurrency": 1}},
+    "nginx_api_max_body_size": "1k",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Proxy]:
+    with running_nginx(tmp_path_factory.mktemp("nginx-limits"), ca, **LIMITS) as running:
+        yield running
+
+
+def _error_code(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    return str(response.json()["error"]["code"])
+
+
+def test_a_key_over_its_rate_gets_429_json_and_others_do_not(limited: Proxy) -> None:
+    with limited.client() as client:
+        assert client.get("/api/version", headers=_bearer(ALICE_KEY)).status_code == 200
+        over = client.get("/api/version", headers=_bearer(ALICE_KEY))
+        other = client.get("/api/version", headers=_bearer(CI_KEY))
+    assert _error_code(over, 429) == "rate_limit_exceeded"
+    assert other.status_code == 200
+
+
+def test_a_key_over_its_concurrency_gets_429_while_its_stream_runs(limited: Proxy) -> None:
+    with (
+        limited.client(timeout=20) as client,
+        client.stream("POST", "/v1/chat/completions", json={"stream": True}, headers=_bearer(CI_KEY)) as held,
+    ):
+        lines = held.iter_lines()  # kept: a dropped iterator would close the stream
+        next(lines)  # in flight: Ollama (the fake) holds the rest until told
+        second = client.post("/api/pull", json={}, headers=_bearer(CI_KEY))
+        limited.upstream.first_chunk_read.set()
+    assert _error_code(second, 429) == "rate_limit_exceeded"
+
+
+def test_a_body_over_the_api_limit_gets_413_json(limited: Proxy) -> None:
+    with limited.client() as client:
+        response = client.post("/api/show", content=b"x" * 4096, headers=_bearer(CI_KEY))
+    assert _error_code(response, 413) == "request_too_large"
+
+
+def test_ollama_down_gets_502_json(tmp_path: Path, ca: FleetCA) -> None:
+    with running_nginx(tmp_path, ca) as proxy:
+        proxy.upstream.server.shutdown()
+        proxy.upstream.server.server_close()
+        with proxy.client() as client:
+            response = client.get("/api/tags", headers=_bearer(ALICE_KEY))
+    assert _error_code(response, 502) == "upstream_unavailable"

@@ -103,6 +103,33 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     # an empty subnet list with the firewall on
     ("no-client-subnets", {"firewall_client_subnets": []}, "firewall_client_subnets", "list the LAN subnets"),
     ("no-admin-subnets", {"firewall_admin_subnets": []}, "firewall_admin_subnets", "SSH would be locked out"),
+    # key policies
+    (
+        "policy-for-unknown-key",
+        {"auth_key_policies": {"webapp": {"scope": "admin"}}},
+        "auth_key_policies",
+        "add it there or remove its policy",
+    ),
+    (
+        "policy-bad-scope",
+        {"auth_key_policies": {"alice": {"scope": "root"}}},
+        "auth_key_policies",
+        "'inference'",
+    ),
+    (
+        "policy-bad-rate",
+        {"auth_key_policies": {"alice": {"rate": "10/s"}}},
+        "auth_key_policies",
+        "60r/m or 5r/s",
+    ),
+    ("policy-typo", {"auth_key_policies": {"alice": {"concurency": 2}}}, "auth_key_policies", "Extra inputs"),
+    (
+        "policy-zero-conns",
+        {"auth_key_policies": {"alice": {"concurrency": 0}}},
+        "auth_key_policies",
+        "than 0",
+    ),
+    ("default-scope", {"auth_default_scope": "all"}, "auth_default_scope", "'inference' or 'admin'"),
     # clashing ports
     ("https-is-http", {"nginx_https_port": 80}, "nginx_http_port", "give each a different port"),
     ("ollama-on-443", {"ollama_listen": "127.0.0.1:443"}, "ollama_listen", "give each a different port"),

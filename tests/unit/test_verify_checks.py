@@ -68,6 +68,7 @@ def test_a_healthy_host_passes_every_check(host: FakeHost) -> None:
     assert results["version"].figure == "0.24.0"
     assert results["tls"].metrics["days_left"] == pytest.approx(397, abs=1)
     assert results["auth"].figure == "no key 401, wrong key 401, 1/1 keys accepted"
+    assert results["scopes"].figure == "1 inference key(s) refused admin paths, 0 admin pass"
     assert results["stream"].metrics["chunks"] == 64
     assert results["stream"].metrics["bursts"] >= 32
     assert results["cors"].figure.startswith("https://app.example.com allowed")
@@ -81,7 +82,7 @@ def test_ollama_refusing_the_host_header_fails_root_and_blocks_what_needs_ollama
     assert results["root"].status is Status.FAIL
     assert "must send Host: localhost:11434" in results["root"].reason
     blocked = {n for n, r in results.items() if r.status is Status.BLOCKED}
-    assert blocked == {"auth", "version", "models", "chat", "stream"}
+    assert blocked == {"auth", "scopes", "version", "models", "chat", "stream"}
     assert all(results[n].status is Status.PASS for n in ("tls", "cors", "raw_port"))
 
 
@@ -116,6 +117,7 @@ def test_a_stale_key_list_fails_auth_and_names_the_key(host: FakeHost) -> None:
     assert "key(s) ci" in results["auth"].reason and "stale" in results["auth"].reason
     assert KEY not in results["auth"].reason
     assert {n for n, r in results.items() if r.status is Status.BLOCKED} == {
+        "scopes",
         "version",
         "models",
         "chat",
@@ -173,7 +175,7 @@ def test_a_certificate_from_another_ca_fails_tls_and_blocks_https_checks(
     results = run(target_for(host, tls_ca_dir=str(tmp_path / "other-ca")))
     assert results["tls"].status is Status.FAIL
     assert "does not verify against the fleet CA" in results["tls"].reason
-    https_checks = {"root", "auth", "version", "models", "chat", "stream", "cors"}
+    https_checks = {"root", "auth", "scopes", "version", "models", "chat", "stream", "cors"}
     assert {n for n, r in results.items() if r.status is Status.BLOCKED} == https_checks
     assert results["raw_port"].status is Status.PASS  # the host answered TCP: reachable
 
@@ -236,3 +238,23 @@ def test_progress_sees_each_result_as_it_comes(host: FakeHost) -> None:
     seen: list[str] = []
     check_host(target_for(host), 5.0, on_result=lambda target, result: seen.append(result.check))
     assert seen == list(CHECK_NAMES)
+
+
+def test_scopes_not_enforced_fails_scopes_only(host: FakeHost) -> None:
+    host.behaviour.scopes_enforced = False
+    results = run(target_for(host))
+    assert statuses(results) == HEALTHY | {"scopes": Status.FAIL}
+    assert (
+        "inference key 'ci' got 400 on POST /api/copy, not 403 insufficient_scope" in results["scopes"].reason
+    )
+
+
+def test_an_admin_key_refused_on_admin_paths_fails_scopes(host: FakeHost) -> None:
+    policies = {"ci": {"scope": "admin"}}
+    results = run(target_for(host, auth_key_policies=policies))
+    assert statuses(results) == HEALTHY | {"scopes": Status.FAIL}
+    assert "admin key 'ci' got 403 on POST /api/copy" in results["scopes"].reason
+    host.behaviour.admin_keys = {KEY}
+    assert run(target_for(host, auth_key_policies=policies))["scopes"].figure == (
+        "0 inference key(s) refused admin paths, 1 admin pass"
+    )

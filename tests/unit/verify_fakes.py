@@ -35,6 +35,8 @@ class Behaviour:
     buffered: bool = False
     keyless_allowed: bool = False  # nginx not enforcing keys
     cors_echo_any: bool = False  # nginx echoing every Origin
+    admin_keys: set[str] = field(default_factory=set)  # keys with the admin scope; the others: inference
+    scopes_enforced: bool = True  # False: nginx letting inference keys reach admin paths
     tokens_seen: list[str] = field(default_factory=list)
 
 
@@ -107,6 +109,11 @@ class _Handler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
         if not self._authorized():
             return self._json(401, UNAUTHORIZED)
+        if self.path == "/api/copy":
+            key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            if self.b.scopes_enforced and key not in self.b.admin_keys:
+                return self._json(403, {"error": {"code": "insufficient_scope", "type": "permission_error"}})
+            return self._json(400, {"error": "source and destination are required"})
         if self.path != "/v1/chat/completions":
             return self._json(404, {"error": "not found"})
         if request.get("model") not in self.b.models:

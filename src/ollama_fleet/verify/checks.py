@@ -139,6 +139,51 @@ def check_auth(ctx: HostContext) -> CheckResult:
     return passed(figure, keys_accepted=len(accepted))
 
 
+# An admin request that changes nothing: Ollama answers 400 to an empty copy (source and destination needed).
+SCOPE_PROBE = ("POST", "/api/copy")
+
+
+def check_scopes(ctx: HostContext) -> CheckResult:
+    """Each inference key gets 403 on an admin path and each admin key gets past nginx to Ollama."""
+    auth = ctx.settings.auth
+    if not (ctx.target.https and auth.enabled):
+        return passed("auth disabled: no key scopes")
+    method, path = SCOPE_PROBE
+    problems, limited, counts = [], [], {"inference": 0, "admin": 0}
+    for name, key in ctx.configured_keys():
+        scope = auth.policy(name).scope
+        response = ctx.request(method, path, key=key, json={})
+        code = _error_code(response)
+        if response.status_code == 401:
+            continue  # a stale key list: the auth check reports it
+        if response.status_code == 429:
+            limited.append(name)
+        elif scope == "inference" and code != "insufficient_scope":
+            problems.append(
+                f"inference key {name!r} got {response.status_code} on {method} {path}, not 403 "
+                "insufficient_scope: nginx does not enforce scopes; re-run the deploy"
+            )
+        elif scope == "admin" and response.status_code in (401, 403):
+            problems.append(
+                f"admin key {name!r} got {response.status_code} on {method} {path}: "
+                f"{explain_status(response.status_code, response.text, 'an admin path')}"
+            )
+        else:
+            counts[scope] += 1
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    figure = f"{counts['inference']} inference key(s) refused admin paths, {counts['admin']} admin pass"
+    figure += f"; {', '.join(limited)} at their rate limit, not probed" if limited else ""
+    return passed(figure)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _accepted(ctx: HostContext, key: str) -> bool:
     return ctx.request("GET", "/v1/models", key=key).status_code == 200
 
@@ -397,6 +442,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("tls", check_tls, establishes="https"),
     CheckSpec("root", check_root, needs=("https",), establishes="ollama"),
     CheckSpec("auth", check_auth, needs=("ollama",)),
+    CheckSpec("scopes", check_scopes, needs=("ollama", "key")),
     CheckSpec("version", check_version, needs=("ollama", "key")),
     CheckSpec("models", check_models, needs=("ollama", "key")),
     CheckSpec("chat", check_chat, needs=("models", "key"), quick=False),

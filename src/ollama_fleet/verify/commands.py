@@ -2,13 +2,13 @@
 
 verify checks every host from the controller as a client would, hosts in parallel: tls (handshake against
 the fleet CA, days to expiry), root (/health says "Ollama is running"), auth (no key and a wrong key get
-401, every configured key 200), version (the pinned one), models (all configured ones in /api/tags and
-/v1/models), chat (a completion per model), stream (SSE chunks that arrive token by token, not buffered),
-cors (allowed origin gets the allow headers, another does not), raw_port (11434 dropped by the firewall),
-outsider (lab only: 443 unreachable from the outsider netns). A check whose prerequisite failed is shown as
-blocked. --quick runs tls, root, auth, version, models and cors only: no generation (no model is loaded
-or evicted) and no firewall probe (each waits for a timeout). status shows each host's last on-host health
-timer result, read over SSH.
+401, every configured key 200), scopes (inference keys get 403 on an admin path, admin keys pass), version
+(the pinned one), models (all configured ones in /api/tags and /v1/models), chat (a completion per model),
+stream (SSE chunks that arrive token by token, not buffered), cors (allowed origin gets the allow headers,
+another does not), raw_port (11434 dropped by the firewall), outsider (lab only: 443 unreachable from the
+outsider netns). A check whose prerequisite failed is shown as blocked. --quick runs tls, root, auth,
+scopes, version, models and cors only: no generation (no model is loaded or evicted) and no firewall probe
+(each waits for a timeout). status shows each host's last on-host health timer result, read over SSH.
 
 Exit codes: 0 every check passed (or every host is healthy), 1 something failed, 2 bad input or settings.
 """

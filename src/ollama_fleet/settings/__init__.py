@@ -1,0 +1,150 @@
+"""Typed settings: the single source of truth for every tunable of a host.
+
+Settings come from pyinfra host data as flat, namespaced keys (`ollama_version`, `nginx_read_timeout`, ...),
+so a group or a host can override one key without restating a whole dict. Each prefix maps to one section
+model (sections.py, auth.py, models.py); `settings_for_host` validates them all at once and raises
+`SettingsError`, which names the host, the key, the bad value and the fix, before any operation is added
+for any host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from ollama_fleet.settings.auth import RESOLVED_FIELDS, ApiKey, AuthSettings, KeyPolicy, resolve_api_keys
+from ollama_fleet.settings.base import Section
+from ollama_fleet.settings.errors import SettingsError, closest
+from ollama_fleet.settings.models import CustomModel, ModelsSettings
+from ollama_fleet.settings.rules import listed_name, timespan_seconds
+from ollama_fleet.settings.sections import (
+    FirewallSettings,
+    HealthSettings,
+    NginxSettings,
+    OllamaSettings,
+    TlsSettings,
+)
+
+__all__ = [
+    "SECTIONS",
+    "ApiKey",
+    "CustomModel",
+    "FleetSettings",
+    "KeyPolicy",
+    "SettingsError",
+    "listed_name",
+    "settings_for_host",
+    "timespan_seconds",
+]
+
+SECTIONS: dict[str, type[Section]] = {
+    "ollama": OllamaSettings,
+    "nginx": NginxSettings,
+    "tls": TlsSettings,
+    "auth": AuthSettings,
+    "firewall": FirewallSettings,
+    "models": ModelsSettings,
+    "health": HealthSettings,
+}
+
+
+class FleetSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    ollama: OllamaSettings
+    nginx: NginxSettings
+    tls: TlsSettings
+    auth: AuthSettings
+    firewall: FirewallSettings
+    models: ModelsSettings
+    health: HealthSettings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetSettings:
+        if self.nginx.enabled and self.ollama.listen_host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"ollama_listen: {self.ollama.listen!r} exposes Ollama (no auth, no TLS) beside nginx; "
+                "set ollama_listen to 127.0.0.1:11434 when nginx_enabled is true"
+            )
+        ports = {"nginx_https_port": self.nginx.https_port, "nginx_http_port": self.nginx.http_port}
+        ports["ollama_listen"] = self.ollama.listen_port
+        if self.firewall.enabled:
+            ports["firewall_ssh_port"] = self.firewall.ssh_port
+        clashes = _clashing(ports)
+        if clashes:
+            raise ValueError(f"ports clash: {clashes}; give each a different port")
+        if self.auth.enabled and self.nginx.enabled and not self.auth.keys:
+            raise ValueError(
+                "auth_enabled is true but no API key was found: set auth_key_names and put the keys in "
+                f'{self.auth.secrets_file} ({{"api_keys": {{"name": "key"}}}}) or in '
+                "OLLAMA_FLEET_API_KEY_<NAME> environment variables"
+            )
+        known = set(self.models.names())
+        for custom in self.models.custom:
+            base = listed_name(custom.base)
+            if custom.base not in self.models.gguf and base not in known and "/" not in custom.base:
+                raise ValueError(
+                    f"models_custom {custom.name!r} is FROM {custom.base!r}, which is neither in models_pull "
+                    "nor in models_gguf; add it to one of them"
+                )
+        return self
+
+    @property
+    def server_names(self) -> list[str]:
+        return self.nginx.server_names or [self.host]
+
+
+def _clashing(ports: dict[str, int]) -> str:
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            return f"{seen[port]} and {key} are both {port}"
+        seen[port] = key
+    return ""
+
+
+def settings_for_host(
+    host: str, data: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> FleetSettings:
+    """Validate one host's data into FleetSettings, or raise SettingsError listing every problem."""
+    environ = os.environ if environ is None else environ
+    sections, problems = _split_sections(data)
+    if not problems:
+        problems = resolve_api_keys(sections["auth"], environ)
+    if problems:
+        raise SettingsError(host, problems)
+    try:
+        return FleetSettings.model_validate({"host": host, **sections})
+    except ValidationError as exc:
+        raise SettingsError(host, [_describe(err, data) for err in exc.errors()]) from None
+
+
+def _split_sections(data: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`nginx_read_timeout` -> sections['nginx']['read_timeout']; unknown keys of a known prefix are typos."""
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    problems = []
+    for key, value in data.items():
+        prefix, _, field = key.partition("_")
+        model = SECTIONS.get(prefix)
+        if model is None or not field:
+            continue  # not ours: ssh_*, lab_*, pyinfra's own keys
+        if field not in model.model_fields or field in RESOLVED_FIELDS:
+            choices = [f"{prefix}_{f}" for f in model.model_fields if f not in RESOLVED_FIELDS]
+            problems.append(f"{key}: unknown setting; {closest(key, choices)}")
+            continue
+        sections[prefix][field] = value
+    return sections, problems
+
+
+def _describe(err: Any, data: Mapping[str, Any]) -> str:
+    """One pydantic error as `key: message (got value)` with the flat key the user wrote."""
+    loc = [str(p) for p in err["loc"]]
+    key = f"{loc[0]}_{loc[1]}" if len(loc) >= 2 and loc[0] in SECTIONS else ".".join(loc) or "settings"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if key in data and key.removeprefix("auth_") not in RESOLVED_FIELDS:
+        return f"{key}: {message} (got {data[key]!r})"
+    return f"{key}: {message}" if key != "settings" else message

@@ -1,0 +1,82 @@
+"""Which models a host serves: pulled from a registry, created from GGUF files, or built from a Modelfile."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from ollama_fleet.settings.base import Section
+from ollama_fleet.settings.rules import MODEL_NAME, listed_name
+
+
+class CustomModel(Section):
+    """A model built from a Modelfile template (FROM a base, SYSTEM, PARAMETER...)."""
+
+    name: str
+    base: str  # a model name, or a GGUF name listed in models_gguf
+    system: str | None = None
+    parameters: dict[str, str | int | float] = Field(default_factory=dict)
+    template: str = "Modelfile.j2"
+
+    # Each value becomes one line of a Modelfile; these keep it one line of the intended instruction.
+    @field_validator("name", "base")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not MODEL_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a model name; write it like vehicle-assistant or llama3.2:1b")
+        return value
+
+    @field_validator("system")
+    @classmethod
+    def _system(cls, value: str | None) -> str | None:
+        if value is not None and '"""' in value:
+            raise ValueError('system may not contain """: a Modelfile has no way to escape it')
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, str | int | float]) -> dict[str, str | int | float]:
+        for name, raw in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"parameter name {name!r} may hold only letters, digits and '_'")
+            if any(ord(c) < 32 for c in str(raw)) or '"""' in str(raw):
+                raise ValueError(f'parameter {name!r} must be one line without """')
+        return value
+
+
+class ModelsSettings(Section):
+    pull: list[str] = Field(default_factory=list)  # registry names, e.g. llama3.2:1b
+    gguf: dict[str, Path] = Field(default_factory=dict)  # model name -> GGUF file on the controller
+    custom: list[CustomModel] = Field(default_factory=list)
+    prune: bool = False  # delete models not listed above
+    insecure_registries: list[str] = Field(default_factory=list)  # host:port pulled over plain http
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _registries_are_host_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*", entry):
+                raise ValueError(
+                    f"{entry!r} is not a registry host; write it as in the model name, e.g. 10.0.0.5:8080 "
+                    "(no scheme, no path)"
+                )
+        return value
+
+    @field_validator("gguf")
+    @classmethod
+    def _files_exist(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name, path in value.items():
+            if not Path(path).is_file():
+                raise ValueError(f"GGUF for model {name!r} not found on the controller at {str(path)!r}")
+        return value
+
+    def names(self) -> list[str]:
+        """Every model the host must serve, as Ollama lists them."""
+        return [listed_name(n) for n in [*self.pull, *self.gguf, *(c.name for c in self.custom)]]
+
+    def pulls_insecurely(self, name: str) -> bool:
+        """Whether `name` comes from a registry in insecure_registries (Ollama then pulls over http)."""
+        parts = name.split("://", 1)[-1].split("/")
+        return len(parts) == 3 and parts[0] in self.insecure_registries

@@ -1,0 +1,68 @@
+"""Rules for values that several settings (and the certificates) share: one place for each."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+KEY_NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""API key names: they appear in nginx maps, logs and environment variable names."""
+
+DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
+
+
+def host_names(names: list[str]) -> list[str]:
+    """Names that go into nginx's server_name and certificate SANs: DNS names or IP addresses only."""
+    for name in names:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            if not DNS_NAME.fullmatch(name) or len(name) > 253:
+                raise ValueError(
+                    f"{name!r} is neither a DNS name nor an IP address; write it like ollama1.lan or 10.0.0.5"
+                ) from None
+    return names
+
+
+DEFAULT_REGISTRY = "registry.ollama.ai"
+
+
+def listed_name(name: str) -> str:
+    """A model name as /api/tags lists it: tagged (`:latest` by default), without a scheme, and without
+    the default registry and its `library/` namespace (`registry.ollama.ai/library/phi` -> `phi:latest`)."""
+    tagged = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    parts = tagged.split("://", 1)[-1].split("/")
+    if len(parts) == 3 and parts[0].lower() == DEFAULT_REGISTRY:
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0].lower() == "library":
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+_TIMESPAN_UNITS = {
+    "us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3,
+    "s": 1, "sec": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}  # fmt: skip
+_TIMESPAN_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+_TIMESPAN = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[a-z]*)+")
+
+
+def timespan_seconds(value: str) -> float:
+    """A systemd time span ("1min", "90s", "1h 30min") in seconds; ValueError if systemd would reject it."""
+    text = value.strip().lower()
+    if not _TIMESPAN.fullmatch(text):
+        raise ValueError(f"{value!r} is not a systemd time span; write it like 1min or 30s")
+    total = 0.0
+    for number, unit in _TIMESPAN_PART.findall(text):
+        if (unit or "s") not in _TIMESPAN_UNITS:
+            raise ValueError(f"{value!r}: unknown unit {unit!r}; use s, min or h")
+        total += float(number) * _TIMESPAN_UNITS[unit or "s"]
+    if total < 10:
+        raise ValueError(f"{value!r} is under 10 s; the check itself may take that long")
+    return total
