@@ -53,8 +53,11 @@ ollama_env = {}
 # --- nginx_*: the TLS reverse proxy in front of Ollama ----------------------------------------------------
 # Serve the API through nginx (TLS, API keys, CORS). Off: no proxy and no firewall port for clients.
 nginx_enabled = True
-# HTTPS port, and the plain-HTTP port that only redirects to HTTPS.
+# HTTPS port.
 nginx_https_port = 443
+# Answer plain HTTP on nginx_http_port with a redirect to HTTPS (and open it in ufw). Off by default: a
+# client configured with http:// would send its key in clear before it sees the redirect.
+nginx_http_redirect = False
 nginx_http_port = 80
 # server_name values and certificate DNS names; empty means the host's inventory name.
 nginx_server_names = []
@@ -67,8 +70,9 @@ nginx_connect_timeout = 10
 nginx_client_max_body_size = "64g"
 # Largest body of any other request (chat, embeddings, images as base64), e.g. "32m"; over it: 413.
 nginx_api_max_body_size = "32m"
-# Strict-Transport-Security max-age in seconds; 0 sends no HSTS header.
-nginx_hsts_max_age = 0
+# Strict-Transport-Security max-age in seconds (browsers then refuse plain HTTP and certificate
+# click-throughs for the host's DNS names); 0 sends no HSTS header.
+nginx_hsts_max_age = 31536000
 # Template file name of the site, looked up in nginx_template_dirs first, then in the built-in templates.
 nginx_site_template = "nginx-site.conf.j2"
 # Directories on the controller with templates that override the built-in ones by file name.

@@ -39,6 +39,7 @@ MODULE_ORDER = (
     "test_deploy",
     "test_verify",
     "test_openai_client",
+    "test_key_scopes",
     "test_model_pull",
     "test_rollout",
     "test_day2",

@@ -151,12 +151,13 @@ def test_second_deploy_changes_nothing_on_any_host(second: Run) -> None:
     assert second.results["totals"]["error"] == 0
 
 
-def test_plain_http_only_redirects_to_https(fleet: Fleet, second: Run) -> None:
+def test_plain_http_is_closed_from_the_client_subnet(fleet: Fleet, second: Run) -> None:
+    """No listener and no ufw rule on port 80: a client set to http:// fails before it sends a key."""
     for name in fleet.names:
         ip = fleet.lab.host(name).ip
-        response = httpx.get(f"http://{ip}/v1/models?x=1", timeout=10)  # redirects are not followed
-        assert response.status_code == 301
-        assert response.headers["location"] == f"https://{ip}/v1/models?x=1"
+        with pytest.raises((httpx.ConnectError, httpx.ConnectTimeout)):
+            httpx.get(f"http://{ip}/v1/models", timeout=3, headers={"Authorization": "Bearer not-sent"})
+        assert fleet.ssh(name, "ss -Hltn 'sport = :80'").strip() == ""
 
 
 def test_api_key_never_appears_in_deploy_output(fleet: Fleet, first: Run, second: Run) -> None:

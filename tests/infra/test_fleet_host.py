@@ -89,7 +89,7 @@ def test_nginx_site_streams_to_loopback_with_the_host_ollama_accepts(host: Any, 
 
 def test_https_is_public_and_ollama_only_on_loopback(host: Any, s: FleetSettings) -> None:
     assert host.socket(f"tcp://0.0.0.0:{s.nginx.https_port}").is_listening
-    assert host.socket(f"tcp://0.0.0.0:{s.nginx.http_port}").is_listening
+    assert host.socket(f"tcp://0.0.0.0:{s.nginx.http_port}").is_listening == s.nginx.http_redirect
     listeners = host.check_output("ss -Hltn").splitlines()
     on_port = [line.split()[3] for line in listeners if line.split()[3].endswith(f":{s.ollama.listen_port}")]
     assert on_port == [f"127.0.0.1:{s.ollama.listen_port}"]

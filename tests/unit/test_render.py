@@ -341,6 +341,7 @@ def running_nginx(tmp: Path, ca: FleetCA, **data: Any) -> Iterator[Proxy]:
             "nginx_server_names": ["localhost"],
             "nginx_https_port": https_port,
             "nginx_http_port": http_port,
+            "nginx_http_redirect": True,
             "ollama_listen": f"127.0.0.1:{upstream.port}",
             "tls_remote_dir": str(tmp / "tls"),
             "firewall_enabled": False,
@@ -404,12 +405,13 @@ def _bearer(key: str) -> dict[str, str]:
         {"auth_health_open": False, "ollama_origins": []},
         {
             "ollama_origins": ["*"],
-            "nginx_hsts_max_age": 31536000,
+            "nginx_hsts_max_age": 0,
+            "nginx_http_redirect": True,
             "nginx_https_port": 8443,
             "nginx_http_port": 8080,
         },
     ],
-    ids=["default", "auth-off", "health-closed-no-origins", "wildcard-hsts-ports"],
+    ids=["default", "auth-off", "health-closed-no-origins", "wildcard-no-hsts-redirect-ports"],
 )
 def test_nginx_accepts_the_rendered_site(tmp_path: Path, ca: FleetCA, data: dict[str, Any]) -> None:
     s = fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls"), **data)
@@ -774,3 +776,9 @@ def test_ollama_down_gets_502_json(tmp_path: Path, ca: FleetCA) -> None:
         with proxy.client() as client:
             response = client.get("/api/tags", headers=_bearer(ALICE_KEY))
     assert _error_code(response, 502) == "upstream_unavailable"
+
+
+def test_plain_http_is_closed_by_default_and_hsts_is_on(tmp_path: Path) -> None:
+    site = render.render_nginx_site(fleet_settings(tmp_path))
+    assert not re.search(r"^\s*listen 80\b", site, re.M)
+    assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in site

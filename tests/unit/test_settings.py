@@ -131,7 +131,12 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("default-scope", {"auth_default_scope": "all"}, "auth_default_scope", "'inference' or 'admin'"),
     # clashing ports
-    ("https-is-http", {"nginx_https_port": 80}, "nginx_http_port", "give each a different port"),
+    (
+        "https-is-http",
+        {"nginx_https_port": 80, "nginx_http_redirect": True},
+        "nginx_http_port",
+        "give each a different port",
+    ),
     ("ollama-on-443", {"ollama_listen": "127.0.0.1:443"}, "ollama_listen", "give each a different port"),
     ("ssh-on-https", {"firewall_ssh_port": 443}, "firewall_ssh_port", "give each a different port"),
     # Ollama exposed beside nginx

@@ -37,6 +37,7 @@ def target_for(host: FakeHost, keys: dict[str, str] | None = None, **overrides: 
         "models_pull": ["tiny"],
         "ollama_origins": ["https://app.example.com"],
         "ollama_listen": f"127.0.0.1:{closed_port()}",
+        "nginx_http_port": closed_port(),
         "firewall_enabled": False,
         **overrides,
     }
@@ -213,6 +214,22 @@ def test_an_open_raw_port_fails_raw_port(host: FakeHost) -> None:
         results = run(target_for(host, ollama_listen=f"127.0.0.1:{port}"))
     assert statuses(results) == HEALTHY | {"raw_port": Status.FAIL}
     assert "Ollama is exposed" in results["raw_port"].reason
+
+
+def test_a_plain_http_listener_fails_plain_http_when_it_should_be_closed(host: FakeHost) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        results = run(target_for(host, nginx_http_port=port))
+    assert statuses(results) == HEALTHY | {"plain_http": Status.FAIL}
+    assert "sends its key in clear" in results["plain_http"].reason
+
+
+def test_a_missing_redirect_fails_plain_http_when_it_is_on(host: FakeHost) -> None:
+    results = run(target_for(host, nginx_http_redirect=True))
+    assert statuses(results) == HEALTHY | {"plain_http": Status.FAIL}
+    assert "nginx_http_redirect is on but" in results["plain_http"].reason
 
 
 def test_a_raw_port_that_resets_fails_when_the_firewall_should_drop_it(host: FakeHost) -> None:

@@ -17,7 +17,9 @@ from ollama_fleet.settings import FleetSettings
 
 def wanted_rules(s: FleetSettings) -> list[ufw.Rule]:
     f = s.firewall
-    client_ports = [s.nginx.https_port, s.nginx.http_port] if s.nginx.enabled else []
+    client_ports = [s.nginx.https_port] if s.nginx.enabled else []
+    if s.nginx.enabled and s.nginx.http_redirect:
+        client_ports.append(s.nginx.http_port)
     return ufw.rules_for(f.admin_subnets, [f.ssh_port]) + ufw.rules_for(f.client_subnets, client_ports)
 
 

@@ -10,8 +10,11 @@ from ollama_fleet.lab.state import LabState
 LAB_ORIGIN = "https://app.lab.example"
 """The browser origin lab fleets allow, for CORS checks."""
 
-LAB_KEY_NAMES = ("ci", "ops")
+LAB_KEY_NAMES = ("ci", "ops", "webapp")
 """API keys every lab fleet has; their values are made by `lab up` in `.lab/slot<S>/secrets.json`."""
+
+LAB_KEY_POLICIES = {"ops": {"scope": "admin"}, "webapp": {"rate": "2r/m"}}
+"""ci: an inference key; ops: the admin; webapp: a browser app's key, rate-limited so tests can reach it."""
 
 VEHICLE_ASSISTANT = {
     "name": "vehicle-assistant",
@@ -34,6 +37,7 @@ def lab_settings(plan: SlotPlan, state_dir: Path, tiny_model: Path) -> dict[str,
         "firewall_client_subnets": [plan.hosts_subnet],
         "firewall_admin_subnets": [plan.hosts_subnet],
         "auth_key_names": list(LAB_KEY_NAMES),
+        "auth_key_policies": LAB_KEY_POLICIES,
         "auth_secrets_file": str(secrets_path(state_dir)),
         "tls_ca_dir": str(state_dir / "pki"),
         "models_gguf": {"tiny": str(tiny_model)},

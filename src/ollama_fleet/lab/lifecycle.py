@@ -44,14 +44,22 @@ def ensure_key(slot: int) -> Path:
 
 
 def ensure_lab_secrets(slot: int) -> Path:
-    """The lab fleet's API keys (random, 0600, kept across up/down like the SSH key)."""
+    """The lab fleet's API keys (random, 0600, kept across up/down like the SSH key; a name added to
+    LAB_KEY_NAMES since gets its key)."""
     path = secrets_path(state_dir(slot))
-    if not path.is_file():
-        keys = {name: f"lab-{name}-{secrets.token_urlsafe(24)}" for name in LAB_KEY_NAMES}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump({"api_keys": keys}, out)
+    document = json.loads(path.read_text()) if path.is_file() else {"api_keys": {}}
+    missing = [name for name in LAB_KEY_NAMES if name not in document["api_keys"]]
+    if not missing:
+        return path
+    for name in missing:
+        document["api_keys"][name] = f"lab-{name}-{secrets.token_urlsafe(24)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.new")
+    staged.unlink(missing_ok=True)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(document, out)
+    staged.replace(path)
     return path
 
 

@@ -70,7 +70,9 @@ class FleetSettings(BaseModel):
                 f"ollama_listen: {self.ollama.listen!r} exposes Ollama (no auth, no TLS) beside nginx; "
                 "set ollama_listen to 127.0.0.1:11434 when nginx_enabled is true"
             )
-        ports = {"nginx_https_port": self.nginx.https_port, "nginx_http_port": self.nginx.http_port}
+        ports = {"nginx_https_port": self.nginx.https_port}
+        if self.nginx.http_redirect:
+            ports["nginx_http_port"] = self.nginx.http_port
         ports["ollama_listen"] = self.ollama.listen_port
         if self.firewall.enabled:
             ports["firewall_ssh_port"] = self.firewall.ssh_port

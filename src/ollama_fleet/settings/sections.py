@@ -161,13 +161,15 @@ class NginxSettings(Section):
     enabled: bool = True
     https_port: int = Field(default=443, gt=0, lt=65536)
     http_port: int = Field(default=80, gt=0, lt=65536)
+    # False: no plain HTTP at all (nginx and ufw), so a client set to http:// fails before sending its key.
+    http_redirect: bool = False
     server_names: list[str] = Field(default_factory=list)  # empty: the host's inventory name
     read_timeout: int = Field(default=900, ge=600, description="seconds; model loads and long generations")
     send_timeout: int = Field(default=900, ge=600)
     connect_timeout: int = Field(default=10, gt=0)
     client_max_body_size: str = "64g"  # model uploads (/api/blobs, admin keys only)
     api_max_body_size: str = "32m"  # every other request
-    hsts_max_age: int = Field(default=0, ge=0)  # seconds of Strict-Transport-Security; 0 sends none
+    hsts_max_age: int = Field(default=31536000, ge=0)  # seconds of Strict-Transport-Security; 0: none
     site_template: str = "nginx-site.conf.j2"
     template_dirs: list[Path] = Field(default_factory=list)  # searched before the built-in templates
 

@@ -108,7 +108,9 @@ def check_auth(ctx: HostContext) -> CheckResult:
     accepted, rejected = [], []
     for name, key in ctx.configured_keys():
         response = ctx.request("GET", "/v1/models", key=key)
-        if response.status_code == 200:
+        if response.status_code == 429:  # nginx limits only keys it accepted
+            accepted.append(name)
+        elif response.status_code == 200:
             accepted.append(name)
             ctx.key = ctx.key or key
         elif response.status_code == 401:
@@ -399,6 +401,36 @@ def check_raw_port(ctx: HostContext) -> CheckResult:
     return passed(f"{port} closed ({outcome}); the firewall is disabled by settings")
 
 
+def check_plain_http(ctx: HostContext) -> CheckResult:
+    """Closed (the default): nothing answers plain HTTP, so no client sends its key in clear. Redirect: a
+    301 to the same URI over HTTPS and nothing proxied."""
+    target, nginx = ctx.target, ctx.settings.nginx
+    if not target.https:
+        return not_applicable("nginx disabled: no HTTPS to protect")
+    if nginx.http_redirect:
+        url = f"http://{target.address}:{nginx.http_port}/v1/models"
+        try:
+            response = httpx.get(url, timeout=ctx.timeout, trust_env=False)
+        except httpx.HTTPError as exc:
+            raise CheckFailed(f"nginx_http_redirect is on but {url} fails: {exc}") from None
+        https = "" if nginx.https_port == 443 else f":{nginx.https_port}"
+        wanted = f"https://{target.address}{https}/v1/models"
+        if response.status_code != 301 or response.headers.get("location") != wanted:
+            raise CheckFailed(
+                f"{url} answered {response.status_code} (Location {response.headers.get('location')!r}), "
+                f"not a 301 to {wanted}: re-run the deploy"
+            )
+        return passed(f"{nginx.http_port} redirects to HTTPS")
+    outcome = probes.tcp_connect(target.address, nginx.http_port)
+    if outcome == "open":
+        raise CheckFailed(
+            f"port {nginx.http_port} of {target.address} accepts connections though nginx_http_redirect is "
+            "off: a client set to http:// sends its key in clear; remove the listener (another site?) and "
+            "any ufw rule for the port, or re-run the deploy"
+        )
+    return passed(f"{nginx.http_port} closed ({outcome})")
+
+
 def check_outsider(ctx: HostContext) -> CheckResult:
     target = ctx.target
     netns = target.data.get("lab_outsider_netns")
@@ -450,6 +482,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("cors", check_cors, needs=("https",)),
     # A dropped port is proven by a timeout (seconds): full check only.
     CheckSpec("raw_port", check_raw_port, needs=("reachable",), quick=False),
+    CheckSpec("plain_http", check_plain_http, needs=("reachable",), quick=False),
     CheckSpec("outsider", check_outsider, needs=("reachable",), quick=False),
 )
 CHECK_NAMES = tuple(spec.name for spec in CHECKS)
