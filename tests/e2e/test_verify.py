@@ -68,7 +68,7 @@ FAULTS = [
         "systemctl stop ollama",
         f"systemctl start ollama && {WAIT_FOR_OLLAMA}",
         fails="root",
-        blocked=frozenset({"auth", "version", "models", "chat", "stream"}),
+        blocked=frozenset({"auth", "scopes", "version", "models", "chat", "stream"}),
         fix="systemctl status ollama",
     ),
     Fault(
@@ -95,6 +95,24 @@ FAULTS = [
         fails="raw_port",
         blocked=frozenset(),
         fix="ufw rule for 11434",
+    ),
+    Fault(
+        "scopes not enforced",
+        f'sed -i \'s/^    "inference:inference" 0;$/&\\n    "inference:admin" 0;/\' {SITE} '
+        f"&& grep -q 'inference:admin' {SITE} && nginx -t -q && systemctl reload nginx",
+        f"sed -i '/inference:admin/d' {SITE} && systemctl reload nginx",
+        fails="scopes",
+        blocked=frozenset(),
+        fix="nginx does not enforce scopes",
+    ),
+    Fault(
+        "plain http served",
+        f"sed -i 's/^    listen 443 ssl default_server;$/&\\n    listen 80;/' {SITE} "
+        f"&& nginx -t -q && systemctl reload nginx && ufw allow 80/tcp",
+        f"ufw delete allow 80/tcp && sed -i '/^    listen 80;$/d' {SITE} && systemctl reload nginx",
+        fails="plain_http",
+        blocked=frozenset(),
+        fix="sends its key in clear",
     ),
     Fault(
         "key list changed",
