@@ -121,8 +121,12 @@ firewall_enabled = True
 firewall_client_subnets = []
 # Subnets that may reach SSH; required when enabled, and must hold the address you deploy from.
 firewall_admin_subnets = []
-# SSH port to allow from the admin subnets.
+# SSH port to allow from the admin subnets; the deploy refuses to enable ufw when its own SSH connection
+# arrives on another port.
 firewall_ssh_port = 22
+# Rules ollama-fleet did not make that open the API, SSH or Ollama's port wider than the settings (e.g. an
+# `allow 443` from anywhere) are warned about on every run; true deletes them.
+firewall_remove_foreign_rules = False
 
 # --- models_*: the models each host serves -----------------------------------------------------------------
 # Registry models to pull, e.g. ["llama3.2:1b"] (the hosts must reach the registry).

@@ -40,6 +40,7 @@ MODULE_ORDER = (
     "test_verify",
     "test_openai_client",
     "test_key_scopes",
+    "test_firewall_rules",
     "test_model_pull",
     "test_rollout",
     "test_day2",

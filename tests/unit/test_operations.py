@@ -199,18 +199,18 @@ def test_address_in_admin_subnets(address: str, inside: bool) -> None:
 
 
 def test_ssh_client_address_from_own_environment() -> None:
-    command = ufw.SshClientAddress().command()
-    out = sh(command, env={"PATH": os.environ["PATH"], "SSH_CLIENT": "10.213.2.1 50000 22"}).stdout
-    assert ufw.SshClientAddress().process(out.splitlines()) == "10.213.2.1"
+    command = ufw.SshClient().command()
+    out = sh(command, env={"PATH": os.environ["PATH"], "SSH_CLIENT": "10.213.2.1 50000 2222"}).stdout
+    assert ufw.SshClient().process(out.splitlines()) == ufw.SshPeer("10.213.2.1", 2222)
 
 
 def test_ssh_client_address_found_in_a_parent_when_sudo_dropped_it() -> None:
     """sudo resets the environment: the address is then read from the parent process (sudo itself)."""
-    command = ufw.SshClientAddress().command()
+    command = ufw.SshClient().command()
     inner = f"env -u SSH_CLIENT sh -c {shlex.quote(command)}; true"  # `; true`: the outer sh stays the parent
     env = {"PATH": os.environ["PATH"], "SSH_CLIENT": "10.213.2.7 50000 22"}
     out = subprocess.run(["sh", "-c", inner], env=env, capture_output=True, text=True, check=True).stdout
-    assert ufw.SshClientAddress().process(out.splitlines()) == "10.213.2.7"
+    assert ufw.SshClient().process(out.splitlines()) == ufw.SshPeer("10.213.2.7", 22)
 
 
 # --- models --------------------------------------------------------------------------------------------
@@ -410,3 +410,54 @@ def test_a_pinned_digest_is_checked_instead_of_sha256sum_txt(tmp_path: Path) -> 
     assert result.returncode == 1
     assert f"expected {genuine} (ollama_sha256), got" in result.stderr
     assert not archive.parent.exists()
+
+
+FOREIGN = [
+    "ufw allow 443",
+    "ufw allow 80,443/tcp",
+    "ufw allow from 10.0.1.0/25 to any port 443 proto tcp",  # inside the client subnet: fine
+    "ufw allow from 10.0.0.0/8 to any port 22 proto tcp comment 'old vpn'",
+    "ufw allow OpenSSH",
+    "ufw allow from 192.168.7.0/24",  # every port
+    "ufw allow 8000:12000/tcp",  # holds Ollama's port
+    "ufw allow 8080/tcp",  # not a port we guard
+    "ufw allow out 443/tcp",  # outgoing: not ours to judge
+    "ufw deny 443",
+]
+GUARDED = {
+    11434: ("ollama_listen", []),
+    443: ("firewall_client_subnets", [ipaddress.ip_network("10.0.1.0/24")]),
+    80: ("", []),
+    22: ("firewall_admin_subnets", [ipaddress.ip_network("10.0.9.0/24")]),
+}
+
+
+def test_foreign_rules_that_open_guarded_ports_wider_are_named() -> None:
+    lines = [*FOREIGN, *SHOW_ADDED]
+    found = {rule.line: ufw.too_wide(rule, GUARDED) for rule in ufw.foreign_allows(lines)}
+    assert {line: problems for line, problems in found.items() if problems} == {
+        "ufw allow 443": ["port 443 to any (wider than firewall_client_subnets)"],
+        "ufw allow 80,443/tcp": [
+            "port 80 to any (which must stay closed)",
+            "port 443 to any (wider than firewall_client_subnets)",
+        ],
+        "ufw allow from 10.0.0.0/8 to any port 22 proto tcp comment 'old vpn'": [
+            "port 22 to 10.0.0.0/8 (wider than firewall_admin_subnets)"
+        ],
+        "ufw allow OpenSSH": ["port 22 to any (wider than firewall_admin_subnets)"],
+        "ufw allow from 192.168.7.0/24": [
+            "port 22 to 192.168.7.0/24 (wider than firewall_admin_subnets)",
+            "port 80 to 192.168.7.0/24 (which must stay closed)",
+            "port 443 to 192.168.7.0/24 (wider than firewall_client_subnets)",
+            "port 11434 to 192.168.7.0/24 (which must stay closed)",
+        ],
+        "ufw allow 8000:12000/tcp": ["port 11434 to any (which must stay closed)"],
+    }
+    assert "ufw allow out 443/tcp" not in found and "ufw deny 443" not in found
+
+
+def test_a_foreign_rule_is_deleted_with_the_words_that_added_it() -> None:
+    (rule,) = ufw.foreign_allows(["ufw allow from 10.0.0.0/8 to any port 22 proto tcp comment 'old vpn'"])
+    assert (
+        rule.delete_command() == "ufw delete allow from 10.0.0.0/8 to any port 22 proto tcp comment 'old vpn'"
+    )

@@ -17,6 +17,8 @@ from pyinfra.api.facts import FactBase
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 TAG = "ollama-fleet"
 _RULE = re.compile(rf"^ufw allow from (\S+) to any port (\d+) proto (tcp|udp) comment '{TAG}'$")
 _POLICY_WORDS = {"deny": "DROP", "allow": "ACCEPT", "reject": "REJECT"}
@@ -96,8 +98,14 @@ class Ufw(FactBase[UfwState]):
         return found
 
 
-class SshClientAddress(FactBase[str | None]):
-    """The address this deploy's SSH connection comes from, as the host sees it ($SSH_CLIENT).
+@dataclass(frozen=True)
+class SshPeer:
+    address: str  # where this deploy's SSH connection comes from
+    port: int  # the host's port it arrived on: the one sshd must stay reachable on
+
+
+class SshClient(FactBase["SshPeer | None"]):
+    """This deploy's SSH connection as the host sees it ($SSH_CLIENT: address, its port, the server port).
 
     sudo resets the environment, so when $SSH_CLIENT is empty the parent processes' environments are
     searched (sudo's parent still has it).
@@ -109,14 +117,121 @@ class SshClientAddress(FactBase[str | None]):
             'while [ -z "$a" ] && [ "${p:-1}" -gt 1 ]; do '
             "a=$(tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | sed -n 's/^SSH_CLIENT=//p'); "
             "p=$(awk '/^PPid:/ {print $2}' /proc/$p/status 2>/dev/null); done; "
-            'echo "${a%% *}"'
+            'echo "$a"'
         )
 
-    def process(self, output: list[str]) -> str | None:
-        return output[0].strip() or None if output else None
+    def process(self, output: list[str]) -> SshPeer | None:
+        fields = output[0].split() if output else []
+        if len(fields) != 3 or not fields[2].isdigit():
+            return None
+        return SshPeer(fields[0], int(fields[2]))
 
 
-def address_in(address: str, subnets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+# --- rules someone else made ---------------------------------------------------------------------------
+
+APP_PORTS = {"OpenSSH": {22}, "Nginx HTTP": {80}, "Nginx HTTPS": {443}, "Nginx Full": {80, 443}}
+"""ufw application profiles that Debian's openssh-server and nginx install."""
+
+ANY = ("any", "0.0.0.0/0", "::/0")
+
+
+@dataclass(frozen=True)
+class ForeignAllow:
+    """An allow rule we did not make: from `source` to `ports` (None: every port)."""
+
+    line: str
+    source: str
+    ports: frozenset[int] | None
+
+    def delete_command(self) -> str:
+        """`ufw show added` prints each rule as the command that adds it; `delete` takes the same words."""
+        return f"ufw delete {self.line.removeprefix('ufw ')}"
+
+
+def foreign_allows(lines: list[str]) -> list[ForeignAllow]:
+    """Incoming allow/limit rules of `ufw show added` not tagged as ours; rules we cannot read are skipped."""
+    found = []
+    for line in lines:
+        if line.startswith("ufw ") and not _RULE.match(line):
+            parsed = _parse_allow(line.removeprefix("ufw ").split())
+            if parsed:
+                found.append(ForeignAllow(line, *parsed))
+    return found
+
+
+def _parse_allow(words: list[str]) -> tuple[str, frozenset[int] | None] | None:
+    if words[:1] not in (["allow"], ["limit"]) or "out" in words[1:3]:
+        return None
+    words = [w for w in words[1:] if w != "in"]
+    if words[:1] == ["on"]:
+        words = words[2:]
+    if "comment" in words:
+        words = words[: words.index("comment")]
+    if words[:1] != ["from"] and words[:1] != ["to"]:  # the short form: `allow 443/tcp`, `allow OpenSSH`
+        spec = " ".join(words).strip("'\"")
+        ports = APP_PORTS.get(spec) or _ports(spec.split("/")[0])
+        return ("any", frozenset(ports)) if ports else None
+    source = words[words.index("from") + 1] if "from" in words else "any"
+    to_port = _after(words, "to", "port")
+    app = _after(words, "to", "app")
+    if app:
+        app_ports = APP_PORTS.get(app.strip("'\""))
+        return (source, frozenset(app_ports)) if app_ports else None
+    return source, frozenset(_ports(to_port)) if to_port else None
+
+
+def _after(words: list[str], anchor: str, key: str) -> str | None:
+    """The value of `key` after `anchor` (`to any port 22` -> '22')."""
+    if anchor not in words:
+        return None
+    rest = words[words.index(anchor) :]
+    return rest[rest.index(key) + 1] if key in rest[:-1] else None
+
+
+def _ports(spec: str) -> set[int]:
+    """'443', '80,443' or '6000:6007' as port numbers; empty when it is not a port list."""
+    ports: set[int] = set()
+    for part in spec.split(","):
+        low, _, high = part.partition(":")
+        if not low.isdigit() or (high and not high.isdigit()):
+            return set()
+        ports.update(range(int(low), int(high or low) + 1))
+    return ports
+
+
+def too_wide(rule: ForeignAllow, allowed: dict[int, tuple[str, list[IPNetwork]]]) -> list[str]:
+    """What `rule` opens beyond the settings: for each guarded port, (setting that names its subnets, the
+    subnets); an empty list of subnets means the port must not be open at all."""
+    problems = []
+    for port, (setting, subnets) in sorted(allowed.items()):
+        if rule.ports is not None and port not in rule.ports:
+            continue
+        if rule.source not in ANY:
+            try:
+                source = ipaddress.ip_network(rule.source, strict=False)
+            except ValueError:
+                continue
+            if any(source.version == net.version and source.subnet_of(net) for net in subnets):  # type: ignore[arg-type]
+                continue
+        where = f"wider than {setting}" if subnets else "which must stay closed"
+        problems.append(f"port {port} to {rule.source} ({where})")
+    return problems
+
+
+@operation()
+def foreign_rules_removed(rules: list[ForeignAllow]) -> Generator[str, None, None]:
+    """
+    Delete allow rules someone else made (firewall_remove_foreign_rules).
+
+    + rules: the rules to delete, as foreign_allows read them
+    """
+    for rule in rules:
+        yield rule.delete_command()
+    if not rules:
+        host.noop("no foreign ufw rule opens more than the settings")
+
+
+def address_in(address: str, subnets: Iterable[IPNetwork]) -> bool:
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped

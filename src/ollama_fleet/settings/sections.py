@@ -224,6 +224,7 @@ class FirewallSettings(Section):
     client_subnets: list[IPNetwork] = Field(default_factory=list)
     admin_subnets: list[IPNetwork] = Field(default_factory=list)
     ssh_port: int = Field(default=22, gt=0, lt=65536)
+    remove_foreign_rules: bool = False  # delete others' rules that open our ports wider (else: warn)
 
     @field_validator("client_subnets", "admin_subnets", mode="before")
     @classmethod
