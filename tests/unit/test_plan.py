@@ -241,12 +241,24 @@ def test_bad_settings_on_the_last_host_change_no_host(
 
 
 def test_deploy_refuses_when_its_ssh_connection_is_outside_the_admin_subnets(tmp_path: Path) -> None:
-    outsider = {"fake_responses": fake_facts(SSH_CLIENT="192.168.50.7")}
+    outsider = {"fake_responses": fake_facts(SSH_CLIENT="192.168.50.7 50000 22")}
     inventory = fleet(tmp_path, count=2, h2=outsider)
     result = pyinfra("-y", str(inventory), "deploys/ollama.py")
     assert result.returncode != 0
     assert "@fake/h2: this deploy connects from 192.168.50.7" in result.stderr
     assert "firewall_admin_subnets" in result.stderr
+    assert "Beginning operation run" not in result.stderr
+
+
+def test_deploy_refuses_when_its_ssh_connection_came_in_on_another_port(tmp_path: Path) -> None:
+    on_2222 = {"fake_responses": fake_facts(SSH_CLIENT="10.213.250.1 50000 2222")}
+    inventory = fleet(tmp_path, count=2, h2=on_2222)
+    result = pyinfra("-y", str(inventory), "deploys/ollama.py")
+    assert result.returncode != 0
+    assert "@fake/h2: this deploy's SSH connection arrives on port 2222, but firewall_ssh_port is 22" in (
+        result.stderr
+    )
+    assert "Set firewall_ssh_port = 2222" in result.stderr
     assert "Beginning operation run" not in result.stderr
 
 

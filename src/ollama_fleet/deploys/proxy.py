@@ -39,11 +39,8 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
         api_keys=Secret(render_api_keys(s)),
         nginx_dir=NGINX_DIR,
     )
-    systemd.service(
+    nginx.reloaded_after_config_test(
         name="Reload nginx after a change",
-        service="nginx.service",
-        running=True,
-        reloaded=True,
         _if=any_changed([site, *reload_triggers], or_if=stale is not None),
     )
     systemd.service(name="Enable and start nginx", service="nginx.service", running=True, enabled=True)

@@ -154,3 +154,12 @@ def site_validated(
     yield validate_script(paths, work_dir)
     yield go_live_script(paths, work_dir)
     yield f"rm -rf {q(work_dir)}"
+
+
+@operation(is_idempotent=False)
+def reloaded_after_config_test() -> Generator[str, None, None]:
+    """
+    Reload nginx only when the live configuration (site, keys, certificate and key together) passes
+    `nginx -t`; otherwise fail with nginx's words while the running workers keep serving the old one.
+    """
+    yield "nginx -t -q && systemctl reload-or-restart nginx.service"
