@@ -12,6 +12,11 @@ DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 
+VERSION = r"\d+\.\d+\.\d+(-rc\d+)?"
+"""An Ollama release version as its tags name it, without the leading v."""
+
+NGINX_SIZE = re.compile(r"\d+[kKmMgG]?")
+
 
 def host_names(names: list[str]) -> list[str]:
     """Names that go into nginx's server_name and certificate SANs: DNS names or IP addresses only."""

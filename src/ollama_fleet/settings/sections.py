@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ollama_fleet import ollama_env
 from ollama_fleet.settings.base import IPNetwork, Section
-from ollama_fleet.settings.rules import host_names, timespan_seconds
+from ollama_fleet.settings.rules import NGINX_SIZE, VERSION, host_names, timespan_seconds
 
 
 class OllamaSettings(Section):
@@ -43,7 +43,7 @@ class OllamaSettings(Section):
     @field_validator("version")
     @classmethod
     def _version_is_plain(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+\.\d+\.\d+(-rc\d+)?", value):
+        if not re.fullmatch(VERSION, value):
             raise ValueError(f"{value!r} is not a release version; write it like 0.24.0 (no leading v)")
         return value
 
@@ -51,7 +51,7 @@ class OllamaSettings(Section):
     @classmethod
     def _pins_are_digests(cls, value: dict[str, str]) -> dict[str, str]:
         for key, digest in value.items():
-            if not re.fullmatch(r"\d+\.\d+\.\d+(-rc\d+)?/ollama-linux-(amd64|arm64)\.(tgz|tar\.zst)", key):
+            if not re.fullmatch(rf"{VERSION}/ollama-linux-(amd64|arm64)\.(tgz|tar\.zst)", key):
                 raise ValueError(
                     f"key {key!r} is not '<version>/<archive>'; write it like '0.24.0/ollama-linux-amd64.tgz'"
                 )
@@ -176,7 +176,7 @@ class NginxSettings(Section):
     @field_validator("client_max_body_size", "api_max_body_size")
     @classmethod
     def _size(cls, value: str) -> str:
-        if not re.fullmatch(r"\d+[kKmMgG]?", value):
+        if not NGINX_SIZE.fullmatch(value):
             raise ValueError(f"{value!r} is not an nginx size; write it like 64g, 512m or 0 (no limit)")
         return value
 
