@@ -105,7 +105,7 @@ def test_verify_quick_leaves_out_generation_and_firewall_probes(fleet: DeployedF
     code, report = fleet.verify("--quick")
     assert code == 0, report
     for checks in statuses(report).values():
-        assert set(checks) == {"tls", "root", "auth", "version", "models", "cors"}
+        assert set(checks) == {"tls", "root", "auth", "scopes", "version", "models", "cors"}
 
 
 def test_a_release_that_cannot_start_rolls_back_by_itself(fleet: DeployedFleet, tmp_path: Path) -> None:
