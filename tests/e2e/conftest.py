@@ -41,6 +41,7 @@ MODULE_ORDER = (
     "test_openai_client",
     "test_key_scopes",
     "test_firewall_rules",
+    "test_sudo_deploy",
     "test_model_pull",
     "test_rollout",
     "test_day2",

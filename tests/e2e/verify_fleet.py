@@ -62,13 +62,14 @@ class DeployedFleet:
         assert done.returncode in (0, 1), done.stderr
         return done.returncode, json.loads(done.stdout)
 
-    def ssh(self, host: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.lab.ssh_command(host, command), capture_output=True, text=True, timeout=timeout, check=False
-        )
+    def ssh(
+        self, host: str, command: str, timeout: float = 120, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = self.lab.ssh_command(host, command)
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
 
-    def ssh_ok(self, host: str, command: str) -> str:
-        done = self.ssh(host, command)
+    def ssh_ok(self, host: str, command: str, stdin: str | None = None) -> str:
+        done = self.ssh(host, command, stdin=stdin)
         assert done.returncode == 0, f"{host}: {command}: {done.stdout}{done.stderr}"
         return done.stdout
 

@@ -123,7 +123,7 @@ def test_bare_hosts_get_every_concern_in_dependency_order(tmp_path: Path) -> Non
         "Download, verify and unpack Ollama 0.24.0",
         "Switch /opt/ollama/current to 0.24.0",
         "Install /etc/systemd/system/ollama.service.d/override.conf",
-        "Install /etc/ollama-fleet/tls/privkey.pem (secret)",
+        "Install /etc/ollama-fleet/tls/fullchain.pem and /etc/ollama-fleet/tls/privkey.pem (secret) together",
         "Install the ollama-fleet site after nginx -t on a staging copy",
     ):
         assert ops[name]["hosts_with_change"] == ["@fake/h1", "@fake/h2"], name
@@ -203,8 +203,9 @@ def test_provided_certificate_is_uploaded_without_showing_its_key(tmp_path: Path
     cert_pem, key_pem = FleetCA.load_or_create(tmp_path / "their-ca").issue("h1.fleet.lan", ["h1.fleet.lan"])
     inventory = fleet(tmp_path, count=1, h1=provided_tls(tmp_path, cert_pem, key_pem))
     ops = by_name(plan(tmp_path, inventory))
-    assert ops["Install /etc/ollama-fleet/tls/fullchain.pem"]["hosts_with_change"] == ["@fake/h1"]
-    assert ops["Install /etc/ollama-fleet/tls/privkey.pem (secret)"]["hosts_with_change"] == ["@fake/h1"]
+    assert ops[
+        "Install /etc/ollama-fleet/tls/fullchain.pem and /etc/ollama-fleet/tls/privkey.pem (secret) together"
+    ]["hosts_with_change"] == ["@fake/h1"]
     assert "Install /etc/ollama-fleet/tls/ca.pem" not in ops  # no fleet CA in this mode
     assert not (tmp_path / "pki").exists()  # and none was created
     result = pyinfra("--dry", "--diff", "-vvv", str(inventory), "deploys/ollama.py")
@@ -352,7 +353,13 @@ def test_secret_upload_shows_no_content_and_is_never_world_readable(tmp_path: Pa
     assert not any("fakeSECRETvalue" in c for c in commands)
     temp = "/etc/x/.key.pem.ollama-fleet-new"
     assert commands[1] == f"rm -f {temp} && install -m 600 /dev/null {temp}"
-    assert commands[-1].endswith(f"mv -f {temp} /etc/x/key.pem")
+    # under sudo, SFTP stages it in the login user's own 0700 directory, not /tmp/pyinfra-*
+    assert commands[2] == (
+        'rm -rf /run/ollama-fleet-uploads && install -d -m 700 -o "${SUDO_USER:-$(id -un)}" '
+        "/run/ollama-fleet-uploads"
+    )
+    assert commands[3] == "rm -rf /run/ollama-fleet-uploads"  # right after the upload (not printed)
+    assert commands[-1] == f"mv -f {temp} /etc/x/key.pem"
 
 
 # --- day 2: the lock, the checks and the prune ----------------------------------------------------------
@@ -392,3 +399,23 @@ def test_a_provided_key_of_another_certificate_stops_the_run_before_any_change(t
     assert "the key does not belong to the certificate (their public keys differ)" in result.stderr
     body = [line for line in other_key.splitlines() if not line.startswith("-----")]
     assert not any(line in result.stdout + result.stderr for line in body)
+
+
+CERT_AND_KEY = """
+from ollama_fleet.operations.secrets import Secret, certificate_and_key
+certificate_and_key(
+    name="pair", cert="CERT", key=Secret("fakeSECRETkey0123456789"),
+    cert_path="/t/cert.pem", key_path="/t/key.pem",
+)
+"""
+
+
+def test_certificate_and_key_go_live_in_one_command_after_both_are_staged(tmp_path: Path) -> None:
+    commands = run_operation(tmp_path, CERT_AND_KEY, {})
+    assert not any("fakeSECRETkey" in c for c in commands)
+    assert (
+        commands[-1]
+        == "mv -f /t/.cert.pem.ollama-fleet-new /t/cert.pem && mv -f /t/.key.pem.ollama-fleet-new /t/key.pem"
+    )
+    assert "chmod 600 /t/.key.pem.ollama-fleet-new" in commands[-2]
+    assert not any(c.startswith("mv ") for c in commands[:-1])

@@ -3,7 +3,8 @@
 The fleet CA and every host's issued key stay on the controller (`tls_ca_dir`, git-ignored). A host's
 certificate is kept there too and reissued only when `needs_reissue` says so (SANs changed, expiry near,
 another CA), so a re-run uploads the same bytes and changes nothing. The CA private key never leaves the
-controller; the host key goes up through `secret_file` (0600, never shown).
+controller; certificate and host key go up together through `certificate_and_key` (the key 0600, never
+shown).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pyinfra.facts.hardware import Ipv4Addrs
 from pyinfra.operations import files
 
 from ollama_fleet.deploys.fleet import FleetError
-from ollama_fleet.operations.secrets import Secret, secret_file
+from ollama_fleet.operations.secrets import Secret, certificate_and_key
 from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue, pair_problem
 from ollama_fleet.render import tls_paths
 from ollama_fleet.settings import FleetSettings
@@ -91,8 +92,11 @@ def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None
         )
         raise FleetError(f"{s.host}: TLS: {where}: {problem}")
     reload_triggers.append(
-        files.put(name=f"Install {paths.cert}", src=StringIO(cert), dest=str(paths.cert), mode="644")
-    )
-    reload_triggers.append(
-        secret_file(name=f"Install {paths.key} (secret)", secret=key, dest=str(paths.key), mode=0o600)
+        certificate_and_key(
+            name=f"Install {paths.cert} and {paths.key} (secret) together",
+            cert=cert,
+            key=key,
+            cert_path=str(paths.cert),
+            key_path=str(paths.key),
+        )
     )

@@ -17,6 +17,9 @@ from ollama_fleet.lab import cgroups
 from ollama_fleet.lab.plan import LAB_SUPERNET, HostPlan, SlotPlan
 from ollama_fleet.lab.run import LabError, run
 
+LAB_SUDO_USER = "deployer"
+"""Every lab host's non-root sudoer (same SSH key as root)."""
+
 SSH_PROBE_OPTIONS = (
     "-o", "BatchMode=yes",
     "-o", "StrictHostKeyChecking=no",
@@ -69,9 +72,24 @@ def prepare_root(
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(public_key)
     (ssh_dir / "authorized_keys").chmod(0o600)
+    add_sudo_user(root, public_key)
     key = etc / "ssh/ssh_host_ed25519_key"
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{me.name}", "-f", str(key)])
     return root
+
+
+def add_sudo_user(root: Path, public_key: str) -> None:
+    """LAB_SUDO_USER: a non-root login with passwordless sudo, as most real LANs are deployed through."""
+    useradd = ["useradd", "--create-home", "--shell", "/bin/bash", "--password", "*", LAB_SUDO_USER]
+    run(["chroot", str(root), *useradd])
+    (root / f"etc/sudoers.d/{LAB_SUDO_USER}").write_text(f"{LAB_SUDO_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    (root / f"etc/sudoers.d/{LAB_SUDO_USER}").chmod(0o440)
+    ssh_dir, user = f"/home/{LAB_SUDO_USER}/.ssh", LAB_SUDO_USER
+    script = (
+        f"install -d -m 700 -o {user} -g {user} {ssh_dir} && umask 077 && cat > {ssh_dir}/authorized_keys "
+        f"&& chown {user}:{user} {ssh_dir}/authorized_keys"
+    )
+    run(["chroot", str(root), "sh", "-c", script], input_text=public_key)
 
 
 def nspawn_command(root: Path, me: HostPlan, plan: SlotPlan) -> list[str]:
