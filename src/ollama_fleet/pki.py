@@ -116,9 +116,9 @@ class FleetCA:
         return True
 
 
-def host_sans(s: FleetSettings, ip: str | None) -> list[str]:
-    """The SANs a host's certificate must carry: its server names, the extra SANs and its address."""
-    names = [*s.server_names, *s.tls.extra_sans, *([ip] if ip else [])]
+def host_sans(s: FleetSettings, addresses: Sequence[str]) -> list[str]:
+    """The SANs a host's certificate must carry: its server names, the extra SANs and its addresses."""
+    names = [*s.server_names, *s.tls.extra_sans, *addresses]
     seen: dict[str, str] = {}
     for name in names:
         seen.setdefault(_normalized(name), name)

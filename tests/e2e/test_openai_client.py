@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -90,3 +91,23 @@ def test_every_configured_key_works(fleet: DeployedFleet) -> None:
                 except openai.RateLimitError as limited:
                     assert "rate" in LAB_KEY_POLICIES.get(name, {}), f"{name} is not rate-limited: {limited}"
                     assert "Too many requests for this key" in str(limited)
+
+
+def test_an_ipv6_client_chats_over_tls_and_ollamas_port_stays_closed(fleet: DeployedFleet) -> None:
+    """The controller sits in the lab's IPv6 client subnet (fd0a:d5:...::1 on the hosts' bridge)."""
+    for host in fleet.hosts:
+        address = fleet.address6(host)
+        verify = ssl.create_default_context(cafile=str(fleet.ca_file))
+        http_client = httpx.Client(verify=verify, trust_env=False, timeout=60)
+        with openai.OpenAI(
+            base_url=f"https://[{address}]/v1",
+            api_key=fleet.keys["ci"],
+            http_client=http_client,
+            max_retries=0,
+        ) as api:
+            reply = api.chat.completions.create(
+                model=fleet.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+            )
+        assert reply.choices[0].message.role == "assistant"
+        with pytest.raises(TimeoutError):  # dropped by ufw's IPv6 rules, not refused
+            socket.create_connection((address, 11434), timeout=3).close()

@@ -115,6 +115,24 @@ FAULTS = [
         fix="sends its key in clear",
     ),
     Fault(
+        "nginx not on ipv6",
+        f"sed -i '/^    listen \\[::\\]:443 ssl default_server;$/d' {SITE} "
+        f"&& ! grep -q 'listen \\[::\\]' {SITE} && nginx -t -q && systemctl reload nginx",
+        None,
+        fails="ipv6",
+        blocked=frozenset(),
+        fix="nginx must listen on [::]:443",
+    ),
+    Fault(
+        "ufw leaves ipv6 open",
+        "sed -i 's/^IPV6=yes$/IPV6=no/' /etc/default/ufw && grep -q '^IPV6=no$' /etc/default/ufw "
+        "&& ufw reload",
+        None,
+        fails="ipv6",
+        blocked=frozenset(),
+        fix="ufw does not filter IPv6",
+    ),
+    Fault(
         "key list changed",
         f"cp -p {API_KEYS} /root/api-keys.verify-backup && sed -i '/^# key: ops$/,+1d' {API_KEYS} "
         f"&& ! grep -q 'key: ops' {API_KEYS} && grep -q 'key: ci' {API_KEYS} && systemctl reload nginx",

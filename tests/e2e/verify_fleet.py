@@ -44,6 +44,11 @@ class DeployedFleet:
     def address(self, host: str) -> str:
         return self.lab.host(host).ip
 
+    def address6(self, host: str) -> str:
+        """The host's address in the lab's IPv6 client subnet."""
+        index = [h.name for h in self.lab.hosts].index(host) + 1
+        return self.lab.plan.host(index).ip6
+
     def run(self, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             argv, cwd=repo_root(), capture_output=True, text=True, timeout=timeout, check=False

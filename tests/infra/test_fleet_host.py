@@ -18,6 +18,7 @@ from infra_fleet import fleet, hostspecs, ip_of
 
 from ollama_fleet.deploys.firewall import wanted_rules
 from ollama_fleet.operations import ufw
+from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.pki import cert_sans, host_sans
 from ollama_fleet.render import render_dropin, render_hardening, render_nginx_site, tls_paths
 from ollama_fleet.settings import FleetSettings
@@ -108,7 +109,11 @@ def test_certificate_names_the_host_and_is_far_from_expiry(host: Any, s: FleetSe
     paths = tls_paths(s)
     cert = x509.load_pem_x509_certificate(host.file(str(paths.cert)).content)
     if s.tls.mode == "fleet_ca":
-        wanted = host_sans(s, ip_of(host.backend.hostname))
+        addresses = [ip] if (ip := ip_of(host.backend.hostname)) else []
+        if s.serves_ipv6:
+            listed = host.check_output("ip -6 -o addr show scope global").splitlines()
+            addresses += StableIpv6Addresses().process(listed)
+        wanted = host_sans(s, addresses)
         assert sorted(cert_sans(cert)) == sorted(name.lower() for name in wanted)
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     assert left > dt.timedelta(days=s.tls.renew_before_days)

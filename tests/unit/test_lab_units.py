@@ -147,6 +147,7 @@ def test_host_network_config_has_no_default_route() -> None:
     plan = SlotPlan(2)
     text = hosts.networkd_config(plan.host(3), plan)
     assert "Address=10.213.4.13/24" in text
+    assert "Address=fd0a:d5:0:4::13/64" in text  # the lab's ULA, on-link only
     assert "Destination=10.213.0.0/16\nGateway=10.213.4.1" in text
     assert "\nGateway=" not in text.split("[Route]")[0]
 
@@ -165,6 +166,16 @@ def test_nft_forward_chain_drops_all_but_lab_to_lab() -> None:
     assert "table inet ollama_fleet_lab1" in text
     assert "hook forward priority 0; policy drop;" in text
     assert "ip saddr 10.213.0.0/16 ip daddr 10.213.0.0/16 accept" in text
+    assert "ip6 saddr fd0a:d5::/48 ip6 daddr fd0a:d5::/48 accept" in text
+
+
+def test_ipv6_plan_mirrors_the_ipv4_one() -> None:
+    plan = SlotPlan(5)
+    assert (plan.hosts_subnet6, plan.gateway_ip6, plan.host(1).ip6) == (
+        "fd0a:d5:0:a::/64",
+        "fd0a:d5:0:a::1",
+        "fd0a:d5:0:a::11",
+    )
 
 
 # --- inventory and ssh_config ---
@@ -216,7 +227,7 @@ def test_lab_settings_point_at_the_slot_mirror_and_subnets(tmp_path: Path) -> No
     settings = lab_settings(SlotPlan(2), tmp_path, tmp_path / "tiny.gguf")
     assert settings["ollama_source"] == "mirror"
     assert settings["ollama_mirror_url"] == "http://10.213.4.1:8080/ollama"
-    assert settings["firewall_client_subnets"] == ["10.213.4.0/24"]
+    assert settings["firewall_client_subnets"] == ["10.213.4.0/24", "fd0a:d5:0:4::/64"]
     assert settings["firewall_admin_subnets"] == ["10.213.4.0/24"]
     assert settings["lab_outsider_ip"] == "10.213.5.2"
     assert settings["tls_ca_dir"] == str(tmp_path / "pki")

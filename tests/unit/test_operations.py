@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ollama_fleet.operations import models, nginx, release, secrets, ufw
+from ollama_fleet.operations.addresses import StableIpv6Addresses
 
 pytestmark = pytest.mark.unit
 
@@ -174,10 +175,22 @@ def test_rule_spec_is_a_ufw_command_tagged_as_ours() -> None:
 
 def test_ufw_state_fact() -> None:
     state = ufw.Ufw().process(
-        ["Status: active", 'DEFAULT_INPUT_POLICY="DROP"', 'DEFAULT_OUTPUT_POLICY="ACCEPT"']
+        ["Status: active", 'DEFAULT_INPUT_POLICY="DROP"', 'DEFAULT_OUTPUT_POLICY="ACCEPT"', "IPV6=yes"]
     )
-    assert state == {"active": True, "incoming": "DROP", "outgoing": "ACCEPT"}
+    assert state == {"active": True, "incoming": "DROP", "outgoing": "ACCEPT", "ipv6": True}
     assert ufw.Ufw().process(["Status: inactive"])["active"] is False
+    assert ufw.Ufw().process(["Status: active", "IPV6=no"])["ipv6"] is False
+
+
+def test_stable_ipv6_addresses_leave_out_temporary_and_deprecated_ones() -> None:
+    listed = [
+        "2: host0    inet6 fd0a:d5::11/64 scope global \\       valid_lft forever preferred_lft forever",
+        "2: host0    inet6 2001:db8::5a1:1/64 scope global temporary dynamic \\       valid_lft 86000sec",
+        "2: host0    inet6 2001:db8::99/64 scope global deprecated dynamic \\       valid_lft 100sec",
+        "2: host0    inet6 2001:db8::a00:27ff:fe4e:66a1/64 scope global dynamic mngtmpaddr \\       valid",
+    ]
+    assert StableIpv6Addresses().process(listed) == ["2001:db8::a00:27ff:fe4e:66a1", "fd0a:d5::11"]
+    assert StableIpv6Addresses().process([]) == []
 
 
 def test_rules_for_every_subnet_and_port() -> None:

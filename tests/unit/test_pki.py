@@ -171,9 +171,14 @@ def test_host_sans_are_names_extra_sans_and_address(tmp_path: Path) -> None:
         "tls_extra_sans": ["ollama.example.net", "10.0.0.11"],
     }
     s = settings_for_host("ollama1", data, {})
-    assert host_sans(s, "10.0.0.11") == ["ollama1.lan", "ollama.example.net", "10.0.0.11"]
+    assert host_sans(s, ["10.0.0.11", "fd0a:d5::11"]) == [
+        "ollama1.lan",
+        "ollama.example.net",
+        "10.0.0.11",
+        "fd0a:d5::11",
+    ]
     default = settings_for_host("gpu7.lan", {"firewall_enabled": False, "auth_enabled": False}, {})
-    assert host_sans(default, None) == ["gpu7.lan"]
+    assert host_sans(default, []) == ["gpu7.lan"]
 
 
 def test_fresh_certificate_needs_no_reissue_in_any_san_order_or_case(ca: FleetCA) -> None:

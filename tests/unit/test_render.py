@@ -303,7 +303,7 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     """A self-contained nginx prefix holding the rendered site, its keys include and a host certificate."""
     tls = render.tls_paths(s)
     Path(tls.cert).parent.mkdir(parents=True)
-    cert_pem, key_pem = ca.issue("localhost", ["localhost", "127.0.0.1"])
+    cert_pem, key_pem = ca.issue("localhost", ["localhost", "127.0.0.1", "::1"])
     Path(tls.cert).write_text(cert_pem)
     Path(tls.key).write_text(key_pem)
     keys = tmp / "api-keys.conf"
@@ -311,6 +311,7 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     site = render.render_nginx_site(s, api_keys_path=PurePosixPath(keys))
     # The lab and real hosts listen on every address; the test listens on loopback only.
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
+    site = site.replace("listen [::]:", "listen [::1]:")
     site = site.replace("/var/log/nginx/ollama-fleet.access.log", str(tmp / "ollama-fleet.access.log"))
     (tmp / "site.conf").write_text(site)
     temp_paths = "\n".join(
@@ -410,8 +411,15 @@ def _bearer(key: str) -> dict[str, str]:
             "nginx_https_port": 8443,
             "nginx_http_port": 8080,
         },
+        {"firewall_client_subnets": ["10.0.0.0/24", "fd0a:d5::/64"], "nginx_http_redirect": True},
     ],
-    ids=["default", "auth-off", "health-closed-no-origins", "wildcard-no-hsts-redirect-ports"],
+    ids=[
+        "default",
+        "auth-off",
+        "health-closed-no-origins",
+        "wildcard-no-hsts-redirect-ports",
+        "ipv6-clients",
+    ],
 )
 def test_nginx_accepts_the_rendered_site(tmp_path: Path, ca: FleetCA, data: dict[str, Any]) -> None:
     s = fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls"), **data)
@@ -782,3 +790,16 @@ def test_plain_http_is_closed_by_default_and_hsts_is_on(tmp_path: Path) -> None:
     site = render.render_nginx_site(fleet_settings(tmp_path))
     assert not re.search(r"^\s*listen 80\b", site, re.M)
     assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in site
+
+
+def test_ipv6_client_subnets_make_nginx_listen_on_ipv6_too(tmp_path: Path, ca: FleetCA) -> None:
+    v4_only = render.render_nginx_site(fleet_settings(tmp_path))
+    assert "[::]" not in v4_only
+    data = {"firewall_client_subnets": ["10.0.0.0/24", "fd0a:d5::/64"], "firewall_enabled": True}
+    with running_nginx(tmp_path, ca, **data) as proxy:
+        site = (proxy.prefix / "site.conf").read_text()
+        assert "listen [::1]:" in site  # [::] in the deploy, narrowed to loopback here
+        port = proxy.https.rsplit(":", 1)[1]
+        with httpx.Client(base_url=f"https://[::1]:{port}", verify=_strict_context(proxy.ca_file)) as client:
+            answer = client.get("/v1/models", headers=_bearer(ALICE_KEY))
+    assert answer.status_code == 200, answer.text

@@ -60,7 +60,7 @@ def statuses(results: dict[str, CheckResult]) -> dict[str, Status]:
     return {name: result.status for name, result in results.items()}
 
 
-HEALTHY = {name: Status.PASS for name in CHECK_NAMES} | {"outsider": Status.NA}
+HEALTHY = {name: Status.PASS for name in CHECK_NAMES} | {"outsider": Status.NA, "ipv6": Status.NA}
 
 
 def test_a_healthy_host_passes_every_check(host: FakeHost) -> None:
@@ -83,7 +83,7 @@ def test_ollama_refusing_the_host_header_fails_root_and_blocks_what_needs_ollama
     assert results["root"].status is Status.FAIL
     assert "must send Host: localhost:11434" in results["root"].reason
     blocked = {n for n, r in results.items() if r.status is Status.BLOCKED}
-    assert blocked == {"auth", "scopes", "version", "models", "chat", "stream"}
+    assert blocked == {"auth", "scopes", "version", "models", "chat", "stream", "ipv6"}
     assert all(results[n].status is Status.PASS for n in ("tls", "cors", "raw_port"))
 
 
@@ -123,6 +123,7 @@ def test_a_stale_key_list_fails_auth_and_names_the_key(host: FakeHost) -> None:
         "models",
         "chat",
         "stream",
+        "ipv6",
     }
 
 
@@ -176,7 +177,7 @@ def test_a_certificate_from_another_ca_fails_tls_and_blocks_https_checks(
     results = run(target_for(host, tls_ca_dir=str(tmp_path / "other-ca")))
     assert results["tls"].status is Status.FAIL
     assert "does not verify against the fleet CA" in results["tls"].reason
-    https_checks = {"root", "auth", "scopes", "version", "models", "chat", "stream", "cors"}
+    https_checks = {"root", "auth", "scopes", "version", "models", "chat", "stream", "cors", "ipv6"}
     assert {n for n, r in results.items() if r.status is Status.BLOCKED} == https_checks
     assert results["raw_port"].status is Status.PASS  # the host answered TCP: reachable
 
@@ -275,3 +276,27 @@ def test_an_admin_key_refused_on_admin_paths_fails_scopes(host: FakeHost) -> Non
     assert run(target_for(host, auth_key_policies=policies))["scopes"].figure == (
         "0 inference key(s) refused admin paths, 1 admin pass"
     )
+
+
+IPV6_CLIENTS = {"firewall_client_subnets": ["127.0.0.0/8", "::1/128"]}
+
+
+def test_ipv6_clients_get_tls_and_the_api_on_every_ipv6_address_the_certificate_names(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(keys={KEY}), sans=("127.0.0.1", "::1"), ipv6=True) as served:
+        results = run(target_for(served, **IPV6_CLIENTS))
+    assert statuses(results) == HEALTHY | {"ipv6": Status.PASS}, results["ipv6"].reason
+    assert results["ipv6"].figure.startswith("TLS and the API over ::1")
+
+
+def test_a_certificate_without_the_ipv6_address_fails_ipv6_only(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(keys={KEY}), ipv6=True) as served:
+        results = run(target_for(served, **IPV6_CLIENTS))
+    assert statuses(results) == HEALTHY | {"ipv6": Status.FAIL}
+    assert "the certificate names no IPv6 address (it names 127.0.0.1)" in results["ipv6"].reason
+
+
+def test_nothing_listening_on_ipv6_fails_ipv6_only(tmp_path: Path) -> None:
+    with fake_host(tmp_path / "ca", Behaviour(keys={KEY}), sans=("127.0.0.1", "::1")) as served:
+        results = run(target_for(served, **IPV6_CLIENTS))
+    assert statuses(results) == HEALTHY | {"ipv6": Status.FAIL}
+    assert "GET /v1/models" in results["ipv6"].reason and "[::1]" in results["ipv6"].reason

@@ -8,6 +8,7 @@ CA. Each attribute is a knob that turns one fault on, so a test can prove which 
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 import time
@@ -154,6 +155,10 @@ class _Server(ThreadingHTTPServer):
     behaviour: Behaviour
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 @dataclass
 class FakeHost:
     port: int
@@ -163,10 +168,14 @@ class FakeHost:
 
 @contextmanager
 def fake_host(
-    ca_dir: Path, behaviour: Behaviour | None = None, sans: tuple[str, ...] = ("127.0.0.1",), tls: bool = True
+    ca_dir: Path,
+    behaviour: Behaviour | None = None,
+    sans: tuple[str, ...] = ("127.0.0.1",),
+    tls: bool = True,
+    ipv6: bool = False,
 ) -> Iterator[FakeHost]:
-    """Serve a fake host on 127.0.0.1 until the block ends: over TLS with a certificate from the fleet CA in
-    ca_dir, or (tls=False) plain HTTP like Ollama itself."""
+    """Serve a fake host on 127.0.0.1 (and on ::1, same port, with ipv6) until the block ends: over TLS with
+    a certificate from the fleet CA in ca_dir, or (tls=False) plain HTTP like Ollama itself."""
     ca = FleetCA.load_or_create(ca_dir)
     cert_pem, key_pem = ca.issue("fake-host", list(sans))
     material = ca_dir / "fake-host"
@@ -175,14 +184,17 @@ def fake_host(
     (material / "key.pem").write_text(key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(material / "cert.pem", material / "key.pem")
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.behaviour = behaviour or Behaviour()
-    if tls:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    servers = [_Server(("127.0.0.1", 0), _Handler)]
+    if ipv6:
+        servers.append(_Server6(("::1", servers[0].server_address[1]), _Handler))
+    for server in servers:
+        server.behaviour = behaviour or servers[0].behaviour
+        if tls:
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield FakeHost(port=server.server_address[1], behaviour=server.behaviour, ca_dir=ca_dir)
+        yield FakeHost(port=servers[0].server_address[1], behaviour=servers[0].behaviour, ca_dir=ca_dir)
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()

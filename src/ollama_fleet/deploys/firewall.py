@@ -87,6 +87,7 @@ def check_ssh_client_allowed(s: FleetSettings) -> None:
 def firewall(s: FleetSettings) -> None:
     packages.packages_installed(name="Install ufw", packages=["ufw"])
     check_ssh_client_allowed(s)
+    ufw.ipv6_filtered(name="Filter IPv6 too (IPV6=yes)")
     ufw.default_policies(name="Deny incoming, allow outgoing by default", incoming="deny", outgoing="allow")
     ufw.tagged_rules_exactly(
         name=f"Allow SSH from admin subnets and the API from client subnets (rules tagged {ufw.TAG})",

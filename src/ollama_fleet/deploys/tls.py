@@ -21,6 +21,7 @@ from pyinfra.facts.hardware import Ipv4Addrs
 from pyinfra.operations import files
 
 from ollama_fleet.deploys.fleet import FleetError
+from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.operations.secrets import Secret, certificate_and_key
 from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue, pair_problem
 from ollama_fleet.render import tls_paths
@@ -39,6 +40,16 @@ def host_address() -> str | None:
             if not ipaddress.ip_address(address).is_loopback:
                 return str(address)
     return None
+
+
+def host_addresses(s: FleetSettings) -> list[str]:
+    """The addresses the certificate names: the host's IPv4 and, when clients may come over IPv6, its stable
+    IPv6 addresses too (the certificate must match whichever one a client dials)."""
+    addresses = [address] if (address := host_address()) else []
+    if s.serves_ipv6:
+        ipv6: list[str] = host.get_fact(StableIpv6Addresses)
+        addresses += ipv6
+    return addresses
 
 
 def issued_certificate(s: FleetSettings, ca: FleetCA, sans: list[str]) -> tuple[str, Secret]:
@@ -76,7 +87,7 @@ def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None
     else:
         try:
             ca = FleetCA.load_or_create(Path(s.tls.ca_dir))
-            cert, key = issued_certificate(s, ca, host_sans(s, host_address()))
+            cert, key = issued_certificate(s, ca, host_sans(s, host_addresses(s)))
         except PkiError as exc:
             raise FleetError(f"{s.host}: TLS certificate: {exc}") from None
         reload_triggers.append(

@@ -36,14 +36,16 @@ def etc_hosts(me: HostPlan, plan: SlotPlan, everyone: list[HostPlan]) -> str:
     """/etc/hosts with the host's own name (else sudo waits on DNS) and every lab peer."""
     lines = ["127.0.0.1 localhost", f"127.0.1.1 {me.name}", f"{plan.gateway_ip} lab-controller"]
     lines += [f"{peer.ip} {peer.name}" for peer in everyone if peer != me]
+    lines += ["::1 localhost ip6-localhost ip6-loopback"]
     return "\n".join(lines) + "\n"
 
 
 def networkd_config(me: HostPlan, plan: SlotPlan) -> str:
-    """Static address and a route to the lab supernet only: hosts have no default route, so no way out."""
+    """Static addresses and routes to the lab supernets only: hosts have no default route, so no way out."""
     return (
         "[Match]\nName=host0\n\n"
-        f"[Network]\nAddress={me.ip}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n\n"
+        f"[Network]\nAddress={me.ip}/24\nAddress={me.ip6}/64\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        "IPv6DuplicateAddressDetection=0\n\n"
         f"[Route]\nDestination={LAB_SUPERNET}\nGateway={plan.gateway_ip}\n"
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ollama_fleet.lab.plan import LAB_SUPERNET, SlotPlan
+from ollama_fleet.lab.plan import LAB_SUPERNET, LAB_SUPERNET6, SlotPlan
 from ollama_fleet.lab.run import run, succeeds
 
 
@@ -15,6 +15,9 @@ def nft_ruleset(plan: SlotPlan) -> str:
         "  chain forward {\n"
         "    type filter hook forward priority 0; policy drop;\n"
         f"    ip saddr {LAB_SUPERNET} ip daddr {LAB_SUPERNET} accept\n"
+        f"    ip6 saddr {LAB_SUPERNET6} ip6 daddr {LAB_SUPERNET6} accept\n"
+        # neighbour discovery between bridged hosts goes to multicast addresses
+        f"    ip6 saddr {LAB_SUPERNET6} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept\n"
         "  }\n"
         "}\n"
     )
@@ -32,16 +35,23 @@ def nft_table_exists(plan: SlotPlan) -> bool:
     return succeeds(["nft", "list", "table", "inet", plan.nft_table])
 
 
-def _bridge(name: str, address: str) -> None:
+def _bridge(name: str, address: str, address6: str | None = None) -> None:
     run(["ip", "link", "add", name, "type", "bridge"])
-    # No IPv6 on lab bridges: keeps link-local chatter off and the lab IPv4-only like its hosts.
-    Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1\n")
+    conf = Path(f"/proc/sys/net/ipv6/conf/{name}")
+    if address6 is None:
+        (conf / "disable_ipv6").write_text("1\n")
+    else:
+        # The lab's ULA only: no link-local address, no router solicitations, no duplicate detection wait.
+        for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"), ("disable_ipv6", "0")):
+            (conf / key).write_text(f"{value}\n")
     run(["ip", "addr", "add", address, "dev", name])
+    if address6 is not None:
+        run(["ip", "-6", "addr", "add", address6, "dev", name, "nodad"])
     run(["ip", "link", "set", name, "up"])
 
 
 def up(plan: SlotPlan) -> None:
-    _bridge(plan.bridge, f"{plan.gateway_ip}/24")
+    _bridge(plan.bridge, f"{plan.gateway_ip}/24", f"{plan.gateway_ip6}/64")
     _bridge(plan.outsider_bridge, f"{plan.outsider_gateway_ip}/24")
     run(["ip", "netns", "add", plan.netns])
     run(["ip", "link", "add", plan.outsider_veth, "type", "veth", "peer", "name", plan.outsider_veth_peer])

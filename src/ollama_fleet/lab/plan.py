@@ -1,8 +1,10 @@
 """The address and name plan of a lab slot: pure data, so several labs can coexist and be torn down by name.
 
 Slot S owns 10.213.(2S).0/24 for hosts (controller .1, hosts from .11) and 10.213.(2S+1).0/24 for the
-outsider namespace (controller .1, outsider .2). Every kernel object the lab makes carries the slot in its
-name.
+outsider namespace (controller .1, outsider .2). The hosts' bridge also carries fd0a:d5:0:<2S in hex>::/64
+(a ULA named after 10.213: host 10.213.x.11 is ...::11, the controller ...::1), so IPv6 clients can be tested;
+the outsider stays IPv4-only (the controller does not route IPv6). Every kernel object the lab makes carries
+the slot in its name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ FIRST_HOST_OCTET = 11
 MAX_HOSTS = 240
 MIRROR_PORT = 8080
 LAB_SUPERNET = "10.213.0.0/16"
+LAB_SUPERNET6 = "fd0a:d5::/48"
 
 
 def default_slot() -> int:
@@ -29,6 +32,7 @@ class HostPlan:
     machine: str
     """nspawn machine name; carries the slot so host-side veth names (vb-<machine>) never collide."""
     ip: str
+    ip6: str
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,18 @@ class SlotPlan:
     @property
     def gateway_ip(self) -> str:
         return f"{self.hosts_prefix}.1"
+
+    @property
+    def hosts_prefix6(self) -> str:
+        return f"fd0a:d5:0:{2 * self.slot:x}:"
+
+    @property
+    def hosts_subnet6(self) -> str:
+        return f"{self.hosts_prefix6}:/64"
+
+    @property
+    def gateway_ip6(self) -> str:
+        return f"{self.hosts_prefix6}:1"
 
     @property
     def outsider_gateway_ip(self) -> str:
@@ -113,6 +129,7 @@ class SlotPlan:
             name=f"lab-{index}",
             machine=f"lab{self.slot}-{index}",
             ip=f"{self.hosts_prefix}.{FIRST_HOST_OCTET + index - 1}",
+            ip6=f"{self.hosts_prefix6}:{FIRST_HOST_OCTET + index - 1}",
         )
 
     def hosts(self, count: int) -> list[HostPlan]:

@@ -71,20 +71,22 @@ class UfwState(TypedDict):
     active: bool
     incoming: str | None  # iptables words: DROP / ACCEPT / REJECT
     outgoing: str | None
+    ipv6: bool  # IPV6=yes in /etc/default/ufw: else ufw leaves IPv6 wide open
 
 
 class Ufw(FactBase[UfwState]):
-    """Whether ufw is active and its default incoming/outgoing policies (/etc/default/ufw)."""
+    """Whether ufw is active, its default incoming/outgoing policies and IPv6 switch (/etc/default/ufw)."""
 
     @staticmethod
     def default() -> UfwState:
-        return {"active": False, "incoming": None, "outgoing": None}
+        return {"active": False, "incoming": None, "outgoing": None, "ipv6": False}
 
     def requires_command(self) -> str:
         return "ufw"
 
     def command(self) -> str:
-        return "ufw status | head -n 1; grep -E '^DEFAULT_(INPUT|OUTPUT)_POLICY=' /etc/default/ufw || true"
+        settings = "grep -E '^(DEFAULT_(INPUT|OUTPUT)_POLICY|IPV6)=' /etc/default/ufw"
+        return f"ufw status | head -n 1; {settings} || true"
 
     def process(self, output: list[str]) -> UfwState:
         found = self.default()
@@ -95,6 +97,8 @@ class Ufw(FactBase[UfwState]):
                 found["incoming"] = line.split("=", 1)[1].strip('"')
             elif line.startswith("DEFAULT_OUTPUT_POLICY="):
                 found["outgoing"] = line.split("=", 1)[1].strip('"')
+            elif line.startswith("IPV6="):
+                found["ipv6"] = line.split("=", 1)[1].strip('"').lower() == "yes"
         return found
 
 
@@ -236,6 +240,24 @@ def address_in(address: str, subnets: Iterable[IPNetwork]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip.version == net.version and ip in net for net in subnets)
+
+
+@operation()
+def ipv6_filtered() -> Generator[str, None, None]:
+    """
+    Make ufw filter IPv6 too (IPV6=yes), reloading it when active so its IPv6 chains exist before any
+    IPv6 rule is added. With IPV6=no every IPv6 port, SSH included, is open to anyone.
+    """
+    current = host.get_fact(Ufw)
+    if current["ipv6"]:
+        host.noop("ufw filters IPv6")
+        return
+    yield (
+        "if grep -q '^IPV6=' /etc/default/ufw; then sed -i 's/^IPV6=.*/IPV6=yes/' /etc/default/ufw; "
+        "else echo IPV6=yes >> /etc/default/ufw; fi"
+    )
+    if current["active"]:
+        yield "ufw reload"
 
 
 @operation()

@@ -99,6 +99,11 @@ class FleetSettings(BaseModel):
     def server_names(self) -> list[str]:
         return self.nginx.server_names or [self.host]
 
+    @property
+    def serves_ipv6(self) -> bool:
+        """IPv6 client subnets: nginx listens on [::] too and the certificate carries the host's IPv6."""
+        return any(subnet.version == 6 for subnet in self.firewall.client_subnets)
+
 
 def _clashing(ports: dict[str, int]) -> str:
     seen: dict[int, str] = {}

@@ -7,6 +7,7 @@ when it is missing they are reported as blocked, so a fault shows as one failed 
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import ssl
 import time
@@ -431,6 +432,62 @@ def check_plain_http(ctx: HostContext) -> CheckResult:
     return passed(f"{nginx.http_port} closed ({outcome})")
 
 
+def check_ipv6(ctx: HostContext) -> CheckResult:
+    """With IPv6 client subnets: each IPv6 address the certificate names serves TLS (verified against it)
+    and the API with a key, and Ollama's own port is closed there too."""
+    target, s = ctx.target, ctx.settings
+    if not target.https:
+        return not_applicable("nginx disabled: no HTTPS to check over IPv6")
+    if not s.serves_ipv6:
+        return not_applicable("no IPv6 subnet in firewall_client_subnets")
+    names = probes.certificate_names(target.address, target.port, ctx.timeout)
+    addresses = [name for name in names if _is_ipv6(name)]
+    if not addresses:
+        raise CheckFailed(
+            f"firewall_client_subnets has IPv6 subnets but the certificate names no IPv6 address (it names "
+            f"{', '.join(names) or 'nothing'}): re-run the deploy (fleet CA) or add the host's IPv6 address "
+            "to the provided certificate"
+        )
+    served = []
+    for address in addresses:
+        url = f"https://[{address}]:{target.port}/v1/models"
+        try:
+            with httpx.Client(verify=probes.client_ssl_context(target.ca_file), trust_env=False) as client:
+                response = client.get(url, headers=ctx.auth_header(ctx.key), timeout=ctx.timeout)
+        except httpx.HTTPError as exc:
+            reason = explain_transport(exc, f"[{address}]", target.port, "GET /v1/models")
+            raise CheckFailed(
+                f"{reason}; nginx must listen on [::]:{target.port} (re-run the deploy)"
+            ) from None
+        if response.status_code != 200:
+            raise CheckFailed(explain_status(response.status_code, response.text, f"GET {url}"))
+        _ollama_port_guarded(ctx, address)
+        served.append(address)
+    return passed(f"TLS and the API over {', '.join(served)}; {s.ollama.listen_port} filtered there")
+
+
+def _ollama_port_guarded(ctx: HostContext, address: str) -> None:
+    port, firewall = ctx.settings.ollama.listen_port, ctx.settings.firewall.enabled
+    outcome = probes.tcp_connect(address, port)
+    if outcome == "open":
+        raise CheckFailed(
+            f"port {port} of [{address}] accepts connections: Ollama is exposed over IPv6 without TLS or "
+            "keys; keep ollama_listen on 127.0.0.1"
+        )
+    if firewall and outcome != "timeout":
+        raise CheckFailed(
+            f"port {port} of [{address}] answered ({outcome}) instead of being dropped: ufw does not filter "
+            "IPv6 (IPV6=no in /etc/default/ufw?); re-run the deploy"
+        )
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).version == 6
+    except ValueError:
+        return False
+
+
 def check_outsider(ctx: HostContext) -> CheckResult:
     target = ctx.target
     netns = target.data.get("lab_outsider_netns")
@@ -483,6 +540,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     # A dropped port is proven by a timeout (seconds): full check only.
     CheckSpec("raw_port", check_raw_port, needs=("reachable",), quick=False),
     CheckSpec("plain_http", check_plain_http, needs=("reachable",), quick=False),
+    CheckSpec("ipv6", check_ipv6, needs=("https", "key"), quick=False),
     CheckSpec("outsider", check_outsider, needs=("reachable",), quick=False),
 )
 CHECK_NAMES = tuple(spec.name for spec in CHECKS)
