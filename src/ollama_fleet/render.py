@@ -19,6 +19,10 @@ import jinja2
 from ollama_fleet.settings import CustomModel, FleetSettings
 
 API_KEYS_PATH = PurePosixPath("/etc/nginx/ollama-fleet/api-keys.conf")
+MODEL_ALLOW_LIST_JS = "nginx-model-allow-list.js"
+MODEL_ALLOW_LIST_JS_PATH = PurePosixPath("/usr/share/ollama-fleet/nginx-model-allow-list.js")
+"""Static (the lists are in the site's map), outside /etc/nginx so a staged copy validates against it."""
+NJS_PACKAGE = "libnginx-mod-http-js"
 OLLAMA_BIN = PurePosixPath("/usr/local/bin/ollama")
 # install.sh bakes the installing shell's $PATH into the unit; a fixed, standard one keeps hosts identical.
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -85,11 +89,17 @@ JSON_ERRORS = {
 """Errors nginx itself makes, answered as OpenAI-shaped JSON instead of nginx's HTML pages."""
 
 
-def render_nginx_site(s: FleetSettings, *, api_keys_path: PurePosixPath = API_KEYS_PATH) -> str:
+def render_nginx_site(
+    s: FleetSettings,
+    *,
+    api_keys_path: PurePosixPath = API_KEYS_PATH,
+    allow_list_js_path: PurePosixPath = MODEL_ALLOW_LIST_JS_PATH,
+) -> str:
     """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama.
 
     `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there.
     """
+    model_allow_list_js = allow_list_js_path if needs_njs(s) else None
     return _render(
         s,
         s.nginx.site_template,
@@ -103,7 +113,20 @@ def render_nginx_site(s: FleetSettings, *, api_keys_path: PurePosixPath = API_KE
         inference_paths=INFERENCE_PATHS,
         policies=[(name, s.auth.policy(name)) for name in s.auth.key_names],
         json_errors=JSON_ERRORS,
+        model_allow_list_js=model_allow_list_js,
     )
+
+
+def needs_njs(s: FleetSettings) -> bool:
+    """A key with a model allow-list: nginx needs njs to read the model from the request body."""
+    return s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)
+
+
+def model_allow_list_js(s: FleetSettings) -> str:
+    """The njs module that checks a key's model allow-list (from nginx_template_dirs or built in)."""
+    env = _environment(tuple(s.nginx.template_dirs))
+    assert env.loader is not None
+    return env.loader.get_source(env, MODEL_ALLOW_LIST_JS)[0]  # as written: JavaScript, not a template
 
 
 def render_api_keys(s: FleetSettings) -> str:

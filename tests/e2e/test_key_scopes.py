@@ -88,3 +88,44 @@ def test_the_access_log_names_keys_never_their_values(fleet: DeployedFleet) -> N
     log = fleet.ssh_ok(fleet.hosts[0], "cat /var/log/nginx/ollama-fleet.access.log")
     assert " - key=ci [" in log and " - key=webapp [" in log
     assert not any(key in log for key in fleet.keys.values())
+
+
+def test_a_key_with_a_model_list_chats_with_its_model_only(api: httpx.Client, fleet: DeployedFleet) -> None:
+    """kiosk may use tiny only (njs reads the body's model on the host's real nginx)."""
+    messages = [{"role": "user", "content": "hi"}]
+    allowed = api.post(
+        "/v1/chat/completions",
+        json={"model": "tiny", "messages": messages, "max_tokens": 4},
+        headers=_as(fleet, "kiosk"),
+    )
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["choices"][0]["message"]["role"] == "assistant"
+    refused = api.post(
+        "/v1/chat/completions",
+        json={"model": "vehicle-assistant", "messages": messages, "max_tokens": 4},
+        headers=_as(fleet, "kiosk"),
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "model_not_allowed"
+    assert "may use: tiny:latest" in refused.json()["error"]["message"]
+    other = api.post(
+        "/v1/chat/completions",
+        json={"model": "vehicle-assistant", "messages": messages, "max_tokens": 4},
+        headers=_as(fleet, "ci"),
+    )
+    assert other.status_code == 200, other.text
+
+
+def test_a_stream_through_the_model_check_arrives_chunk_by_chunk(
+    api: httpx.Client, fleet: DeployedFleet
+) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 16,
+        "stream": True,
+    }
+    with api.stream("POST", "/v1/chat/completions", json=body, headers=_as(fleet, "kiosk")) as response:
+        assert response.status_code == 200
+        events = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and len(events) > 2

@@ -36,6 +36,7 @@ ALICE_KEY = "sk-alice.0123456789+abcdef"
 CI_KEY = "ci-bot_ABCDEFGHIJKLMNOP/=="
 ENVIRON = {"OLLAMA_FLEET_API_KEY_ALICE": ALICE_KEY, "OLLAMA_FLEET_API_KEY_CI_BOT": CI_KEY}
 ORIGINS = ["https://app.example.com", "https://*.example.org"]
+NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # Debian's libnginx-mod-http-js
 
 
 def fleet_settings(tmp_path: Path, **data: Any) -> FleetSettings:
@@ -308,7 +309,10 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     Path(tls.key).write_text(key_pem)
     keys = tmp / "api-keys.conf"
     keys.write_text(render.render_api_keys(s))
-    site = render.render_nginx_site(s, api_keys_path=PurePosixPath(keys))
+    allow_list_js = render.builtin_templates_dir() / render.MODEL_ALLOW_LIST_JS
+    site = render.render_nginx_site(
+        s, api_keys_path=PurePosixPath(keys), allow_list_js_path=PurePosixPath(allow_list_js)
+    )
     # The lab and real hosts listen on every address; the test listens on loopback only.
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
     site = site.replace("listen [::]:", "listen [::1]:")
@@ -317,8 +321,11 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    # Debian loads njs through modules-enabled; this self-contained config loads it itself.
+    njs = f"load_module {NJS_MODULE};\n" if "js_import" in site else ""
     (tmp / "nginx.conf").write_text(
-        f"daemon off;\nmaster_process off;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'} info;\n"
+        njs + "daemon off;\n"
+        f"master_process off;\npid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'} info;\n"
         f"events {{ worker_connections 64; }}\n"
         f"http {{\n    access_log {tmp / 'access.log'};\n{temp_paths}\n    include {tmp / 'site.conf'};\n}}\n"
     )
@@ -443,6 +450,8 @@ def test_nginx_accepts_the_site_inside_debians_own_nginx_conf(tmp_path: Path, ca
     assert "include /etc/nginx/sites-enabled/*;" in conf
     wrapped = tmp_path / "debian-nginx.conf"
     wrapped.write_text(conf.replace("include /etc/nginx/sites-enabled/*;", f"include {site};"))
+    # modules-enabled names modules relative to nginx's prefix (on Debian /usr/share/nginx/modules, a link)
+    (tmp_path / "modules").symlink_to("/usr/lib/nginx/modules")
     result = nginx_config_test(wrapped)
     assert result.returncode == 0, result.stderr
     assert "[warn]" not in result.stderr, result.stderr
@@ -803,3 +812,82 @@ def test_ipv6_client_subnets_make_nginx_listen_on_ipv6_too(tmp_path: Path, ca: F
         with httpx.Client(base_url=f"https://[::1]:{port}", verify=_strict_context(proxy.ca_file)) as client:
             answer = client.get("/v1/models", headers=_bearer(ALICE_KEY))
     assert answer.status_code == 200, answer.text
+
+
+ALLOW_LISTED = {"auth_key_policies": {"alice": {"models": ["tiny", "library/vehicle-assistant:latest"]}}}
+
+
+@pytest.fixture(scope="module")
+def allow_listed(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Proxy]:
+    with running_nginx(tmp_path_factory.mktemp("nginx-models"), ca, **ALLOW_LISTED) as running:
+        yield running
+
+
+def _chat(client: httpx.Client, key: str, body: object) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post("/v1/chat/completions", content=content, headers=_bearer(key))
+
+
+@pytest.mark.parametrize(
+    "model", ["tiny", "tiny:latest", "vehicle-assistant", "registry.ollama.ai/library/tiny"]
+)
+def test_a_key_with_a_model_list_reaches_its_models_with_the_body_intact(
+    allow_listed: Proxy, model: str
+) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    with allow_listed.client() as client:
+        response = _chat(client, ALICE_KEY, body)
+    assert response.status_code == 200, response.text
+    seen = allow_listed.upstream.seen[-1]
+    assert seen["path"] == "/v1/chat/completions" and json.loads(seen["body"]) == body
+    assert seen["headers"]["Host"] == f"localhost:{allow_listed.upstream.port}"
+    assert "Authorization" not in seen["headers"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"model": "llama3.2:1b"}, 403, "model_not_allowed"),
+        ({"model": "tiny:other-tag"}, 403, "model_not_allowed"),
+        ({"messages": []}, 400, "model_required"),
+        (b"not json", 400, "model_required"),
+    ],
+    ids=["other-model", "other-tag", "no-model", "not-json"],
+)
+def test_a_key_with_a_model_list_is_refused_other_models_in_json(
+    allow_listed: Proxy, body: object, status: int, code: str
+) -> None:
+    before = len(allow_listed.upstream.seen)
+    with allow_listed.client() as client:
+        response = _chat(client, ALICE_KEY, body)
+    assert _error_code(response, status) == code
+    assert "'alice'" in response.json()["error"]["message"]
+    assert "tiny:latest, vehicle-assistant:latest" in response.json()["error"]["message"]
+    assert len(allow_listed.upstream.seen) == before  # Ollama never saw it
+
+
+def test_listing_needs_no_model_and_keys_without_a_list_are_not_checked(allow_listed: Proxy) -> None:
+    with allow_listed.client() as client:
+        assert client.get("/v1/models", headers=_bearer(ALICE_KEY)).status_code == 200
+        assert _chat(client, CI_KEY, {"model": "llama3.2:1b"}).status_code == 200
+
+
+def test_a_stream_through_the_model_check_is_not_buffered(allow_listed: Proxy) -> None:
+    body = {"model": "tiny", "stream": True}
+    with (
+        allow_listed.client(timeout=20) as client,
+        client.stream("POST", "/v1/chat/completions", json=body, headers=_bearer(ALICE_KEY)) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: {")
+        allow_listed.upstream.first_chunk_read.set()
+        rest = [line for line in lines if line]
+    assert rest == ["data: [DONE]"]
+    assert allow_listed.upstream.streamed_before_finish[-1] is True
+
+
+def test_the_model_check_is_left_out_when_no_key_has_a_list(tmp_path: Path) -> None:
+    site = render.render_nginx_site(fleet_settings(tmp_path))
+    assert "js_import" not in site and "418" not in site
+    assert not render.needs_njs(fleet_settings(tmp_path))
+    assert render.needs_njs(fleet_settings(tmp_path, **ALLOW_LISTED))

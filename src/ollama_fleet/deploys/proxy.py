@@ -4,18 +4,28 @@ in this run, or when its workers are older than the config files (a run cut off 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from io import StringIO
 
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
-from pyinfra.operations import systemd
+from pyinfra.operations import files, systemd
 
 from ollama_fleet.deploys.service import any_changed
 from ollama_fleet.operations import nginx, packages
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
 from ollama_fleet.operations.secrets import Secret
-from ollama_fleet.render import API_KEYS_PATH, render_api_keys, render_nginx_site, tls_paths
+from ollama_fleet.render import (
+    API_KEYS_PATH,
+    MODEL_ALLOW_LIST_JS_PATH,
+    NJS_PACKAGE,
+    model_allow_list_js,
+    needs_njs,
+    render_api_keys,
+    render_nginx_site,
+    tls_paths,
+)
 from ollama_fleet.settings import FleetSettings
 
 NGINX_DIR = "/etc/nginx"
@@ -27,9 +37,28 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
     paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
     # The site template and the keys include must agree on where the include lives.
     assert str(API_KEYS_PATH) == paths.keys
-    packages.packages_installed(name="Install nginx", packages=["nginx"])
+    njs = needs_njs(s)
+    packages.packages_installed(
+        name="Install nginx" + (f" and {NJS_PACKAGE}" if njs else ""),
+        packages=["nginx", *([NJS_PACKAGE] if njs else [])],
+    )
+    if njs:
+        allow_list = files.put(
+            name=f"Install {MODEL_ALLOW_LIST_JS_PATH}",
+            src=StringIO(model_allow_list_js(s)),
+            dest=str(MODEL_ALLOW_LIST_JS_PATH),
+            mode="644",
+            create_remote_dir=True,
+        )
+    else:
+        allow_list = files.file(
+            name=f"Remove {MODEL_ALLOW_LIST_JS_PATH} (no key has a model allow-list)",
+            path=str(MODEL_ALLOW_LIST_JS_PATH),
+            present=False,
+        )
     tls = tls_paths(s)
-    loaded = host.get_fact(NginxWorkers, files=[paths.site, paths.keys, str(tls.cert), str(tls.key)])
+    watched = [paths.site, paths.keys, str(tls.cert), str(tls.key), str(MODEL_ALLOW_LIST_JS_PATH)]
+    loaded = host.get_fact(NginxWorkers, files=watched)
     stale = nginx_reload_reason(loaded)
     if stale:
         logger.info(f"{host.print_prefix}nginx must reload: {stale}")
@@ -41,6 +70,6 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
     )
     nginx.reloaded_after_config_test(
         name="Reload nginx after a change",
-        _if=any_changed([site, *reload_triggers], or_if=stale is not None),
+        _if=any_changed([site, allow_list, *reload_triggers], or_if=stale is not None),
     )
     systemd.service(name="Enable and start nginx", service="nginx.service", running=True, enabled=True)

@@ -10,11 +10,16 @@ from ollama_fleet.lab.state import LabState
 LAB_ORIGIN = "https://app.lab.example"
 """The browser origin lab fleets allow, for CORS checks."""
 
-LAB_KEY_NAMES = ("ci", "ops", "webapp")
+LAB_KEY_NAMES = ("ci", "ops", "webapp", "kiosk")
 """API keys every lab fleet has; their values are made by `lab up` in `.lab/slot<S>/secrets.json`."""
 
-LAB_KEY_POLICIES = {"ops": {"scope": "admin"}, "webapp": {"rate": "2r/m"}}
-"""ci: an inference key; ops: the admin; webapp: a browser app's key, rate-limited so tests can reach it."""
+LAB_KEY_POLICIES = {
+    "ops": {"scope": "admin"},
+    "webapp": {"rate": "2r/m"},
+    "kiosk": {"models": ["tiny"]},
+}
+"""ci: an inference key; ops: the admin; webapp: a browser app's key, rate-limited so tests can reach it;
+kiosk: an app that may use the tiny model only."""
 
 VEHICLE_ASSISTANT = {
     "name": "vehicle-assistant",

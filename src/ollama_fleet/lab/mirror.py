@@ -29,7 +29,7 @@ from ollama_fleet.lab.paths import cache_dir
 from ollama_fleet.lab.run import LabError, run
 from ollama_fleet.localfiles import exclusive_lock
 
-MIRROR_PACKAGES = ("nginx", "ufw", "zstd")
+MIRROR_PACKAGES = ("nginx", "libnginx-mod-http-js", "ufw", "zstd")
 """What the deploy installs on hosts (their dependencies come along). Add here when the deploy needs more."""
 
 DEBIAN_SOURCES = (

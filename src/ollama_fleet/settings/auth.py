@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ollama_fleet.settings.base import Section
-from ollama_fleet.settings.rules import KEY_NAME
+from ollama_fleet.settings.rules import KEY_NAME, MODEL_NAME, listed_name
 
 RESOLVED_FIELDS = ("keys", "refused_keys")  # filled from secrets, never from inventory data
 
@@ -30,12 +30,21 @@ RATE = re.compile(r"[1-9]\d*r/[sm]")
 
 
 class KeyPolicy(Section):
-    """What one key may do: its scope and, optionally, how fast and how much at once."""
+    """What one key may do: its scope and, optionally, which models, how fast and how much at once."""
 
     scope: Scope = "inference"
+    models: list[str] = Field(default_factory=list)  # the only models it may name; empty: any
     rate: str | None = None  # nginx limit_req rate, e.g. "60r/m" or "5r/s"; None: unlimited
     burst: int = Field(default=0, ge=0)  # requests over the rate accepted at once before 429
     concurrency: int | None = Field(default=None, gt=0)  # requests in flight at once; None: unlimited
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(f"model {name!r} is not a model name (like llama3.2:1b)")
+        return sorted({listed_name(name) for name in value})  # as requests name them, once each
 
     @field_validator("rate")
     @classmethod

@@ -1,0 +1,67 @@
+// ollama-fleet: a key's model allow-list, checked by nginx (njs) before the request reaches Ollama.
+// nginx sends here only requests of keys that have a list ($ollama_fleet_key_models: the names, space
+// separated, as /api/tags lists them). A request naming another model, or no model, gets an OpenAI-shaped
+// 403 or 400; one naming an allowed model goes on to Ollama unchanged (body and streaming included).
+
+function listedName(name) {
+    // Like ollama_fleet.settings.rules.listed_name: tagged, no scheme, no default registry or library/.
+    var last = name.split("/").pop();
+    var tagged = last.indexOf(":") >= 0 ? name : name + ":latest";
+    var schemeAt = tagged.indexOf("://");
+    var parts = (schemeAt >= 0 ? tagged.slice(schemeAt + 3) : tagged).split("/");
+    if (parts.length === 3 && parts[0].toLowerCase() === "registry.ollama.ai") {
+        parts = parts.slice(1);
+    }
+    if (parts.length === 2 && parts[0].toLowerCase() === "library") {
+        parts = parts.slice(1);
+    }
+    return parts.join("/");
+}
+
+function refuse(r, status, code, message) {
+    var origin = r.variables.ollama_fleet_cors_origin;
+    if (origin) {
+        r.headersOut["Access-Control-Allow-Origin"] = origin;
+        r.headersOut["Vary"] = "Origin";
+    }
+    r.headersOut["Content-Type"] = "application/json";
+    var type = status === 403 ? "permission_error" : "invalid_request_error";
+    r.return(status, JSON.stringify({error: {message: message, type: type, param: "model", code: code}}));
+}
+
+function requestedModel(r) {
+    if (r.method === "GET" || r.method === "HEAD" || r.method === "OPTIONS") {
+        return null;
+    }
+    try {
+        // A body larger than client_body_buffer_size (the API's body limit) is not in memory: refused.
+        var body = JSON.parse(r.requestText);
+        var name = body.model || body.name;
+        return typeof name === "string" ? name : "";
+    } catch (e) {
+        return "";
+    }
+}
+
+function check(r) {
+    var key = r.variables.ollama_fleet_key_name;
+    var allowed = r.variables.ollama_fleet_key_models.split(" ");
+    var model = requestedModel(r);
+    if (model === null) {
+        r.internalRedirect("@ollama_fleet_upstream"); // nothing named: listing, version, ...
+        return;
+    }
+    if (model === "") {
+        refuse(r, 400, "model_required", "The key '" + key + "' may use only some models, so the request " +
+            "must be JSON naming one of them in \"model\": " + allowed.join(", ") + ".");
+        return;
+    }
+    if (allowed.indexOf(listedName(model)) < 0) {
+        refuse(r, 403, "model_not_allowed", "The key '" + key + "' may not use the model '" + model +
+            "'; it may use: " + allowed.join(", ") + ".");
+        return;
+    }
+    r.internalRedirect("@ollama_fleet_upstream");
+}
+
+export default {check: check, listedName: listedName};
