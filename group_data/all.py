@@ -111,13 +111,16 @@ auth_health_open = True
 # blob uploads). A key gets 403 naming its scope on any other path.
 auth_default_scope = "inference"
 # Per key: {"ci": {"scope": "admin"}, "webapp": {"rate": "60r/m", "burst": 10, "concurrency": 4}}.
-# rate (nginx limit_req, e.g. "5r/s") and concurrency (requests in flight) answer 429 when exceeded.
+# rate (nginx limit_req, e.g. "5r/s") and concurrency (requests in flight) answer 429 when exceeded;
+# models (e.g. ["llama3.2:1b"]) is the only models the key may name (403 model_not_allowed otherwise; needs
+# njs, which the deploy installs: libnginx-mod-http-js).
 auth_key_policies = {}
 
 # --- firewall_*: ufw on each host --------------------------------------------------------------------------
 # Manage ufw: deny incoming, allow SSH from admin subnets and the API ports from client subnets.
 firewall_enabled = True
 # Subnets that may use the API (HTTPS and the HTTP redirect), e.g. ["192.168.1.0/24"]; required when enabled.
+# An IPv6 subnet here makes nginx listen on [::] too and puts the host's IPv6 addresses in its certificate.
 firewall_client_subnets = []
 # Subnets that may reach SSH; required when enabled, and must hold the address you deploy from.
 firewall_admin_subnets = []
