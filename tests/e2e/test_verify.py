@@ -68,7 +68,7 @@ FAULTS = [
         "systemctl stop ollama",
         f"systemctl start ollama && {WAIT_FOR_OLLAMA}",
         fails="root",
-        blocked=frozenset({"auth", "scopes", "version", "models", "chat", "stream"}),
+        blocked=frozenset({"auth", "scopes", "version", "models", "chat", "stream", "ipv6"}),
         fix="systemctl status ollama",
     ),
     Fault(
@@ -89,9 +89,9 @@ FAULTS = [
         fix="re-run the deploy",
     ),
     Fault(
-        "ufw opens 11434",
-        "ufw allow 11434/tcp",
-        "ufw delete allow 11434/tcp",
+        "ufw opens 11434",  # to IPv4 only: over IPv6 it is the ipv6 check's business
+        "ufw allow from 0.0.0.0/0 to any port 11434 proto tcp",
+        "ufw delete allow from 0.0.0.0/0 to any port 11434 proto tcp",
         fails="raw_port",
         blocked=frozenset(),
         fix="ufw rule for 11434",
@@ -130,7 +130,7 @@ FAULTS = [
         None,
         fails="ipv6",
         blocked=frozenset(),
-        fix="ufw does not filter IPv6",
+        fix="IPV6=yes in /etc/default/ufw",
     ),
     Fault(
         "key list changed",

@@ -456,9 +456,11 @@ def check_ipv6(ctx: HostContext) -> CheckResult:
                 response = client.get(url, headers=ctx.auth_header(ctx.key), timeout=ctx.timeout)
         except httpx.HTTPError as exc:
             reason = explain_transport(exc, f"[{address}]", target.port, "GET /v1/models")
-            raise CheckFailed(
-                f"{reason}; nginx must listen on [::]:{target.port} (re-run the deploy)"
-            ) from None
+            if isinstance(exc, httpx.ConnectTimeout):  # e.g. IPV6=no after yes: DROP policy, no rules
+                fix = "ufw must filter IPv6 with its rules (IPV6=yes in /etc/default/ufw; re-run the deploy)"
+            else:
+                fix = f"nginx must listen on [::]:{target.port} (re-run the deploy)"
+            raise CheckFailed(f"{reason}; {fix}") from None
         if response.status_code != 200:
             raise CheckFailed(explain_status(response.status_code, response.text, f"GET {url}"))
         _ollama_port_guarded(ctx, address)
