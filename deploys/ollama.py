@@ -5,6 +5,6 @@ ufw, the pinned Ollama release, its service, TLS, the nginx proxy, its models an
 and the deploy ends by checking each host as a client would.
 """
 
-from ollama_fleet.deploys.site import deploy_site
+from ollama_fleet.deploys import deploy_site
 
 deploy_site()

@@ -42,6 +42,7 @@ MODULE_ORDER = (
     "test_key_scopes",
     "test_firewall_rules",
     "test_sudo_deploy",
+    "test_packaged",
     "test_model_pull",
     "test_rollout",
     "test_day2",

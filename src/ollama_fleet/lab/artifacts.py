@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ollama_fleet.lab import tinymodel
+from ollama_fleet.lab.progress import Progress, run_with_progress
 from ollama_fleet.localfiles import exclusive_lock, sha256_of
 
 DEFAULT_VERSION = "0.24.0"
@@ -211,7 +212,14 @@ def compile_ollama(recipe: Recipe, include_dir: Path, gobin: Path) -> Path:
             "CGO_CXXFLAGS": recipe.cgo_cxxflags,
         }
     )
-    _run([go_binary(), "install", *recipe.goflags, f"{MODULE}@v{recipe.version}"], env=env)
+    # -v (not part of the recipe): each package compiled is a line, so the progress shows steps.
+    cmd = [go_binary(), "install", "-v", *recipe.goflags, f"{MODULE}@v{recipe.version}"]
+    code, output = run_with_progress(
+        cmd, Progress(f"compiling Ollama v{recipe.version} (cold: ~4 min)"), env=env
+    )
+    if code != 0:
+        tail = "\n".join(output.strip().splitlines()[-40:])
+        raise BuildError(f"go install ... failed (exit {code}):\n{tail}")
     binary = gobin / "ollama"
     reported, expected = binary_version(binary), labelled_version(recipe)
     if reported != expected:

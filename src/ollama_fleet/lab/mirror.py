@@ -26,7 +26,8 @@ from typing import BinaryIO, ClassVar
 
 from ollama_fleet.lab import rootfs
 from ollama_fleet.lab.paths import cache_dir
-from ollama_fleet.lab.run import LabError, run
+from ollama_fleet.lab.progress import apt_bytes
+from ollama_fleet.lab.run import LabError, run, run_long
 from ollama_fleet.localfiles import exclusive_lock
 
 MIRROR_PACKAGES = ("nginx", "libnginx-mod-http-js", "ufw", "zstd")
@@ -98,8 +99,10 @@ def ensure_debs(base: Path) -> Path:
         _prepare_apt_dirs()
         options = _apt_options(base, building)
         run(["apt-get", "-q", *options, "update"], timeout=900)
-        run(
+        run_long(
             ["apt-get", "-q", "-y", *options, "install", "--download-only", *MIRROR_PACKAGES],
+            "downloading mirror packages",
+            count_bytes=apt_bytes,
             timeout=900,
         )
         shutil.rmtree(building / "partial")

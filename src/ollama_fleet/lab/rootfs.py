@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ollama_fleet.lab.paths import cache_dir
-from ollama_fleet.lab.run import run
+from ollama_fleet.lab.run import run, run_long
 from ollama_fleet.localfiles import exclusive_lock
 
 SUITE = "bookworm"
@@ -68,17 +68,11 @@ def ensure_base(log: bool = True) -> Path:
         building = rootfs_cache() / f".build-{recipe_hash()}-{os.getpid()}"
         if log:
             print(f"lab: building base rootfs {final} (debootstrap {SUITE}, ~1-2 min, once)", flush=True)
-        run(
-            [
-                "debootstrap",
-                f"--variant={VARIANT}",
-                f"--include={','.join(INCLUDE)}",
-                SUITE,
-                str(building),
-                DEBIAN_MIRROR,
-            ],
-            timeout=1800,
-        )
+        run_long(
+            ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}", SUITE, str(building),
+             DEBIAN_MIRROR],
+            f"debootstrap {SUITE}",
+        )  # fmt: skip
         _customize(building)
         building.rename(final)
         prune_unused_bases(keep=final)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from ollama_fleet.lab.progress import Progress, run_with_progress
 
 
 class LabError(RuntimeError):
@@ -22,6 +24,18 @@ def run(cmd: Sequence[str], *, input_text: str | None = None, timeout: float | N
         detail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise LabError(f"failed ({proc.returncode}): {' '.join(cmd)}\n{detail}")
     return proc.stdout
+
+
+def run_long(
+    cmd: Sequence[str], stage: str, *, count_bytes: Callable[[str], int] | None = None, timeout: float = 1800
+) -> str:
+    """`run` for steps that take minutes: progress on the way (see lab.progress), LabError with the tail of
+    the output when it fails."""
+    code, output = run_with_progress(cmd, Progress(stage, count_bytes), timeout=timeout)
+    if code != 0:
+        tail = "\n".join(output.strip().splitlines()[-40:])
+        raise LabError(f"{stage} failed ({code}): {' '.join(cmd)}\n{tail}")
+    return output
 
 
 def succeeds(cmd: Sequence[str], timeout: float | None = 60) -> bool:
