@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from verify_fleet import DeployedFleet, deploy_fleet
+from verify_fleet import PYINFRA, DeployedFleet, deploy_fleet
 
 from ollama_fleet.lab.hosts import LAB_SUDO_USER
 from ollama_fleet.lab.state import LabState
@@ -75,7 +75,7 @@ def watching(fleet: DeployedFleet, host: str, looking_for: list[str]) -> Iterato
 def as_sudo_user(fleet: DeployedFleet, deploy_file: str, *extra: str) -> subprocess.CompletedProcess[str]:
     host = fleet.hosts[0]
     return fleet.run(
-        ["pyinfra", "-y", fleet.lab.inventory_path, deploy_file, "--limit", host, "--user", LAB_SUDO_USER,
+        [PYINFRA, "-y", fleet.lab.inventory_path, deploy_file, "--limit", host, "--user", LAB_SUDO_USER,
          "--sudo", *extra],
         timeout=900,
     )  # fmt: skip

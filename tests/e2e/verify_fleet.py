@@ -21,6 +21,7 @@ from ollama_fleet.lab.state import LabState
 ORIGIN = LAB_ORIGIN
 SITE = "/etc/nginx/sites-available/ollama-fleet.conf"
 API_KEYS = "/etc/nginx/ollama-fleet/api-keys.conf"
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")  # this interpreter's, venv or not
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ class DeployedFleet:
 
     def deploy(self, *extra: str) -> subprocess.CompletedProcess[str]:
         inventory = self.lab.inventory_path
-        return self.run(["pyinfra", "-y", inventory, "deploys/ollama.py", *extra], timeout=900)
+        return self.run(
+            [str(Path(sys.executable).parent / "pyinfra"), "-y", inventory, "deploys/ollama.py", *extra],
+            timeout=900,
+        )
 
     def ollama_fleet(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`ollama-fleet COMMAND INVENTORY ARGS...`"""

@@ -7,6 +7,7 @@ import http.client
 import json
 import re
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
@@ -185,7 +186,7 @@ def pyinfra_view(inventory: Path) -> dict[str, tuple[list[str], dict[str, object
     """Each host's groups and data as pyinfra itself loads the file (`debug-inventory` connects nowhere).
     In a subprocess: importing pyinfra_cli monkey-patches the interpreter with gevent."""
     out = subprocess.run(
-        ["pyinfra", inventory.name, "debug-inventory"],
+        [str(Path(sys.executable).parent / "pyinfra"), inventory.name, "debug-inventory"],
         cwd=inventory.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
