@@ -22,7 +22,7 @@ die() { printf 'bootstrap.sh: %s\n' "$1" >&2; exit 2; }
 grep -q '^VERSION_CODENAME=bookworm' /etc/os-release || echo "bootstrap.sh: warning: not Debian 12; going on"
 
 step "Debian packages"
-read -r -a packages < <(tr '\n' ' ' < .ci/apt-packages)
+read -r -a packages <<< "$(tr '\n' ' ' < .ci/apt-packages)"
 packages+=(python3 python3-venv python3-pip unzip git ca-certificates)
 missing=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' "${packages[@]}" 2>&1 | grep -v '^ii ' || true)
 if [ -z "$missing" ]; then
