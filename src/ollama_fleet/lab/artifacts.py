@@ -29,6 +29,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -166,10 +168,22 @@ def ensure_miniaudio_header() -> Path:
 
 
 def _download_miniaudio_sdist(dest: Path) -> Path:
+    """The sdist file from PyPI as it is (pip download would build its metadata, needing Python's headers)."""
     spec = f"miniaudio=={MINIAUDIO_VERSION}"
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q"]
-    _run([*pip, "-d", str(dest), spec])
     sdist = dest / f"miniaudio-{MINIAUDIO_VERSION}.tar.gz"
+    index = os.environ.get("OLLAMA_FLEET_PYPI_SIMPLE", "https://pypi.org/simple")
+    page = f"{index}/miniaudio/"
+    try:  # the simple index (PEP 503), as pip reads it
+        with urllib.request.urlopen(page, timeout=60) as answer:
+            html = answer.read().decode()
+        match = re.search(rf'href="([^"#]*/{re.escape(sdist.name)})[#"]', html)
+        if match is None:
+            raise BuildError(f"{page} does not list {sdist.name}")
+        url = urllib.parse.urljoin(page, match.group(1))
+        with urllib.request.urlopen(url, timeout=300) as answer, sdist.open("wb") as out:
+            shutil.copyfileobj(answer, out)
+    except OSError as exc:
+        raise BuildError(f"could not download the {spec} sdist from {page}: {exc}") from None
     if not sdist.exists() or sha256_of(sdist) != MINIAUDIO_SDIST_SHA256:
         raise BuildError(f"{spec} sdist missing or not the pinned sha256 {MINIAUDIO_SDIST_SHA256}")
     return sdist
