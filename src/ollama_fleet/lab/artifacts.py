@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ollama_fleet.lab import tinymodel
-from ollama_fleet.lab.progress import Progress, run_with_progress
+from ollama_fleet.lab.progress import Progress, output_tail, run_with_progress
 from ollama_fleet.localfiles import exclusive_lock, sha256_of
 
 DEFAULT_VERSION = "0.24.0"
@@ -127,7 +127,7 @@ def recipe_for(version: str) -> Recipe:
 def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
+        tail = output_tail(proc.stdout + proc.stderr)
         raise BuildError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}):\n{tail}")
     return proc.stdout
 
@@ -232,8 +232,7 @@ def compile_ollama(recipe: Recipe, include_dir: Path, gobin: Path) -> Path:
         cmd, Progress(f"compiling Ollama v{recipe.version} (cold: ~4 min)"), env=env
     )
     if code != 0:
-        tail = "\n".join(output.strip().splitlines()[-40:])
-        raise BuildError(f"go install ... failed (exit {code}):\n{tail}")
+        raise BuildError(f"go install ... failed (exit {code}):\n{output_tail(output)}")
     binary = gobin / "ollama"
     reported, expected = binary_version(binary), labelled_version(recipe)
     if reported != expected:

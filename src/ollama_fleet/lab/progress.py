@@ -29,6 +29,11 @@ def apt_bytes(line: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)]) if match else 0
 
 
+def output_tail(output: str, lines: int = 40) -> str:
+    """The last lines of a failed command's output, for its error message."""
+    return "\n".join(output.strip().splitlines()[-lines:])
+
+
 def elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
@@ -93,7 +98,6 @@ def run_with_progress(
     cmd: Sequence[str],
     progress: Progress,
     env: dict[str, str] | None = None,
-    cwd: str | None = None,
     timeout: float | None = None,
 ) -> tuple[int, str]:
     """Run `cmd` (stdout and stderr together), reporting progress; returns (exit code, all its output).
@@ -101,7 +105,7 @@ def run_with_progress(
     A command still running after `timeout` seconds is killed and reported as exit code -9.
     """
     proc = subprocess.Popen(
-        list(cmd), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+        list(cmd), env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
     )  # fmt: skip
     lines: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Sequence
 
-from ollama_fleet.lab.progress import Progress, run_with_progress
+from ollama_fleet.lab.progress import Progress, output_tail, run_with_progress
 
 
 class LabError(RuntimeError):
@@ -33,8 +33,7 @@ def run_long(
     the output when it fails."""
     code, output = run_with_progress(cmd, Progress(stage, count_bytes), timeout=timeout)
     if code != 0:
-        tail = "\n".join(output.strip().splitlines()[-40:])
-        raise LabError(f"{stage} failed ({code}): {' '.join(cmd)}\n{tail}")
+        raise LabError(f"{stage} failed ({code}): {' '.join(cmd)}\n{output_tail(output)}")
     return output
 
 

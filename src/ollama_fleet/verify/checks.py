@@ -385,21 +385,33 @@ def check_raw_port(ctx: HostContext) -> CheckResult:
     target, port = ctx.target, ctx.settings.ollama.listen_port
     if not target.https:
         return not_applicable(f"nginx disabled: clients use Ollama's port {port} directly")
-    outcome = probes.tcp_connect(target.address, port)
-    if outcome == "open":
-        raise CheckFailed(
-            f"port {port} of {target.address} accepts connections from the controller: Ollama is exposed "
-            "without TLS or keys; keep ollama_listen on 127.0.0.1 and remove any ufw rule for the port"
-        )
+    outcome = _ollama_port_guarded(
+        ctx,
+        target.address,
+        target.address,
+        unfiltered=f"the firewall lets it through (is there a ufw rule for {port}? `ufw status numbered`); "
+        "nothing listens there now, but nothing guards it",
+    )
     if outcome == "timeout":
         return passed(f"{port} filtered (no answer in {probes.RAW_PORT_TIMEOUT:.0f} s)")
-    if ctx.settings.firewall.enabled:
-        raise CheckFailed(
-            f"port {port} answered ({outcome}) instead of being dropped: the firewall lets it through (is "
-            f"there a ufw rule for {port}? `ufw status numbered`); nothing listens there now, but nothing "
-            "guards it"
-        )
     return passed(f"{port} closed ({outcome}); the firewall is disabled by settings")
+
+
+def _ollama_port_guarded(ctx: HostContext, address: str, shown: str, unfiltered: str) -> str:
+    """Connect to Ollama's own port at `address`: fail when it accepts, or when it answers instead of being
+    dropped while the firewall is on (`unfiltered` says why that may be); else how it stayed shut."""
+    port = ctx.settings.ollama.listen_port
+    outcome = probes.tcp_connect(address, port)
+    if outcome == "open":
+        raise CheckFailed(
+            f"port {port} of {shown} accepts connections from the controller: Ollama is exposed without TLS "
+            "or keys; keep ollama_listen on 127.0.0.1 and remove any ufw rule for the port"
+        )
+    if outcome != "timeout" and ctx.settings.firewall.enabled:
+        raise CheckFailed(
+            f"port {port} of {shown} answered ({outcome}) instead of being dropped: {unfiltered}"
+        )
+    return outcome
 
 
 def check_plain_http(ctx: HostContext) -> CheckResult:
@@ -463,24 +475,10 @@ def check_ipv6(ctx: HostContext) -> CheckResult:
             raise CheckFailed(f"{reason}; {fix}") from None
         if response.status_code != 200:
             raise CheckFailed(explain_status(response.status_code, response.text, f"GET {url}"))
-        _ollama_port_guarded(ctx, address)
+        unfiltered = "ufw does not filter IPv6 (IPV6=no in /etc/default/ufw?); re-run the deploy"
+        _ollama_port_guarded(ctx, address, f"[{address}]", unfiltered)
         served.append(address)
     return passed(f"TLS and the API over {', '.join(served)}; {s.ollama.listen_port} filtered there")
-
-
-def _ollama_port_guarded(ctx: HostContext, address: str) -> None:
-    port, firewall = ctx.settings.ollama.listen_port, ctx.settings.firewall.enabled
-    outcome = probes.tcp_connect(address, port)
-    if outcome == "open":
-        raise CheckFailed(
-            f"port {port} of [{address}] accepts connections: Ollama is exposed over IPv6 without TLS or "
-            "keys; keep ollama_listen on 127.0.0.1"
-        )
-    if firewall and outcome != "timeout":
-        raise CheckFailed(
-            f"port {port} of [{address}] answered ({outcome}) instead of being dropped: ufw does not filter "
-            "IPv6 (IPV6=no in /etc/default/ufw?); re-run the deploy"
-        )
 
 
 def _is_ipv6(name: str) -> bool:
