@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from secrets import token_urlsafe
 
 import httpx
 import pytest
@@ -41,8 +42,11 @@ def fleet(lab: LabState) -> DeployedFleet:
 
 
 def markers(keys: dict[str, str]) -> list[str]:
-    """What a leaked secret would contain: a PEM private key, or any API key's first 16 characters."""
-    return ["PRIVATE KEY-----", *(value[:16] for value in keys.values())]
+    """What a leaked secret would contain: a PEM private key, or a lab API key's `lab-<name>-` prefix (no
+    random part of a key goes on the host's command line)."""
+    prefixes = [f"lab-{name}-" for name in keys]
+    assert all(value.startswith(prefix) for prefix, value in zip(prefixes, keys.values(), strict=True))
+    return ["PRIVATE KEY-----", *prefixes]
 
 
 @contextmanager
@@ -101,7 +105,7 @@ def rotated(fleet: DeployedFleet, tmp_path_factory: pytest.TempPathFactory) -> d
     uploads a new keys file and a new TLS private key)."""
     work = tmp_path_factory.mktemp("rotated")
     secrets = json.loads((fleet.state_dir / "secrets.json").read_text())
-    secrets["api_keys"][ROTATED] = "lab-rotated-" + "k3Yq9ZpXw2VbT7sLmN4cR8dF6gH1jE5a"
+    secrets["api_keys"][ROTATED] = f"lab-{ROTATED}-{token_urlsafe(24)}"
     secrets_file = work / "secrets.json"
     secrets_file.touch(mode=0o600)
     secrets_file.write_text(json.dumps(secrets))
