@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
     build.set_defaults(func=_guarded(_build))
     up = actions.add_parser("up", help="bring a lab up (clearing a stale one of the same slot first)")
     up.add_argument("--hosts", type=int, default=3, help=f"number of hosts, 1..{MAX_HOSTS} (default 3)")
+    up.add_argument(
+        "--vagrant",
+        action="store_true",
+        help="the Vagrantfile's machines (vagrant-lxc on a box made from the lab's rootfs), not nspawn",
+    )
     _add_slot(up)
     up.set_defaults(func=_guarded(_up))
     down = actions.add_parser("down", help="remove every host, mount, bridge, netns, nft table, cgroup")
@@ -70,11 +75,12 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = _lab_module("lifecycle").up(args.hosts, _slot(args))
+    lab = _lab_module("lifecycle").up(args.hosts, _slot(args), vagrant=args.vagrant)
     for host in lab.hosts:
         print(f"{host.name}\t{host.ip}")
+    kind = "Vagrant machines (lxc)" if args.vagrant else "hosts"
     print(
-        f"lab slot {lab.slot}: {len(lab.hosts)} hosts SSH-ready in {lab.timings['total_s']}s\n"
+        f"lab slot {lab.slot}: {len(lab.hosts)} {kind} SSH-ready in {lab.timings['total_s']}s\n"
         f"  ssh -F {lab.ssh_config_path} {lab.hosts[0].name}\n"
         f"  inventory: {lab.inventory_path}\n"
         f"  mirror: {lab.mirror_url}/  outsider: ip netns exec {lab.outsider_netns} ... ({lab.outsider_ip})"

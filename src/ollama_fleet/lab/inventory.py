@@ -86,6 +86,19 @@ def render_inventory(state: LabState, tiny_model: Path) -> str:
     )
 
 
+def render_vagrant_inventory(state: LabState, environment: dict[str, str]) -> str:
+    """The slot's Vagrant fleet: inventories/vagrant.py itself, pointed at the lab's files."""
+    return (
+        f'"""pyinfra inventory of lab slot {state.slot}: the Vagrant machines of inventories/vagrant.py, '
+        "with the lab's\nssh-config and settings. Written by `ollama-fleet lab up --vagrant`, removed by "
+        '`lab down`."""\n\n'
+        "import os\nimport runpy\nfrom pathlib import Path\n\n"
+        + "".join(f"os.environ[{key!r}] = {value!r}\n" for key, value in environment.items())
+        + '_inventory = runpy.run_path(str(Path(__file__).with_name("vagrant.py")))\n'
+        + "globals().update({k: v for k, v in _inventory.items() if not k.startswith('_')})\n"
+    )
+
+
 def render_ssh_config(state: LabState, control_dir: str) -> str:
     names = " ".join(host.name for host in state.hosts)
     ips = " ".join(host.ip for host in state.hosts)

@@ -11,9 +11,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ollama_fleet.lab import cgroups, hosts, mirror, network, registry, rootfs, state, sysctls
+from ollama_fleet.lab import cgroups, hosts, mirror, network, registry, rootfs, state, sysctls, vagrant_fleet
 from ollama_fleet.lab.artifacts import ensure_tiny_model
-from ollama_fleet.lab.inventory import LAB_KEY_NAMES, render_inventory, render_ssh_config, secrets_path
+from ollama_fleet.lab.inventory import (
+    LAB_KEY_NAMES,
+    lab_settings,
+    render_inventory,
+    render_ssh_config,
+    render_vagrant_inventory,
+    secrets_path,
+)
 from ollama_fleet.lab.paths import inventory_path, runtime_dir, state_dir
 from ollama_fleet.lab.plan import MIRROR_PORT, HostPlan, SlotPlan
 from ollama_fleet.lab.run import LabError, run
@@ -78,34 +85,43 @@ def refuse_if_owned_elsewhere(slot: int) -> None:
         )
 
 
-def up(host_count: int, slot: int, log: bool = True) -> LabState:
-    """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot).
+def up(host_count: int, slot: int, log: bool = True, vagrant: bool = False) -> LabState:
+    """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot): nspawn
+    hosts, or with `vagrant` the Vagrantfile's machines (vagrant-lxc) on the slot's network.
 
     When any step fails the half-made lab is torn down again (its console logs stay in .lab/slot<S>/logs).
     """
     check_prerequisites()
+    if vagrant:
+        vagrant_fleet.check_prerequisites()
     SlotPlan(slot).hosts(host_count)  # validate before touching anything
     refuse_if_owned_elsewhere(slot)
     down(slot, log=False)
     try:
-        return _bring_up(host_count, slot, log)
+        return _bring_up(host_count, slot, log, vagrant)
     except BaseException:
         down(slot, log=False)
         raise
 
 
-def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
+def _bring_up(host_count: int, slot: int, log: bool, vagrant: bool) -> LabState:
     t0 = time.monotonic()
     base = rootfs.ensure_base(log=log)
     mirror.ensure_debs(base)
     registry.ensure_registry(ensure_tiny_model())
     t_prepared = time.monotonic()
     lab = _new_state(slot, base)
+    lab.provider = "vagrant" if vagrant else "nspawn"
     # Recorded before anything is made, so `down` can clear a crash at any point below.
     state.save(lab)
     _start_controller_side(lab, host_count)
-    started = _start_hosts(lab, base, SlotPlan(slot).hosts(host_count))
-    results = _wait_all_ready(lab, started)
+    if vagrant:
+        results: list[hosts.Readiness] = []
+        lab.hosts = vagrant_fleet.up(lab.plan, host_count, base)
+        lab.ssh_config_path = str(vagrant_fleet.ssh_config_path(slot))
+    else:
+        started = _start_hosts(lab, base, SlotPlan(slot).hosts(host_count))
+        results = _wait_all_ready(lab, started)
     t_ready = time.monotonic()
     lab.timings = {
         "prepare_s": round(t_prepared - t0, 2),
@@ -118,7 +134,12 @@ def _bring_up(host_count: int, slot: int, log: bool) -> LabState:
     inventory = Path(lab.inventory_path)
     inventory.parent.mkdir(parents=True, exist_ok=True)
     ensure_lab_secrets(slot)
-    inventory.write_text(render_inventory(lab, ensure_tiny_model()))
+    if vagrant:
+        settings = lab_settings(lab.plan, state_dir(slot), ensure_tiny_model())
+        vagrant_fleet.data_path(slot).write_text(json.dumps(settings, indent=2) + "\n")
+        inventory.write_text(render_vagrant_inventory(lab, vagrant_fleet.lab_environment(slot)))
+    else:
+        inventory.write_text(render_inventory(lab, ensure_tiny_model()))
     return lab
 
 
@@ -262,7 +283,8 @@ def down(slot: int, log: bool = True) -> list[str]:
     runtime = Path(lab.runtime_dir) if lab else runtime_dir(slot)
     if lab:
         _close_ssh_masters(lab)
-    done = _stop_processes(lab, plan, roots)
+    done = vagrant_fleet.destroy(slot)
+    done += _stop_processes(lab, plan, roots)
     done += _unmount_and_remove(runtime)
     done += [f"removed cgroup {root}" for root in roots if root.is_dir() and cgroups.remove_tree(root)]
     done += network.down(plan)

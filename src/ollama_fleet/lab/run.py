@@ -12,11 +12,17 @@ class LabError(RuntimeError):
     """A lab step failed; the message says which and why."""
 
 
-def run(cmd: Sequence[str], *, input_text: str | None = None, timeout: float | None = 600) -> str:
+def run(
+    cmd: Sequence[str],
+    *,
+    input_text: str | None = None,
+    timeout: float | None = 600,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run a command, return its stdout; raise LabError with its stderr when it fails."""
     try:
         proc = subprocess.run(
-            list(cmd), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+            list(cmd), input=input_text, capture_output=True, text=True, timeout=timeout, check=False, env=env
         )
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"timed out after {timeout}s: {' '.join(cmd)}") from exc
@@ -27,11 +33,16 @@ def run(cmd: Sequence[str], *, input_text: str | None = None, timeout: float | N
 
 
 def run_long(
-    cmd: Sequence[str], stage: str, *, count_bytes: Callable[[str], int] | None = None, timeout: float = 1800
+    cmd: Sequence[str],
+    stage: str,
+    *,
+    count_bytes: Callable[[str], int] | None = None,
+    timeout: float = 1800,
+    env: dict[str, str] | None = None,
 ) -> str:
     """`run` for steps that take minutes: progress on the way (see lab.progress), LabError with the tail of
     the output when it fails."""
-    code, output = run_with_progress(cmd, Progress(stage, count_bytes), timeout=timeout)
+    code, output = run_with_progress(cmd, Progress(stage, count_bytes), env=env, timeout=timeout)
     if code != 0:
         raise LabError(f"{stage} failed ({code}): {' '.join(cmd)}\n{output_tail(output)}")
     return output

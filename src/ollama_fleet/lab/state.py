@@ -47,6 +47,8 @@ class LabState:
     phase: str = "starting"
     """"starting" until every host is SSH-ready, then "ready"."""
     timings: dict[str, float] = field(default_factory=dict)
+    provider: str = "nspawn"
+    """"nspawn", or "vagrant" for the Vagrantfile's machines (vagrant-lxc) on the slot's bridge."""
 
     @property
     def plan(self) -> SlotPlan:
