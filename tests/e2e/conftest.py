@@ -34,6 +34,7 @@ def lab() -> Iterator[LabState]:
 # may SSH in only before ufw is on), and the deploy tests begin by asserting the hosts are bare.
 MODULE_ORDER = (
     "test_artifacts",
+    "test_vagrant",
     "test_lab",
     "test_lab_ollama",
     "test_deploy",

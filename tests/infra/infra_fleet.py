@@ -53,10 +53,19 @@ def hostspecs() -> list[str]:
 
 @cache
 def fleet() -> dict[str, tuple[str, FleetSettings]]:
-    """Connection address -> (inventory name, settings)."""
-    return {
-        address(data, name): (name, settings_for_host(name, data)) for name, data in inventory_data().items()
-    }
+    """Connection address and inventory name -> (inventory name, settings): testinfra names a host the way
+    it was given, by address (the hosts below) or by name (`--hosts=fleet-1 --ssh-config=...`)."""
+    hosts = {}
+    for name, data in inventory_data().items():
+        entry = (name, settings_for_host(name, data))
+        hosts[address(data, name)] = hosts[name] = entry
+    return hosts
+
+
+def connection_address(hostname: str) -> str:
+    """The address pyinfra reaches a host at, whether testinfra names it by address or by inventory name."""
+    name = fleet()[hostname][0]
+    return address(inventory_data()[name], name)
 
 
 def ip_of(addr: str) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from infra_fleet import fleet, hostspecs, ip_of
+from infra_fleet import connection_address, fleet, hostspecs, ip_of
 
 from ollama_fleet.deploys.firewall import wanted_rules
 from ollama_fleet.operations import ufw
@@ -109,7 +109,7 @@ def test_certificate_names_the_host_and_is_far_from_expiry(host: Any, s: FleetSe
     paths = tls_paths(s)
     cert = x509.load_pem_x509_certificate(host.file(str(paths.cert)).content)
     if s.tls.mode == "fleet_ca":
-        addresses = [ip] if (ip := ip_of(host.backend.hostname)) else []
+        addresses = [ip] if (ip := ip_of(connection_address(host.backend.hostname))) else []
         if s.serves_ipv6:
             listed = host.check_output("ip -6 -o addr show scope global").splitlines()
             addresses += StableIpv6Addresses().process(listed)

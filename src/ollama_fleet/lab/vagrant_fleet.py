@@ -36,8 +36,11 @@ LXC_CONFIG = (
 )
 SUDOERS = "vagrant ALL=(ALL:ALL) NOPASSWD: ALL\n"
 SSHD_CONF = "UseDNS no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-# Host keys are made by each machine at its first boot: machines from one box must not share them.
-SSH_HOST_KEYS = "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n"
+# Host keys are made by each machine at its first boot (machines from one box must not share them), before
+# Debian's own `sshd -t`, which fails without them.
+SSH_HOST_KEYS = (
+    "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n"
+)
 ETC_HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
 
 
