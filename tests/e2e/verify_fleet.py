@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ PYINFRA = str(Path(sys.executable).parent / "pyinfra")  # this interpreter's, ve
 @dataclass(frozen=True)
 class DeployedFleet:
     lab: LabState
-    keys: dict[str, str]
+    keys: dict[str, str] = field(repr=False)  # never in a failed test's output
     model: str
 
     @property
