@@ -350,14 +350,18 @@ def status(slot: int) -> dict[str, object]:
     key = Path(lab.key_path)
 
     def host_status(host: HostState) -> dict[str, object]:
-        running = (
-            bool(host.pid)
-            and hosts.is_alive(host.pid or 0)
-            and cgroups.pid_is_in(host.pid or 0, lab.plan.cgroup_name)
-        )
+        if lab.provider == "vagrant":
+            running = vagrant_fleet.is_running(host.machine)
+            probe = ["ssh", "-F", lab.ssh_config_path, "-o", "ConnectTimeout=2", host.name, "true"]
+        else:
+            running = (
+                bool(host.pid)
+                and hosts.is_alive(host.pid or 0)
+                and cgroups.pid_is_in(host.pid or 0, lab.plan.cgroup_name)
+            )
+            probe = hosts.ssh_probe_command(key, host.ip, "true", connect_timeout=2)
         ready = running and subprocess.run(
-            hosts.ssh_probe_command(key, host.ip, "true", connect_timeout=2),
-            capture_output=True, timeout=15, check=False, stdin=subprocess.DEVNULL,
+            probe, capture_output=True, timeout=15, check=False, stdin=subprocess.DEVNULL
         ).returncode == 0  # fmt: skip
         return {"name": host.name, "ip": host.ip, "pid": host.pid, "running": running, "ssh_ready": ready}
 
@@ -367,6 +371,7 @@ def status(slot: int) -> dict[str, object]:
     return {
         "slot": slot,
         "up": True,
+        "provider": lab.provider,
         "phase": lab.phase,
         "hosts": host_rows,
         "mirror": {"url": lab.mirror_url, "pid": lab.mirror_pid, "running": mirror_up},

@@ -217,6 +217,13 @@ def destroy(slot: int) -> list[str]:
     return done
 
 
+def is_running(container: str) -> bool:
+    try:
+        return "RUNNING" in run(["lxc-info", "--state", "--no-humanize", "-n", container], timeout=30)
+    except LabError:  # no such container
+        return False
+
+
 def _machines_made(slot: int) -> int:
     machines = dotfile_dir(slot) / "machines"
     return len(list(machines.iterdir())) if machines.is_dir() else 0
