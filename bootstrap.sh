@@ -58,7 +58,10 @@ ollama-fleet lab build
 [ "${1:-}" = "--setup-only" ] && { step "set up"; exit 0; }
 
 step "lab fleet"
+# `lab up` writes inventories/lab.py for slot 0, inventories/lab<S>.py for slot S ($OLLAMA_FLEET_LAB_SLOT).
+slot=${OLLAMA_FLEET_LAB_SLOT:-0}
+inventory=inventories/lab.py; [ "$slot" = 0 ] || inventory="inventories/lab$slot.py"
 ollama-fleet lab up --hosts "${OLLAMA_FLEET_HOSTS:-3}"
-pyinfra -y inventories/lab.py deploys/ollama.py
-ollama-fleet verify inventories/lab.py
+pyinfra -y "$inventory" deploys/ollama.py
+ollama-fleet verify "$inventory"
 step "done: the fleet serves; run every test with .venv/bin/python -m pytest"
