@@ -144,6 +144,15 @@ models_prune = False
 # Registries (host:port, as written in models_pull names) that serve plain http, e.g. a LAN mirror:
 # ["10.0.0.5:8080"]. Ollama refuses http unless told; everything else is pulled over https.
 models_insecure_registries = []
+# Fetch each registry model once for the fleet: the host named here (an inventory name) pulls models_pull
+# from the registry and serves them to the other hosts on models_lan_port (Ollama's registry API over plain
+# http, read-only, open in ufw to models_lan_subnets only); the others pull from it over the LAN (Ollama
+# checks every blob's sha256) and list the model under its usual name. None: each host pulls for itself.
+models_seed_host = None
+# The port the seed serves models on.
+models_lan_port = 11435
+# Required on the seed: the subnets of the hosts that fetch from it, e.g. ["192.168.10.0/24"].
+models_lan_subnets = []
 
 # --- health_*: the on-host health timer --------------------------------------------------------------------
 # Install a systemd timer that checks the local API and logs to the journal.

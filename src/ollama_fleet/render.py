@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from ollama_fleet.settings import CustomModel, FleetSettings
+from ollama_fleet.settings.rules import ModelReference, model_reference
 
 API_KEYS_PATH = PurePosixPath("/etc/nginx/ollama-fleet/api-keys.conf")
 MODEL_ALLOW_LIST_JS = "nginx-model-allow-list.js"
@@ -114,7 +115,19 @@ def render_nginx_site(
         policies=[(name, s.auth.policy(name)) for name in s.auth.key_names],
         json_errors=JSON_ERRORS,
         model_allow_list_js=model_allow_list_js,
+        lan_models=lan_models(s),
+        lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
     )
+
+
+def lan_models(s: FleetSettings) -> list[ModelReference]:
+    """The registry models a seed serves to the fleet (none on other hosts)."""
+    return [model_reference(name) for name in s.models.pull] if s.is_model_seed else []
+
+
+def seed_name(s: FleetSettings, model: str, seed_address: str) -> str:
+    """What a host pulls from the seed for `model`: the same repository and tag at the seed's LAN port."""
+    return model_reference(model).at(f"{seed_address}:{s.models.lan_port}")
 
 
 def needs_njs(s: FleetSettings) -> bool:

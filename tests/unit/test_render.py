@@ -316,7 +316,7 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     # The lab and real hosts listen on every address; the test listens on loopback only.
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
     site = site.replace("listen [::]:", "listen [::1]:")
-    site = site.replace("/var/log/nginx/ollama-fleet.access.log", str(tmp / "ollama-fleet.access.log"))
+    site = site.replace("/var/log/nginx/", f"{tmp}/")
     (tmp / "site.conf").write_text(site)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

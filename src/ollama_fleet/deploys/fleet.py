@@ -43,15 +43,45 @@ def each(items: Iterable[T]) -> Iterator[T]:
 
 def validate_hosts(hosts: Iterable[Host]) -> dict[str, FleetSettings]:
     """Every host's settings, or FleetError listing the problems of every bad host."""
+    hosts = list(hosts)
     settings, errors = {}, []
     for host in hosts:
         try:
             settings[host.name] = settings_for_host(host.name, host_data(host))
         except SettingsError as exc:
             errors.append(str(exc))
+    errors += seed_problems(settings, {host.name: host_data(host) for host in hosts})
     if errors:
         raise FleetError("settings are invalid; nothing was changed on any host:\n" + "\n".join(errors))
     return settings
+
+
+def seed_problems(settings: dict[str, FleetSettings], data: dict[str, dict[str, Any]]) -> list[str]:
+    """A host that fetches models from a seed needs the seed in this run's inventory, pulling each model."""
+    problems = []
+    for name, s in settings.items():
+        seed = s.models.seed_host
+        if not s.fetches_from_seed or seed is None:
+            continue
+        if seed not in settings:
+            problems.append(
+                f"host {name!r}: models_seed_host {seed!r} is not a host of this inventory; name the host "
+                "that pulls the fleet's models"
+            )
+            continue
+        missing = [m for m in s.models.pull if m not in settings[seed].models.pull]
+        if missing:
+            problems.append(
+                f"host {name!r}: models_pull {missing} are not pulled by the seed {seed!r}; add them to "
+                f"{seed}'s models_pull"
+            )
+    return problems
+
+
+def seed_address(host: Host, seed: str) -> str:
+    """The address the other hosts reach the seed at: its ssh_hostname, else its inventory name."""
+    seed_host = host.inventory.get_host(seed)
+    return str(host_data(seed_host).get("ssh_hostname") or seed)
 
 
 def fleet_settings(state: State) -> dict[str, FleetSettings]:

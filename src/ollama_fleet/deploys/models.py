@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pyinfra.api.deploy import deploy
+from pyinfra.context import host
 
-from ollama_fleet.deploys.fleet import each
+from ollama_fleet.deploys.fleet import each, seed_address
 from ollama_fleet.deploys.service import api_base
 from ollama_fleet.operations import models
-from ollama_fleet.render import render_modelfile
+from ollama_fleet.render import render_modelfile, seed_name
 from ollama_fleet.settings import FleetSettings, listed_name
 
 
@@ -25,13 +26,22 @@ def ollama_models(s: FleetSettings) -> None:
             api=api,
             api_host=api_host,
         )
+    seed = s.models.seed_host
     for name in each(s.models.pull):
-        models.pulled_model(
-            name=f"Pull model {listed_name(name)}",
-            model=listed_name(name),
-            api=api,
-            insecure=s.models.pulls_insecurely(name),
-        )
+        if s.fetches_from_seed and seed:
+            models.seeded_model(
+                name=f"Pull model {listed_name(name)} from the seed {seed}",
+                model=listed_name(name),
+                source=seed_name(s, name, seed_address(host, seed)),
+                api=api,
+            )
+        else:
+            models.pulled_model(
+                name=f"Pull model {listed_name(name)}",
+                model=listed_name(name),
+                api=api,
+                insecure=s.models.pulls_insecurely(name),
+            )
     for custom in each(s.models.custom):
         modelfile = render_modelfile(s, custom)
         models.custom_model(

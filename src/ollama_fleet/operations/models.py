@@ -201,6 +201,42 @@ def pulled_model(model: str, api: str, insecure: bool = False) -> Generator[Any,
     yield FunctionCommand(_run_with_progress, (pull_command(api, model, insecure),), {})
 
 
+def renamed_command(api: str, source: str, destination: str) -> str:
+    """Copy `source` to `destination` (the manifest only: blobs are shared), then delete `source`."""
+    copy = shlex.quote(json.dumps({"source": source, "destination": destination}))
+    delete = shlex.quote(json.dumps({"model": source}))
+    return (
+        f"curl -fsS {shlex.quote(api + '/api/copy')} -d {copy} && "
+        f"curl -fsS -X DELETE {shlex.quote(api + '/api/delete')} -d {delete}"
+    )
+
+
+@operation()
+def seeded_model(model: str, source: str, api: str) -> Generator[Any, None, None]:
+    """
+    Pull `model` from the fleet's seed over the LAN, showing progress, and list it under its own name.
+
+    + model: the model name as /api/tags lists it (settings.listed_name)
+    + source: the same model at the seed (host:port/namespace/model:tag), served over plain http
+    + api: base URL of the local API
+    """
+    models = host.get_fact(OllamaModels, api=api)
+    if models is None:
+        yield _api_down(api)
+        return
+    if model in models:
+        host.noop(f"model {model} is present")
+        return
+    failed = fail_command(
+        f"pulling {model} from the seed as {source} failed (see the pull's lines above: a blob whose sha256 "
+        "does not match is named there); is the seed's copy whole?"
+    )
+    yield FunctionCommand(
+        _run_with_progress, (f"{{ {pull_command(api, source, insecure=True)}; }} || {failed}",), {}
+    )
+    yield renamed_command(api, source, model)
+
+
 @operation()
 def unlisted_models_removed(
     keep: list[str], api: str, records_dir: str = RECORDS_DIR

@@ -74,6 +74,8 @@ class FleetSettings(BaseModel):
         if self.nginx.http_redirect:
             ports["nginx_http_port"] = self.nginx.http_port
         ports["ollama_listen"] = self.ollama.listen_port
+        if self.is_model_seed:
+            ports["models_lan_port"] = self.models.lan_port
         if self.firewall.enabled:
             ports["firewall_ssh_port"] = self.firewall.ssh_port
         clashes = _clashing(ports)
@@ -85,6 +87,8 @@ class FleetSettings(BaseModel):
                 f'{self.auth.secrets_file} ({{"api_keys": {{"name": "key"}}}}) or in '
                 "OLLAMA_FLEET_API_KEY_<NAME> environment variables"
             )
+        if self.is_model_seed:
+            self._check_seed()
         known = set(self.models.names())
         for custom in self.models.custom:
             base = listed_name(custom.base)
@@ -94,6 +98,30 @@ class FleetSettings(BaseModel):
                     "nor in models_gguf; add it to one of them"
                 )
         return self
+
+    def _check_seed(self) -> None:
+        if not self.models.lan_subnets:
+            raise ValueError(
+                f"models_seed_host is this host ({self.host}) but models_lan_subnets is empty: list the "
+                "subnets of the hosts that fetch models from it, e.g. ['192.168.10.0/24']"
+            )
+        if not self.nginx.enabled:
+            raise ValueError("models_seed_host: the seed serves models through nginx; set nginx_enabled true")
+        clashes = self.models.lan_collisions()
+        if clashes:
+            raise ValueError(
+                f"models_pull: {'; '.join(clashes)} are one name on the seed's LAN registry; pull one of them"
+            )
+
+    @property
+    def is_model_seed(self) -> bool:
+        """This host pulls the fleet's registry models and serves them on models_lan_port."""
+        return self.models.seed_host == self.host
+
+    @property
+    def fetches_from_seed(self) -> bool:
+        """This host gets its registry models from the seed over the LAN, not from the registry."""
+        return self.models.seed_host is not None and self.models.seed_host != self.host
 
     @property
     def server_names(self) -> list[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from ollama_fleet.settings.base import Section
-from ollama_fleet.settings.rules import MODEL_NAME, listed_name
+from ollama_fleet.settings.base import IPNetwork, Section
+from ollama_fleet.settings.rules import MODEL_NAME, listed_name, model_reference
 
 
 class CustomModel(Section):
@@ -52,6 +52,14 @@ class ModelsSettings(Section):
     custom: list[CustomModel] = Field(default_factory=list)
     prune: bool = False  # delete models not listed above
     insecure_registries: list[str] = Field(default_factory=list)  # host:port pulled over plain http
+    seed_host: str | None = None  # the host that pulls registry models and serves them to the others
+    lan_port: int = Field(default=11435, ge=1, le=65535)  # where the seed serves them (plain http)
+    lan_subnets: list[IPNetwork] = Field(default_factory=list)  # who may fetch from the seed
+
+    @field_validator("lan_subnets", mode="before")
+    @classmethod
+    def _subnet_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("insecure_registries")
     @classmethod
@@ -75,6 +83,17 @@ class ModelsSettings(Section):
     def names(self) -> list[str]:
         """Every model the host must serve, as Ollama lists them."""
         return [listed_name(n) for n in [*self.pull, *self.gguf, *(c.name for c in self.custom)]]
+
+    def lan_collisions(self) -> list[str]:
+        """Pulls a seed could not serve apart: the same namespace/model:tag from two registries."""
+        seen: dict[tuple[str, str], str] = {}
+        clashes = []
+        for name in self.pull:
+            ref = model_reference(name)
+            other = seen.setdefault((ref.repository, ref.tag), name)
+            if other != name:
+                clashes.append(f"{other!r} and {name!r}")
+        return clashes
 
     def pulls_insecurely(self, name: str) -> bool:
         """Whether `name` comes from a registry in insecure_registries (Ollama then pulls over http)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 KEY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 """API key names: they appear in nginx maps, logs and environment variable names."""
@@ -44,6 +45,42 @@ def listed_name(name: str) -> str:
     if len(parts) == 2 and parts[0].lower() == "library":
         parts = parts[1:]
     return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """Where a model lives in a registry and in Ollama's store: `registry/namespace/model:tag`, with
+    Ollama's defaults filled in (registry.ollama.ai, library, latest)."""
+
+    registry: str
+    namespace: str
+    model: str
+    tag: str
+
+    @property
+    def repository(self) -> str:
+        return f"{self.namespace}/{self.model}"
+
+    @property
+    def manifest_path(self) -> str:
+        """Under the models directory, as Ollama writes it after a pull."""
+        return f"manifests/{self.registry}/{self.namespace}/{self.model}/{self.tag}"
+
+    def at(self, registry: str) -> str:
+        """The same repository and tag, named at another registry (host:port)."""
+        return f"{registry}/{self.repository}:{self.tag}"
+
+
+def model_reference(name: str) -> ModelReference:
+    tagged = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+    parts = tagged.split("://", 1)[-1].split("/")
+    if len(parts) == 1:
+        parts = [DEFAULT_REGISTRY, "library", *parts]
+    elif len(parts) == 2:
+        parts = [DEFAULT_REGISTRY, *parts]
+    registry, namespace, last = parts[0], parts[1], "/".join(parts[2:])
+    model, tag = last.rsplit(":", 1)
+    return ModelReference(registry, namespace, model, tag)
 
 
 _TIMESPAN_UNITS = {

@@ -1,0 +1,129 @@
+"""The fleet's model seed (models_seed_host): settings checked per host and across the fleet, and the seed's
+LAN registry, rendered into the site and served by real nginx the way Ollama's pull asks for a model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_render import ENVIRON, _free_port, _nginx_prefix, fleet_settings, nginx_config_test, running_nginx
+
+from ollama_fleet import render
+from ollama_fleet.deploys.firewall import guarded_ports, wanted_rules
+from ollama_fleet.deploys.fleet import seed_problems
+from ollama_fleet.pki import FleetCA
+from ollama_fleet.settings import SettingsError, settings_for_host
+from ollama_fleet.settings.rules import model_reference
+
+pytestmark = pytest.mark.unit
+
+UPSTREAM = "10.213.0.1:8080/library/tiny:latest"
+SEED = {"models_seed_host": "ollama1", "models_lan_subnets": ["10.0.0.0/24"], "models_pull": [UPSTREAM]}
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> FleetCA:
+    return FleetCA.load_or_create(tmp_path_factory.mktemp("ca"))
+
+
+def test_model_references_fill_in_ollamas_defaults() -> None:
+    tiny = model_reference(UPSTREAM)
+    assert (tiny.registry, tiny.repository, tiny.tag) == ("10.213.0.1:8080", "library/tiny", "latest")
+    assert tiny.manifest_path == "manifests/10.213.0.1:8080/library/tiny/latest"
+    assert model_reference("llama3.2:1b").manifest_path == "manifests/registry.ollama.ai/library/llama3.2/1b"
+    assert model_reference("me/x").at("seed:11435") == "seed:11435/me/x:latest"
+
+
+def test_the_seed_needs_lan_subnets_and_one_name_per_model(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="models_lan_subnets is empty"):
+        fleet_settings(tmp_path, models_seed_host="ollama1", models_pull=["tiny"])
+    with pytest.raises(SettingsError, match="one name on the seed's LAN registry"):
+        fleet_settings(tmp_path, **{**SEED, "models_pull": [UPSTREAM, "tiny"]})
+    with pytest.raises(SettingsError, match="ports clash"):
+        fleet_settings(tmp_path, **SEED, models_lan_port=443)
+    other = fleet_settings(tmp_path, models_seed_host="ollama2", models_pull=["tiny"])
+    assert other.fetches_from_seed and not other.is_model_seed
+
+
+def test_hosts_that_fetch_need_the_seed_in_the_inventory_pulling_their_models(tmp_path: Path) -> None:
+    def host(name: str, **data: Any) -> Any:
+        base = {
+            "firewall_client_subnets": ["10.0.0.0/24"],
+            "firewall_admin_subnets": ["10.0.9.0/24"],
+            "auth_key_names": ["alice"],
+            "auth_secrets_file": str(tmp_path / "none.json"),
+            "models_seed_host": "seed",
+            "models_lan_subnets": ["10.0.0.0/24"],
+        }
+        return settings_for_host(name, {**base, **data}, ENVIRON)
+
+    fleet = {"seed": host("seed", models_pull=["tiny"]), "gpu": host("gpu", models_pull=["tiny", "phi"])}
+    (problem,) = seed_problems(fleet, {})
+    assert "host 'gpu'" in problem and "['phi'] are not pulled by the seed 'seed'" in problem
+    (missing,) = seed_problems({"gpu": fleet["gpu"]}, {})
+    assert "models_seed_host 'seed' is not a host of this inventory" in missing
+    assert seed_problems({**fleet, "gpu": host("gpu", models_pull=["tiny"])}, {}) == []
+
+
+def test_only_the_seed_opens_its_lan_port_to_the_lan_subnets(tmp_path: Path) -> None:
+    seed = fleet_settings(tmp_path, **SEED)
+    other = fleet_settings(tmp_path, **{**SEED, "models_seed_host": "ollama2"})
+    assert set(wanted_rules(seed)) - set(wanted_rules(other)) == {
+        r for r in wanted_rules(seed) if r.port == 11435
+    }
+    assert [rule.port for rule in wanted_rules(seed) if rule.port == 11435] == [11435]
+    assert guarded_ports(seed)[11435][0] == "models_lan_subnets" and 11435 not in guarded_ports(other)
+    assert "listen 11435" in render.render_nginx_site(seed)
+    assert "listen 11435" not in render.render_nginx_site(other)
+
+
+def test_nginx_accepts_the_seed_site(tmp_path: Path, ca: FleetCA) -> None:
+    s = fleet_settings(tmp_path, tls_remote_dir=str(tmp_path / "tls"), **SEED)
+    result = nginx_config_test(_nginx_prefix(tmp_path, s, ca))
+    assert result.returncode == 0, result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+def _store(models: Path, blob: bytes) -> str:
+    """An Ollama store holding UPSTREAM: one blob and its manifest, as a pull writes them."""
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    (models / "blobs").mkdir(parents=True)
+    (models / "blobs" / digest.replace(":", "-")).write_bytes(blob)
+    manifest = models / model_reference(UPSTREAM).manifest_path
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [{"digest": digest, "size": len(blob)}]}))
+    return digest
+
+
+def test_the_seed_serves_manifests_and_blobs_as_ollamas_pull_asks(tmp_path: Path, ca: FleetCA) -> None:
+    blob = bytes(range(256)) * 64
+    digest = _store(tmp_path / "models", blob)
+    port = _free_port()
+    data = {**SEED, "models_lan_port": port, "ollama_models_dir": str(tmp_path / "models")}
+    with running_nginx(tmp_path, ca, **data), httpx.Client(base_url=f"http://127.0.0.1:{port}") as seed:
+        manifest = seed.get("/v2/library/tiny/manifests/latest")
+        assert manifest.status_code == 200
+        assert manifest.headers["content-type"] == "application/vnd.docker.distribution.manifest.v2+json"
+        assert manifest.json()["layers"][0]["digest"] == digest
+        url = f"/v2/library/tiny/blobs/{digest}"
+        assert int(seed.head(url).headers["content-length"]) == len(blob)
+        first = seed.get(url)  # Ollama asks without a range for the URL its parts come from
+        assert first.status_code == 200 and first.headers["location"] == url
+        part = seed.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == blob[100:200]
+        for unknown in (
+            "/v2/library/other/manifests/latest",
+            f"/v2/library/tiny/blobs/sha256:{'0' * 64}",
+            "/v2/library/tiny/manifests/../../../blobs",
+            "/blobs/" + digest.replace(":", "-"),
+            "/",
+        ):
+            assert seed.get(unknown).status_code == 404, unknown
+        assert (
+            "GET /v2/library/tiny/manifests/latest"
+            in (tmp_path / "ollama-fleet-models.access.log").read_text()
+        )
