@@ -45,6 +45,7 @@ MODULE_ORDER = (
     "test_sudo_deploy",
     "test_packaged",
     "test_model_pull",
+    "test_model_fanout",
     "test_rollout",
     "test_day2",
 )
