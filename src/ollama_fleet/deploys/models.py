@@ -28,19 +28,21 @@ def ollama_models(s: FleetSettings) -> None:
         )
     seed = s.models.seed_host
     for name in each(s.models.pull):
-        if s.fetches_from_seed and seed:
-            models.seeded_model(
-                name=f"Pull model {listed_name(name)} from the seed {seed}",
-                model=listed_name(name),
-                source=seed_name(s, name, seed_address(host, seed)),
-                api=api,
-            )
-        else:
+        # pyinfra orders operations by where they are called: the seed's pull (and every host's own pull
+        # without a seed) comes before the others pull from the seed.
+        if not s.fetches_from_seed:
             models.pulled_model(
                 name=f"Pull model {listed_name(name)}",
                 model=listed_name(name),
                 api=api,
                 insecure=s.models.pulls_insecurely(name),
+            )
+        elif seed:
+            models.seeded_model(
+                name=f"Pull model {listed_name(name)} from the seed {seed}",
+                model=listed_name(name),
+                source=seed_name(s, name, seed_address(host, seed)),
+                api=api,
             )
     for custom in each(s.models.custom):
         modelfile = render_modelfile(s, custom)

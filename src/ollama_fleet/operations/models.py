@@ -228,8 +228,8 @@ def seeded_model(model: str, source: str, api: str) -> Generator[Any, None, None
         host.noop(f"model {model} is present")
         return
     failed = fail_command(
-        f"pulling {model} from the seed as {source} failed (see the pull's lines above: a blob whose sha256 "
-        "does not match is named there); is the seed's copy whole?"
+        f"pulling {model} from the seed as {source} failed; the lines above say why (a blob whose sha256 "
+        "does not match is named there; 'file does not exist': the seed does not have it, deploy the seed)"
     )
     yield FunctionCommand(
         _run_with_progress, (f"{{ {pull_command(api, source, insecure=True)}; }} || {failed}",), {}
