@@ -231,9 +231,8 @@ def seeded_model(model: str, source: str, api: str) -> Generator[Any, None, None
         f"pulling {model} from the seed as {source} failed; the lines above say why (a blob whose sha256 "
         "does not match is named there; 'file does not exist': the seed does not have it, deploy the seed)"
     )
-    yield FunctionCommand(
-        _run_with_progress, (f"{{ {pull_command(api, source, insecure=True)}; }} || {failed}",), {}
-    )
+    pull = f"{pull_command(api, source, insecure=True)} || {{ {failed}; }}"
+    yield FunctionCommand(_run_with_progress, (pull,), {})
     yield renamed_command(api, source, model)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from ollama_fleet.settings.base import IPNetwork, Section
-from ollama_fleet.settings.rules import MODEL_NAME, listed_name, model_reference
+from ollama_fleet.settings.rules import MODEL_NAME, listed_name, model_reference, split_pin
 
 
 class CustomModel(Section):
@@ -52,9 +52,24 @@ class ModelsSettings(Section):
     custom: list[CustomModel] = Field(default_factory=list)
     prune: bool = False  # delete models not listed above
     insecure_registries: list[str] = Field(default_factory=list)  # host:port pulled over plain http
+    refresh: bool = False  # pull unpinned models again when the registry's manifest changed
     seed_host: str | None = None  # the host that pulls registry models and serves them to the others
     lan_port: int = Field(default=11435, ge=1, le=65535)  # where the seed serves them (plain http)
     lan_subnets: list[IPNetwork] = Field(default_factory=list)  # who may fetch from the seed
+
+    @field_validator("pull")
+    @classmethod
+    def _pull_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            name, pin = split_pin(entry)
+            if "@" in name:
+                raise ValueError(
+                    f"{entry!r}: a pinned digest is written name@sha256:<64 lowercase hex>, e.g. "
+                    f"{name.split('@')[0]}@sha256:{'0' * 64} (the manifest digest /api/tags shows)"
+                )
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(f"{entry!r} is not a model name (letters, digits and ._:/- only)")
+        return value
 
     @field_validator("lan_subnets", mode="before")
     @classmethod
@@ -83,6 +98,13 @@ class ModelsSettings(Section):
     def names(self) -> list[str]:
         """Every model the host must serve, as Ollama lists them."""
         return [listed_name(n) for n in [*self.pull, *self.gguf, *(c.name for c in self.custom)]]
+
+    def pin(self, name: str) -> str | None:
+        """The manifest digest a pulled model must have, by its listed name."""
+        for entry in self.pull:
+            if listed_name(entry) == listed_name(name):
+                return split_pin(entry)[1]
+        return None
 
     def lan_collisions(self) -> list[str]:
         """Pulls a seed could not serve apart: the same namespace/model:tag from two registries."""

@@ -34,10 +34,21 @@ def host_names(names: list[str]) -> list[str]:
 
 DEFAULT_REGISTRY = "registry.ollama.ai"
 
+PIN = re.compile(r"@(sha256:[0-9a-f]{64})$")
+"""A models_pull entry may end in the manifest digest it must have: `llama3.2:1b@sha256:<64 hex>`."""
+
+
+def split_pin(entry: str) -> tuple[str, str | None]:
+    """(model name, pinned manifest digest or None) of a models_pull entry."""
+    pinned = PIN.search(entry)
+    return (entry[: pinned.start()], pinned.group(1)) if pinned else (entry, None)
+
 
 def listed_name(name: str) -> str:
-    """A model name as /api/tags lists it: tagged (`:latest` by default), without a scheme, and without
-    the default registry and its `library/` namespace (`registry.ollama.ai/library/phi` -> `phi:latest`)."""
+    """A model name as /api/tags lists it: tagged (`:latest` by default), without a scheme, without the
+    default registry and its `library/` namespace (`registry.ollama.ai/library/phi` -> `phi:latest`), and
+    without a pinned digest."""
+    name = split_pin(name)[0]
     tagged = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
     parts = tagged.split("://", 1)[-1].split("/")
     if len(parts) == 3 and parts[0].lower() == DEFAULT_REGISTRY:
@@ -62,6 +73,11 @@ class ModelReference:
         return f"{self.namespace}/{self.model}"
 
     @property
+    def manifest_url_path(self) -> str:
+        """Where a registry serves the manifest (Docker registry API v2)."""
+        return f"/v2/{self.repository}/manifests/{self.tag}"
+
+    @property
     def manifest_path(self) -> str:
         """Under the models directory, as Ollama writes it after a pull."""
         return f"manifests/{self.registry}/{self.namespace}/{self.model}/{self.tag}"
@@ -72,6 +88,7 @@ class ModelReference:
 
 
 def model_reference(name: str) -> ModelReference:
+    name = split_pin(name)[0]
     tagged = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
     parts = tagged.split("://", 1)[-1].split("/")
     if len(parts) == 1:
