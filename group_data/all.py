@@ -144,6 +144,11 @@ models_prune = False
 # Registries (host:port, as written in models_pull names) that serve plain http, e.g. a LAN mirror:
 # ["10.0.0.5:8080"]. Ollama refuses http unless told; everything else is pulled over https.
 models_insecure_registries = []
+# A models_pull entry may pin the manifest digest it must have: "llama3.2:1b@sha256:<64 hex>" (the digest
+# /api/tags shows). A pinned model never changes silently: the controller checks the registry still serves
+# that digest before any host changes. An unpinned model is pulled once; when its registry later serves
+# another digest the deploy warns, and with models_refresh = True pulls it again (only new blobs move).
+models_refresh = False
 # Fetch each registry model once for the fleet: the host named here (an inventory name) pulls models_pull
 # from the registry and serves them to the other hosts on models_lan_port (Ollama's registry API over plain
 # http, read-only, open in ufw to models_lan_subnets only); the others pull from it over the LAN (Ollama

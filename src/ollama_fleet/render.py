@@ -125,11 +125,6 @@ def lan_models(s: FleetSettings) -> list[ModelReference]:
     return [model_reference(name) for name in s.models.pull] if s.is_model_seed else []
 
 
-def seed_name(s: FleetSettings, model: str, seed_address: str) -> str:
-    """What a host pulls from the seed for `model`: the same repository and tag at the seed's LAN port."""
-    return model_reference(model).at(f"{seed_address}:{s.models.lan_port}")
-
-
 def needs_njs(s: FleetSettings) -> bool:
     """A key with a model allow-list: nginx needs njs to read the model from the request body."""
     return s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)

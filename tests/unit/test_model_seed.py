@@ -3,8 +3,12 @@ LAN registry, rendered into the site and served by real nginx the way Ollama's p
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,8 @@ from test_render import ENVIRON, _free_port, _nginx_prefix, fleet_settings, ngin
 from ollama_fleet import render
 from ollama_fleet.deploys.firewall import guarded_ports, wanted_rules
 from ollama_fleet.deploys.fleet import seed_problems
+from ollama_fleet.deploys.pins import pin_problems
+from ollama_fleet.operations.models import ManifestDigest, _pull_reason
 from ollama_fleet.pki import FleetCA
 from ollama_fleet.settings import SettingsError, settings_for_host
 from ollama_fleet.settings.rules import model_reference
@@ -127,3 +133,109 @@ def test_the_seed_serves_manifests_and_blobs_as_ollamas_pull_asks(tmp_path: Path
             "GET /v2/library/tiny/manifests/latest"
             in (tmp_path / "ollama-fleet-models.access.log").read_text()
         )
+
+
+# --- pinned digests ---
+
+PIN = "sha256:" + "ab" * 32
+
+
+def test_a_pin_is_part_of_the_entry_but_not_of_the_name(tmp_path: Path) -> None:
+    s = fleet_settings(tmp_path, models_pull=[f"llama3.2:1b@{PIN}", "phi"])
+    assert s.models.names()[:2] == ["llama3.2:1b", "phi:latest"]
+    assert s.models.pin("llama3.2:1b") == PIN and s.models.pin("phi") is None
+    assert model_reference(f"llama3.2:1b@{PIN}").manifest_url() == (
+        "https://registry.ollama.ai/v2/library/llama3.2/manifests/1b"
+    )
+    with pytest.raises(SettingsError, match=r"name@sha256:<64 lowercase hex>"):
+        fleet_settings(tmp_path, models_pull=["llama3.2:1b@sha256:ABC"])
+
+
+def test_the_pull_decision_follows_pin_and_source() -> None:
+    have, other = "ab" * 32, "cd" * 32
+    assert _pull_reason(None, None, None) == "missing"
+    assert _pull_reason(have, PIN, None) is None
+    assert _pull_reason(other, PIN, None) == f"it is sha256:{other}, pinned to {PIN}"
+    assert _pull_reason(have, None, None) is None  # the source was not asked or did not answer
+    assert _pull_reason(have, None, have) is None
+    assert (
+        _pull_reason(have, None, other)
+        == f"it is sha256:{have[:12]}, its source now serves sha256:{other[:12]}"
+    )
+
+
+def test_the_manifest_digest_fact_hashes_the_exact_bytes() -> None:
+    body = b'{"schemaVersion":2}\n'
+    fact = ManifestDigest()
+    assert fact.process([f"manifest {base64.b64encode(body).decode()}"]) == hashlib.sha256(body).hexdigest()
+    assert fact.process(["unreachable"]) is None
+    assert fact.process(["manifest"]) is None  # curl failed inside the pipe: no body
+
+
+@pytest.fixture
+def registry() -> Iterator[str]:
+    """A loopback registry serving one manifest at /v2/library/tiny/manifests/latest."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/v2/library/tiny/manifests/latest":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(MANIFEST)))
+            self.end_headers()
+            self.wfile.write(MANIFEST)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+MANIFEST = b'{"schemaVersion":2,"layers":[]}'
+SERVED = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+
+
+def test_pins_are_checked_at_the_registry_before_any_host_changes(tmp_path: Path, registry: str) -> None:
+    def pulling(*entries: str) -> dict[str, Any]:
+        data = {"models_pull": list(entries), "models_insecure_registries": [registry]}
+        return {"ollama1": fleet_settings(tmp_path, **data)}
+
+    assert pin_problems(pulling(f"{registry}/library/tiny:latest@{SERVED}")) == []
+    assert pin_problems(pulling(f"{registry}/library/tiny:latest")) == []  # unpinned: not asked
+    (moved,) = pin_problems(pulling(f"{registry}/library/tiny:latest@{PIN}"))
+    assert f"now serves {SERVED}, not the pinned {PIN}" in moved and "hosts ollama1" in moved
+    (gone,) = pin_problems(pulling(f"{registry}/library/gone:latest@{PIN}"))
+    assert "no longer serves the model pinned" in gone and "answers 404" in gone
+    closed = f"127.0.0.1:{_free_port()}"
+    data = {"models_pull": [f"{closed}/library/tiny:latest@{PIN}"], "models_insecure_registries": [closed]}
+    (unreachable,) = pin_problems({"ollama1": fleet_settings(tmp_path, **data)})
+    assert "unreachable from the controller" in unreachable
+
+
+def test_hosts_cannot_pin_other_than_their_seed(tmp_path: Path) -> None:
+    base = {"models_seed_host": "seed", "models_lan_subnets": ["10.0.0.0/24"]}
+    seed = settings_for_host(
+        "seed", {**_host_data(tmp_path), **base, "models_pull": [f"tiny@{PIN}"]}, ENVIRON
+    )
+    other = "sha256:" + "cd" * 32
+    gpu = settings_for_host(
+        "gpu", {**_host_data(tmp_path), **base, "models_pull": [f"tiny@{other}"]}, ENVIRON
+    )
+    (problem,) = seed_problems({"seed": seed, "gpu": gpu}, {})
+    assert "pin another digest than the seed 'seed' has" in problem
+
+
+def _host_data(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "firewall_client_subnets": ["10.0.0.0/24"],
+        "firewall_admin_subnets": ["10.0.9.0/24"],
+        "auth_key_names": ["alice"],
+        "auth_secrets_file": str(tmp_path / "none.json"),
+    }

@@ -17,7 +17,8 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
-from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
+from ollama_fleet.deploys.pins import pin_problems
+from ollama_fleet.settings import FleetSettings, SettingsError, listed_name, settings_for_host
 
 T = TypeVar("T")
 
@@ -69,11 +70,18 @@ def seed_problems(settings: dict[str, FleetSettings], data: dict[str, dict[str, 
                 "that pulls the fleet's models"
             )
             continue
-        missing = [m for m in s.models.pull if m not in settings[seed].models.pull]
+        seeds = settings[seed].models
+        missing = [m for m in s.models.pull if listed_name(m) not in {listed_name(n) for n in seeds.pull}]
         if missing:
             problems.append(
                 f"host {name!r}: models_pull {missing} are not pulled by the seed {seed!r}; add them to "
                 f"{seed}'s models_pull"
+            )
+        other_pins = [m for m in s.models.pull if s.models.pin(m) and s.models.pin(m) != seeds.pin(m)]
+        if other_pins and not missing:
+            problems.append(
+                f"host {name!r}: models_pull {other_pins} pin another digest than the seed {seed!r} has; pin "
+                "them in the seed's models_pull (the hosts get what the seed has)"
             )
     return problems
 
@@ -87,7 +95,13 @@ def seed_address(host: Host, seed: str) -> str:
 def fleet_settings(state: State) -> dict[str, FleetSettings]:
     """All hosts' settings, validated once per pyinfra run (the first call does the work)."""
     if state not in _validated:
-        _validated[state] = validate_hosts(state.inventory)
+        settings = validate_hosts(state.inventory)
+        problems = pin_problems(settings)
+        if problems:
+            raise FleetError(
+                "pinned models cannot be deployed; nothing was changed on any host:\n" + "\n".join(problems)
+            )
+        _validated[state] = settings
     return _validated[state]
 
 

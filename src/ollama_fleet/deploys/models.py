@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import posixpath
+
 from pyinfra.api.deploy import deploy
 from pyinfra.context import host
 
 from ollama_fleet.deploys.fleet import each, seed_address
 from ollama_fleet.deploys.service import api_base
 from ollama_fleet.operations import models
-from ollama_fleet.render import render_modelfile, seed_name
+from ollama_fleet.render import render_modelfile
 from ollama_fleet.settings import FleetSettings, listed_name
+from ollama_fleet.settings.rules import model_reference
 
 
 @deploy("Ollama models")
@@ -28,21 +31,32 @@ def ollama_models(s: FleetSettings) -> None:
         )
     seed = s.models.seed_host
     for name in each(s.models.pull):
+        model, ref = listed_name(name), model_reference(name)
+        manifest_file = posixpath.join(str(s.ollama.models_dir), ref.manifest_path)
         # pyinfra orders operations by where they are called: the seed's pull (and every host's own pull
         # without a seed) comes before the others pull from the seed.
         if not s.fetches_from_seed:
+            insecure = s.models.pulls_insecurely(name)
             models.pulled_model(
-                name=f"Pull model {listed_name(name)}",
-                model=listed_name(name),
+                name=f"Pull model {model}",
+                model=model,
                 api=api,
-                insecure=s.models.pulls_insecurely(name),
+                insecure=insecure,
+                pin=s.models.pin(name),
+                refresh=s.models.refresh,
+                source_manifest_url=ref.manifest_url(insecure),
+                manifest_file=manifest_file,
             )
         elif seed:
+            address = f"{seed_address(host, seed)}:{s.models.lan_port}"
             models.seeded_model(
-                name=f"Pull model {listed_name(name)} from the seed {seed}",
-                model=listed_name(name),
-                source=seed_name(s, name, seed_address(host, seed)),
+                name=f"Pull model {model} from the seed {seed}",
+                model=model,
+                source=ref.at(address),
+                seed_manifest_url=f"http://{address}{ref.manifest_url_path}",
                 api=api,
+                pin=s.models.pin(name),
+                manifest_file=manifest_file,
             )
     for custom in each(s.models.custom):
         modelfile = render_modelfile(s, custom)

@@ -8,6 +8,7 @@ Every API call goes from the host to its own loopback address.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import posixpath
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from pyinfra import logger
 from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
 from pyinfra.api.facts import FactBase
 from pyinfra.api.host import Host as PyinfraHost
@@ -44,6 +46,24 @@ class OllamaModels(FactBase[dict[str, str] | None]):
         if text.endswith("unreachable"):
             return None
         return {model["name"]: model.get("digest", "") for model in json.loads(text).get("models", [])}
+
+
+MANIFEST_ACCEPT = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+class ManifestDigest(FactBase[str | None]):
+    """The digest of the manifest a registry serves at `url` (sha256 of its bytes, as /api/tags shows a
+    pulled model's digest), fetched by the host; None when it cannot get it."""
+
+    def command(self, url: str) -> str:
+        get = f"curl -fsS --max-time 20 -H {shlex.quote('Accept: ' + MANIFEST_ACCEPT)} {shlex.quote(url)}"
+        return f'if body=$({get} | base64 -w0); then echo "manifest $body"; else echo unreachable; fi'
+
+    def process(self, output: list[str]) -> str | None:
+        line = " ".join(output).strip()
+        if not line.startswith("manifest ") or line == "manifest":
+            return None
+        return hashlib.sha256(base64.b64decode(line.removeprefix("manifest "))).hexdigest()
 
 
 class ModelRecords(FactBase[dict[str, str]]):
@@ -182,23 +202,71 @@ def _run_with_progress(state: State, host: PyinfraHost, command: str) -> bool:
     return status
 
 
+def _hex(digest: str | None) -> str | None:
+    return digest.removeprefix("sha256:") if digest else None
+
+
+def _pull_reason(have: str | None, pin: str | None, registry: str | None) -> str | None:
+    """Why `model` must be pulled (None: what the host has is what it must have). `have`: the digest the
+    host lists it with; `registry`: the digest its source serves now (None: not asked, or unreachable)."""
+    if have is None:
+        return "missing"
+    if pin:
+        return None if have == _hex(pin) else f"it is sha256:{have}, pinned to {pin}"
+    if registry and registry != have:
+        return f"it is sha256:{have[:12]}, its source now serves sha256:{registry[:12]}"
+    return None
+
+
+def _verified_pin(model: str, pin: str | None, manifest: str) -> list[str]:
+    """After a pull: the manifest on disk must have the pinned digest, else fail naming both."""
+    if not pin:
+        return []
+    listing = f"{_hex(pin)}  {manifest}"  # sha256sum's format: two spaces
+    check = f"echo {shlex.quote(listing)} | sha256sum -c --quiet >/dev/null 2>&1"
+    return [f"{check} || {{ {fail_command(f'{model} was pulled but is not the pinned {pin}')}; }}"]
+
+
 @operation()
-def pulled_model(model: str, api: str, insecure: bool = False) -> Generator[Any, None, None]:
+def pulled_model(
+    model: str,
+    api: str,
+    insecure: bool = False,
+    pin: str | None = None,
+    refresh: bool = False,
+    source_manifest_url: str | None = None,
+    manifest_file: str = "",
+) -> Generator[Any, None, None]:
     """
-    Pull `model` from the registry the host can reach, showing progress, unless it is present.
+    Pull `model` from the registry the host can reach, showing progress, unless the host has it as it must.
 
     + model: the model name as /api/tags lists it (settings.listed_name)
     + api: base URL of the local API
     + insecure: the registry serves plain http
+    + pin: the manifest digest it must have (sha256:...); a present model with another digest is pulled again
+    + refresh: pull a present, unpinned model again when its source serves another digest (else warn)
+    + source_manifest_url: where the source serves the model's manifest (None: do not ask)
+    + manifest_file: the model's manifest in the models directory, checked against the pin after a pull
     """
     models = host.get_fact(OllamaModels, api=api)
     if models is None:
         yield _api_down(api)
         return
-    if model in models:
-        host.noop(f"model {model} is present")
+    have = models.get(model)
+    asked = source_manifest_url is not None and have is not None and not pin
+    serving = host.get_fact(ManifestDigest, url=source_manifest_url) if asked else None
+    reason = _pull_reason(have, pin, serving)
+    if reason is None:
+        host.noop(f"model {model} is present" + (f" at {pin}" if pin else ""))
+        return
+    if have is not None and not pin and not refresh:
+        logger.warning(
+            f"{host.print_prefix}model {model}: {reason}; set models_refresh to update it, or pin it"
+        )
+        host.noop(f"model {model} is present (not refreshed)")
         return
     yield FunctionCommand(_run_with_progress, (pull_command(api, model, insecure),), {})
+    yield from _verified_pin(model, pin, manifest_file)
 
 
 def renamed_command(api: str, source: str, destination: str) -> str:
@@ -212,28 +280,41 @@ def renamed_command(api: str, source: str, destination: str) -> str:
 
 
 @operation()
-def seeded_model(model: str, source: str, api: str) -> Generator[Any, None, None]:
+def seeded_model(
+    model: str, source: str, seed_manifest_url: str, api: str, pin: str | None = None, manifest_file: str = ""
+) -> Generator[Any, None, None]:
     """
-    Pull `model` from the fleet's seed over the LAN, showing progress, and list it under its own name.
+    Pull `model` from the fleet's seed over the LAN, showing progress, and list it under its own name;
+    again whenever the seed's copy differs from the host's (the seed refreshed it).
 
     + model: the model name as /api/tags lists it (settings.listed_name)
     + source: the same model at the seed (host:port/namespace/model:tag), served over plain http
+    + seed_manifest_url: where the seed serves its manifest
     + api: base URL of the local API
+    + pin, manifest_file: as for pulled_model
     """
     models = host.get_fact(OllamaModels, api=api)
     if models is None:
         yield _api_down(api)
         return
-    if model in models:
-        host.noop(f"model {model} is present")
+    seed_has = host.get_fact(ManifestDigest, url=seed_manifest_url)
+    if seed_has is None:
+        yield fail_command(
+            f"the seed does not serve {model} at {seed_manifest_url}: deploy the seed first (is it up, and "
+            "this host in its models_lan_subnets?)"
+        )
+        return
+    if models.get(model) == seed_has:
+        host.noop(f"model {model} is present, as at the seed")
         return
     failed = fail_command(
         f"pulling {model} from the seed as {source} failed; the lines above say why (a blob whose sha256 "
-        "does not match is named there; 'file does not exist': the seed does not have it, deploy the seed)"
+        "does not match is named there)"
     )
     pull = f"{pull_command(api, source, insecure=True)} || {{ {failed}; }}"
     yield FunctionCommand(_run_with_progress, (pull,), {})
     yield renamed_command(api, source, model)
+    yield from _verified_pin(model, pin, manifest_file)
 
 
 @operation()

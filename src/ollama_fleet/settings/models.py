@@ -61,7 +61,7 @@ class ModelsSettings(Section):
     @classmethod
     def _pull_entries(cls, value: list[str]) -> list[str]:
         for entry in value:
-            name, pin = split_pin(entry)
+            name = split_pin(entry)[0]
             if "@" in name:
                 raise ValueError(
                     f"{entry!r}: a pinned digest is written name@sha256:<64 lowercase hex>, e.g. "

@@ -77,6 +77,9 @@ class ModelReference:
         """Where a registry serves the manifest (Docker registry API v2)."""
         return f"/v2/{self.repository}/manifests/{self.tag}"
 
+    def manifest_url(self, insecure: bool = False) -> str:
+        return f"{'http' if insecure else 'https'}://{self.registry}{self.manifest_url_path}"
+
     @property
     def manifest_path(self) -> str:
         """Under the models directory, as Ollama writes it after a pull."""
