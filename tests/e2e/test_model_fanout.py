@@ -188,11 +188,49 @@ def test_a_corrupt_blob_at_the_seed_is_refused_and_named(seeded: Seeded, first: 
     assert seeded.model in seeded.tags(host)
 
 
-def test_without_a_seed_the_fleet_is_back_to_its_own_models(seeded: Seeded, first: Any) -> None:
+def test_the_registry_digest_pinned_deploys_and_changes_nothing(seeded: Seeded, first: Any) -> None:
+    digest = seeded.tags(seeded.seed)[seeded.model]
+    pinned = seeded.fleet.deploy(
+        "--json",
+        *seeded.settings(),
+        "--data",
+        f"models_pull={json.dumps([f'{seeded.model}@sha256:{digest}'])}",
+    )
+    assert pinned.returncode == 0, pinned.stderr[-3000:]
+    assert changed(pinned.stdout) == {}
+
+
+def test_a_pin_the_registry_does_not_serve_stops_before_any_host_changes(seeded: Seeded, first: Any) -> None:
+    wrong = "sha256:" + "0" * 64
+    refused = seeded.fleet.deploy(
+        *seeded.settings(), "--data", f"models_pull={json.dumps([f'{seeded.model}@{wrong}'])}"
+    )
+    assert refused.returncode != 0
+    assert "pinned models cannot be deployed; nothing was changed on any host" in refused.stderr
+    assert f"not the pinned {wrong}" in refused.stderr and "hosts lab-1" in refused.stderr
+    assert "Starting operation" not in refused.stdout + refused.stderr
+
+
+def test_prune_removes_the_model_and_keeps_the_blobs_other_models_use(seeded: Seeded, first: Any) -> None:
+    weights = seeded.manifest(seeded.seed)["layers"][0]["digest"].replace(":", "-")
+    pruned = seeded.fleet.deploy("--json", "--data", "models_prune=true")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert sorted(changed(pruned.stdout)["Ollama models | Remove unlisted models"]) == seeded.fleet.hosts
     for host in seeded.fleet.hosts:
-        seeded.fleet.ssh_ok(host, f"ollama rm {seeded.model}")
-    back = seeded.fleet.deploy("--json")
-    assert back.returncode == 0, back.stderr[-3000:]
+        assert seeded.model not in seeded.tags(host)
+        assert "tiny:latest" in seeded.tags(host)  # the lab's own tiny: the same weights blob
+        seeded.fleet.ssh_ok(host, f"test -s {MODELS_DIR}/blobs/{weights}")
+    trust = ssl.create_default_context(cafile=str(seeded.fleet.ca_file))
+    with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
+        reply = client.post(
+            f"https://{seeded.fleet.address(seeded.others[0])}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {seeded.fleet.keys['ci']}"},
+            json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+        )
+    assert reply.status_code == 200, reply.text
+
+
+def test_without_a_seed_the_seed_port_is_gone(seeded: Seeded, first: Any) -> None:
     rules = seeded.fleet.ssh_ok(seeded.seed, "ufw show added")
     assert "11435" not in rules
     listening = seeded.fleet.ssh_ok(seeded.seed, "ss -ltnH")
