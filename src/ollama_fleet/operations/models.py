@@ -56,7 +56,8 @@ class ManifestDigest(FactBase[str | None]):
     pulled model's digest), fetched by the host; None when it cannot get it."""
 
     def command(self, url: str) -> str:
-        get = f"curl -fsS --max-time 20 -H {shlex.quote('Accept: ' + MANIFEST_ACCEPT)} {shlex.quote(url)}"
+        accept = shlex.quote(f"Accept: {MANIFEST_ACCEPT}")
+        get = f"curl -fsS --connect-timeout 5 --max-time 20 -H {accept} {shlex.quote(url)}"
         return f'if body=$({get} | base64 -w0); then echo "manifest $body"; else echo unreachable; fi'
 
     def process(self, output: list[str]) -> str | None:
