@@ -230,10 +230,10 @@ def test_ssh_client_address_found_in_a_parent_when_sudo_dropped_it() -> None:
 
 PULL_OK = [
     '{"status":"pulling manifest"}',
-    '{"status":"pulling abc","digest":"sha256:abc","total":1000}',
-    '{"status":"pulling abc","digest":"sha256:abc","total":1000,"completed":120}',
-    '{"status":"pulling abc","digest":"sha256:abc","total":1000,"completed":150}',
-    '{"status":"pulling abc","digest":"sha256:abc","total":1000,"completed":1000}',
+    '{"status":"pulling abc","digest":"sha256:abc","total":1048576}',
+    '{"status":"pulling abc","digest":"sha256:abc","total":1048576,"completed":125829}',
+    '{"status":"pulling abc","digest":"sha256:abc","total":1048576,"completed":157286}',
+    '{"status":"pulling abc","digest":"sha256:abc","total":1048576,"completed":1048576}',
     '{"status":"verifying sha256 digest"}',
     '{"status":"success"}',
 ]
@@ -250,9 +250,9 @@ def test_pull_progress_prints_one_line_per_status_and_ten_percent() -> None:
     assert result.returncode == 0
     assert result.stdout.splitlines() == [
         "pulling manifest",
-        "pulling abc 0%",
-        "pulling abc 10%",
-        "pulling abc 100%",
+        "pulling abc 0% (0.0 of 1.0 MB)",
+        "pulling abc 10% (0.1 of 1.0 MB)",
+        "pulling abc 100% (1.0 of 1.0 MB)",
         "verifying sha256 digest",
         "success",
     ]

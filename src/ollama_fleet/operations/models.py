@@ -182,10 +182,12 @@ PULL_PROGRESS_AWK = (
     'match($0, /"total":[0-9]+/) {t=substr($0, RSTART+8, RLENGTH-8)+0} '
     'match($0, /"completed":[0-9]+/) {c=substr($0, RSTART+12, RLENGTH-12)+0} '
     "{p = (t > 0) ? int(c * 10 / t) * 10 : -1; if (s != last || p != lastp) {"
-    'if (p >= 0) printf "%s %d%%\\n", s, p; else print s; last=s; lastp=p}} '
+    'if (p >= 0) printf "%s %d%% (%.1f of %.1f MB)\\n", s, p, c / 1048576, t / 1048576; else print s; '
+    "last=s; lastp=p}} "
     's == "success" {ok=1} END {exit (ok && !bad) ? 0 : 1}\''
 )
-"""Reads /api/pull's NDJSON: one line per status and per 10% of a layer; fails without a final success."""
+"""Reads /api/pull's NDJSON: one line per status and per 10% of a layer (with the bytes done); fails on an
+error line or without a final success."""
 
 
 def pull_command(api: str, model: str, insecure: bool = False) -> str:
@@ -194,7 +196,9 @@ def pull_command(api: str, model: str, insecure: bool = False) -> str:
     if insecure:
         request["insecure"] = True
     body = shlex.quote(json.dumps(request))
-    return f"curl -sSN --fail {shlex.quote(api + '/api/pull')} -d {body} | {PULL_PROGRESS_AWK}"
+    # Ollama streams a progress line at least every few seconds while it works: ten silent minutes is a stall.
+    stalled = "--speed-limit 1 --speed-time 600"
+    return f"curl -sSN --fail {stalled} {shlex.quote(api + '/api/pull')} -d {body} | {PULL_PROGRESS_AWK}"
 
 
 def _run_with_progress(state: State, host: PyinfraHost, command: str) -> bool:
