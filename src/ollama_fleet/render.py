@@ -120,9 +120,11 @@ def render_nginx_site(
     )
 
 
-def lan_models(s: FleetSettings) -> list[ModelReference]:
-    """The registry models a seed serves to the fleet (none on other hosts)."""
-    return [model_reference(name) for name in s.models.pull] if s.is_model_seed else []
+def lan_models(s: FleetSettings) -> list[tuple[ModelReference, ModelReference]]:
+    """(name on the LAN registry, name in the store) of every model a seed serves (none on other hosts)."""
+    if not s.is_model_seed:
+        return []
+    return [(model_reference(n).on_lan(local), model_reference(n)) for n, local in s.models.fanned_out()]
 
 
 def needs_njs(s: FleetSettings) -> bool:

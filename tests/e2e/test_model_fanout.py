@@ -27,6 +27,7 @@ from ollama_fleet.lab.state import LabState
 pytestmark = pytest.mark.e2e
 
 MODELS_DIR = "/usr/share/ollama/.ollama/models"
+FLEET_MODELS = ("tiny:latest", "vehicle-assistant:latest")  # the lab fleet's own models
 SEED_LOG = "/var/log/nginx/ollama-fleet-models.access.log"
 BLOCK = f"OUTPUT -p tcp --dport {MIRROR_PORT} -j REJECT -m comment --comment ollama-fleet-test-no-registry"
 
@@ -164,10 +165,29 @@ def test_an_identical_deploy_moves_no_model_bytes(seeded: Seeded, first: Any) ->
     again = seeded.deploy()
     assert again.returncode == 0, again.stderr[-4000:]
     assert changed(again.stdout) == {}
-    # Each host only compares its copy with the seed's manifest digest: one small GET, no pull, no blob.
+    # Each host only compares its copies with the seed's manifest digests: small GETs, no pull, no blob.
     new = seeded.seed_log()[before:]
-    assert len(new) == len(seeded.others), new
-    assert all("GET /v2/library/tiny/manifests/latest " in line and '"curl/' in line for line in new), new
+    assert len(new) == len(seeded.others) * (len(FLEET_MODELS) + 1), new  # and the pulled model
+    assert all("/manifests/latest " in line and '"curl/' in line for line in new), new
+
+
+def test_models_the_seed_creates_reach_the_others_from_the_seed(seeded: Seeded, first: Any) -> None:
+    """The lab's GGUF model and its Modelfile model: a host without them gets the seed's, not an upload."""
+    host = seeded.others[-1]
+    for model in ("vehicle-assistant:latest", "tiny:latest"):
+        seeded.fleet.ssh_ok(host, f"ollama rm {model}")
+    before = len(seeded.seed_log())
+    refilled = seeded.deploy("--limit", host)
+    assert refilled.returncode == 0, refilled.stderr[-3000:]
+    assert sorted(op for op in changed(refilled.stdout) if "Ollama models" in op) == [
+        "Ollama models | Pull model tiny:latest from the seed lab-1",
+        "Ollama models | Pull model vehicle-assistant:latest from the seed lab-1",
+    ]
+    fetched = " ".join(seeded.seed_log()[before:])
+    for repository in ("local-library/tiny", "local-library/vehicle-assistant"):
+        assert f"GET /v2/{repository}/manifests/latest " in fetched
+    mine, seeds = seeded.tags(host), seeded.tags(seeded.seed)
+    assert [mine[m] for m in FLEET_MODELS] == [seeds[m] for m in FLEET_MODELS]
 
 
 def test_a_corrupt_blob_at_the_seed_is_refused_and_named(seeded: Seeded, first: Any) -> None:

@@ -68,11 +68,11 @@ def test_hosts_that_fetch_need_the_seed_in_the_inventory_pulling_their_models(tm
         return settings_for_host(name, {**base, **data}, ENVIRON)
 
     fleet = {"seed": host("seed", models_pull=["tiny"]), "gpu": host("gpu", models_pull=["tiny", "phi"])}
-    (problem,) = seed_problems(fleet, {})
+    (problem,) = seed_problems(fleet)
     assert "host 'gpu'" in problem and "['phi'] are not pulled by the seed 'seed'" in problem
-    (missing,) = seed_problems({"gpu": fleet["gpu"]}, {})
+    (missing,) = seed_problems({"gpu": fleet["gpu"]})
     assert "models_seed_host 'seed' is not a host of this inventory" in missing
-    assert seed_problems({**fleet, "gpu": host("gpu", models_pull=["tiny"])}, {}) == []
+    assert seed_problems({**fleet, "gpu": host("gpu", models_pull=["tiny"])}) == []
 
 
 def test_only_the_seed_opens_its_lan_port_to_the_lan_subnets(tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ def test_hosts_cannot_pin_other_than_their_seed(tmp_path: Path) -> None:
     gpu = settings_for_host(
         "gpu", {**_host_data(tmp_path), **base, "models_pull": [f"tiny@{other}"]}, ENVIRON
     )
-    (problem,) = seed_problems({"seed": seed, "gpu": gpu}, {})
+    (problem,) = seed_problems({"seed": seed, "gpu": gpu})
     assert "pin another digest than the seed 'seed' has" in problem
 
 
@@ -239,3 +239,40 @@ def _host_data(tmp_path: Path) -> dict[str, Any]:
         "auth_key_names": ["alice"],
         "auth_secrets_file": str(tmp_path / "none.json"),
     }
+
+
+# --- models the seed creates (GGUF, Modelfile) fan out too ---
+
+
+def test_models_the_seed_creates_are_served_under_local_namespaces(tmp_path: Path) -> None:
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"GGUF")
+    custom = {"name": "helper", "base": "mine"}
+    s = fleet_settings(tmp_path, **SEED, models_gguf={"mine": str(gguf)}, models_custom=[custom])
+    site = render.render_nginx_site(s)
+    models_dir = s.ollama.models_dir
+    for lan, store in [
+        ("/v2/library/tiny/manifests/latest", "manifests/10.213.0.1:8080/library/tiny/latest"),
+        ("/v2/local-library/mine/manifests/latest", "manifests/registry.ollama.ai/library/mine/latest"),
+        ("/v2/local-library/helper/manifests/latest", "manifests/registry.ollama.ai/library/helper/latest"),
+    ]:
+        assert f"location = {lan} {{" in site
+        assert f"alias {models_dir}/{store};" in site
+    # A pulled model in a local- namespace would be served as a created one: refused.
+    with pytest.raises(SettingsError, match="one name on the seed's LAN registry"):
+        fleet_settings(
+            tmp_path, **{**SEED, "models_pull": ["local-library/mine"]}, models_gguf={"mine": str(gguf)}
+        )
+
+
+def test_hosts_of_a_seed_define_created_models_like_the_seed(tmp_path: Path) -> None:
+    gguf, other = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    gguf.write_bytes(b"GGUF")
+    other.write_bytes(b"GGUF2")
+    data = {**_host_data(tmp_path), "models_seed_host": "seed", "models_lan_subnets": ["10.0.0.0/24"]}
+    seed = settings_for_host("seed", {**data, "models_gguf": {"mine": str(gguf)}}, ENVIRON)
+    same = settings_for_host("gpu", {**data, "models_gguf": {"mine": str(gguf)}}, ENVIRON)
+    assert seed_problems({"seed": seed, "gpu": same}) == []
+    differs = settings_for_host("gpu", {**data, "models_gguf": {"mine": str(other)}}, ENVIRON)
+    (problem,) = seed_problems({"seed": seed, "gpu": differs})
+    assert "models ['mine'] are not made by the seed 'seed' from the same GGUF file" in problem

@@ -51,13 +51,13 @@ def validate_hosts(hosts: Iterable[Host]) -> dict[str, FleetSettings]:
             settings[host.name] = settings_for_host(host.name, host_data(host))
         except SettingsError as exc:
             errors.append(str(exc))
-    errors += seed_problems(settings, {host.name: host_data(host) for host in hosts})
+    errors += seed_problems(settings)
     if errors:
         raise FleetError("settings are invalid; nothing was changed on any host:\n" + "\n".join(errors))
     return settings
 
 
-def seed_problems(settings: dict[str, FleetSettings], data: dict[str, dict[str, Any]]) -> list[str]:
+def seed_problems(settings: dict[str, FleetSettings]) -> list[str]:
     """A host that fetches models from a seed needs the seed in this run's inventory, pulling each model."""
     problems = []
     for name, s in settings.items():
@@ -76,6 +76,13 @@ def seed_problems(settings: dict[str, FleetSettings], data: dict[str, dict[str, 
             problems.append(
                 f"host {name!r}: models_pull {missing} are not pulled by the seed {seed!r}; add them to "
                 f"{seed}'s models_pull"
+            )
+        created = [model for model, path in s.models.gguf.items() if seeds.gguf.get(model) != path]
+        created += [custom.name for custom in s.models.custom if custom not in seeds.custom]
+        if created:
+            problems.append(
+                f"host {name!r}: models {created} are not made by the seed {seed!r} from the same GGUF file "
+                "or Modelfile; the hosts of a seed get its models: define them alike on the seed"
             )
         other_pins = [m for m in s.models.pull if s.models.pin(m) and s.models.pin(m) != seeds.pin(m)]
         if other_pins and not missing:

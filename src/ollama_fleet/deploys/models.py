@@ -1,4 +1,5 @@
-"""The models each host serves: GGUF files from the controller, pulls, custom Modelfiles, optional prune."""
+"""The models each host serves: GGUF files from the controller, pulls, custom Modelfiles, optional prune;
+or, on a host with a seed (models_seed_host), every one of them as the seed has it, over the LAN."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ from ollama_fleet.settings.rules import model_reference
 
 @deploy("Ollama models")
 def ollama_models(s: FleetSettings) -> None:
+    # pyinfra orders operations by where they are called: everything the seed does (and every host without a
+    # seed) comes before the others pull from the seed.
+    if not s.fetches_from_seed:
+        _own_models(s)
+    else:
+        _models_from_seed(s)
+    if s.models.prune:
+        models.unlisted_models_removed(name="Remove unlisted models", keep=s.models.names(), api=api_base(s))
+
+
+def _own_models(s: FleetSettings) -> None:
+    """GGUF files uploaded from the controller, pulls from the registry, Modelfiles built here."""
     api = api_base(s)
     api_host = api.removeprefix("http://")
     base_digests = {}
@@ -29,35 +42,18 @@ def ollama_models(s: FleetSettings) -> None:
             api=api,
             api_host=api_host,
         )
-    seed = s.models.seed_host
     for name in each(s.models.pull):
-        model, ref = listed_name(name), model_reference(name)
-        manifest_file = posixpath.join(str(s.ollama.models_dir), ref.manifest_path)
-        # pyinfra orders operations by where they are called: the seed's pull (and every host's own pull
-        # without a seed) comes before the others pull from the seed.
-        if not s.fetches_from_seed:
-            insecure = s.models.pulls_insecurely(name)
-            models.pulled_model(
-                name=f"Pull model {model}",
-                model=model,
-                api=api,
-                insecure=insecure,
-                pin=s.models.pin(name),
-                refresh=s.models.refresh,
-                source_manifest_url=ref.manifest_url(insecure),
-                manifest_file=manifest_file,
-            )
-        elif seed:
-            address = f"{seed_address(host, seed)}:{s.models.lan_port}"
-            models.seeded_model(
-                name=f"Pull model {model} from the seed {seed}",
-                model=model,
-                source=ref.at(address),
-                seed_manifest_url=f"http://{address}{ref.manifest_url_path}",
-                api=api,
-                pin=s.models.pin(name),
-                manifest_file=manifest_file,
-            )
+        ref, insecure = model_reference(name), s.models.pulls_insecurely(name)
+        models.pulled_model(
+            name=f"Pull model {listed_name(name)}",
+            model=listed_name(name),
+            api=api,
+            insecure=insecure,
+            pin=s.models.pin(name),
+            refresh=s.models.refresh,
+            source_manifest_url=ref.manifest_url(insecure),
+            manifest_file=posixpath.join(str(s.ollama.models_dir), ref.manifest_path),
+        )
     for custom in each(s.models.custom):
         modelfile = render_modelfile(s, custom)
         models.custom_model(
@@ -68,5 +64,23 @@ def ollama_models(s: FleetSettings) -> None:
             api=api,
             api_host=api_host,
         )
-    if s.models.prune:
-        models.unlisted_models_removed(name="Remove unlisted models", keep=s.models.names(), api=api)
+
+
+def _models_from_seed(s: FleetSettings) -> None:
+    """Every model as the seed has it, over the LAN: nothing is uploaded from the controller or pulled from
+    the registry."""
+    seed = s.models.seed_host
+    assert seed is not None
+    address = f"{seed_address(host, seed)}:{s.models.lan_port}"
+    for name, local in each(s.models.fanned_out()):
+        ref = model_reference(name)
+        lan = ref.on_lan(local)
+        models.seeded_model(
+            name=f"Pull model {listed_name(name)} from the seed {seed}",
+            model=listed_name(name),
+            source=lan.at(address),
+            seed_manifest_url=f"http://{address}{lan.manifest_url_path}",
+            api=api_base(s),
+            pin=s.models.pin(name),
+            manifest_file=posixpath.join(str(s.ollama.models_dir), ref.manifest_path),
+        )

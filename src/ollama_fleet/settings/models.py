@@ -106,12 +106,20 @@ class ModelsSettings(Section):
                 return split_pin(entry)[1]
         return None
 
+    def fanned_out(self) -> list[tuple[str, bool]]:
+        """Every model a seed serves, with whether the seed creates it itself (GGUF, Modelfile)."""
+        return [
+            *((name, False) for name in self.pull),
+            *((name, True) for name in self.gguf),
+            *((custom.name, True) for custom in self.custom),
+        ]
+
     def lan_collisions(self) -> list[str]:
-        """Pulls a seed could not serve apart: the same namespace/model:tag from two registries."""
+        """Models a seed could not serve apart: one namespace/model:tag on its LAN registry."""
         seen: dict[tuple[str, str], str] = {}
         clashes = []
-        for name in self.pull:
-            ref = model_reference(name)
+        for name, local in self.fanned_out():
+            ref = model_reference(name).on_lan(local)
             other = seen.setdefault((ref.repository, ref.tag), name)
             if other != name:
                 clashes.append(f"{other!r} and {name!r}")

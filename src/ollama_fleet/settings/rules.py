@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 KEY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 """API key names: they appear in nginx maps, logs and environment variable names."""
@@ -85,9 +85,17 @@ class ModelReference:
         """Under the models directory, as Ollama writes it after a pull."""
         return f"manifests/{self.registry}/{self.namespace}/{self.model}/{self.tag}"
 
+    def on_lan(self, local: bool) -> ModelReference:
+        """How the seed names it on its LAN registry: models created on the seed (GGUF, Modelfile) under
+        `local-<namespace>`, so they never meet a pulled model of the same name."""
+        return replace(self, namespace=f"{LOCAL_PREFIX}{self.namespace}") if local else self
+
     def at(self, registry: str) -> str:
         """The same repository and tag, named at another registry (host:port)."""
         return f"{registry}/{self.repository}:{self.tag}"
+
+
+LOCAL_PREFIX = "local-"
 
 
 def model_reference(name: str) -> ModelReference:

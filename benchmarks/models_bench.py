@@ -1,0 +1,328 @@
+"""Models over the LAN (issue 10): bytes and time of a registry model reaching a fleet, with and without seed.
+
+A benchmark model of --size-mb MB is published in the lab mirror's registry (`<mirror>/library/fleet-bench`):
+its model layer is the lab's tiny GGUF followed by random bytes up to the size (the deploy ends with a chat
+with every configured model, so the model must load; llama.cpp ignores bytes after the last tensor, and
+random bytes cannot be compressed on the way). On every host, iptables accounting rules at the top of INPUT
+count what arrives from the mirror (the gateway's port 8080: "upstream") and from any seed (source port
+models_lan_port, 11435: "LAN"); the counters are IP bytes, so TCP/IP headers add a few percent.
+
+For N in --hosts (1, 3, 8), each from cold (the model removed from every host, its blob gone):
+1. upstream bytes without a seed / model size: every host pulls from the registry (expected N);
+2. upstream bytes with models_seed_host=lab-1 / model size: only the seed pulls from the registry (target
+   1.0), and LAN bytes with the seed / model size: the other hosts pull from the seed (expected N-1);
+3. wall time of the seeded deploy, and the ratios seed wall time at the largest N / at 1 host (target <= 2)
+   and no-seed wall time / seed wall time at the largest N;
+4. a second, identical seeded deploy of the largest N: the bytes it moves (target 0: a manifest check each
+   is all) and its time.
+
+Each configuration is deployed once to every host before it is measured (then the model is removed), so
+the measured deploys differ only by the pull: the model's name in the health check, and the seed's nginx
+server and ufw rule, are already in place. Each deploy ends with the deploy's own client check of every host
+(chat included); that is in every wall time.
+
+Brings up its own lab slot (default 12) with --hosts' largest count, and leaves it down (also on failure);
+the registry files it adds are removed.
+
+    python benchmarks/models_bench.py [--hosts 1,3,8] [--size-mb 300] [--slot 12] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ollama_fleet.lab import lifecycle, registry
+from ollama_fleet.lab.artifacts import ensure_tiny_model
+from ollama_fleet.lab.plan import MIRROR_PORT
+from ollama_fleet.lab.state import LabState
+
+REPO = Path(__file__).resolve().parents[1]
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+REPOSITORY, TAG = "library/fleet-bench", "latest"
+LAN_PORT = 11435  # group_data/all.py models_lan_port
+MODELS_DIR = "/usr/share/ollama/.ollama/models"  # group_data/all.py ollama_models_dir
+UPSTREAM, LAN = "bench-upstream", "bench-lan"
+MB = 1_000_000
+
+
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --- the benchmark model in the lab registry ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str  # as models_pull names it and /api/tags lists it: <mirror host:port>/library/fleet-bench:latest
+    registry: str  # <mirror host:port>
+    digest: str  # sha256:<hex> of the model layer
+    size: int  # bytes of the model layer
+
+
+def model_layer(size: int) -> bytes:
+    """The tiny GGUF (it loads and answers a chat) padded with random bytes to `size` bytes."""
+    head = ensure_tiny_model().read_bytes()
+    if size <= len(head):
+        raise SystemExit(f"--size-mb must exceed the tiny GGUF's {len(head)} bytes")
+    return head + os.urandom(size - len(head))
+
+
+def publish_model(registry_host: str, size: int) -> BenchModel:
+    data = model_layer(size)
+    layer = registry.blob_of(data, registry.MODEL_MEDIA_TYPE)
+    details = registry.gguf_details(ensure_tiny_model())
+    files = registry.registry_files(layer, details, REPOSITORY, TAG)
+    files[registry.blob_path(layer.digest, REPOSITORY)] = data
+    root = registry.registry_dir()
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(content)
+    return BenchModel(f"{registry_host}/{REPOSITORY}:{TAG}", registry_host, layer.digest, layer.size)
+
+
+def unpublish_model() -> None:
+    """Every file publish_model wrote lives under the repository's own directory."""
+    shutil.rmtree(registry.registry_dir() / REPOSITORY, ignore_errors=True)
+
+
+# --- hosts over ssh -----------------------------------------------------------------------------------------
+
+
+def on_hosts(lab: LabState, hosts: list[str], command: str | Callable[[str], str]) -> dict[str, str]:
+    """Run `command` (or command(host)) on each host in parallel; stdout by host, SystemExit on a failure."""
+
+    def one(host: str) -> str:
+        text = command(host) if callable(command) else command
+        done = subprocess.run(lab.ssh_command(host, text), capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise SystemExit(f"{host}: {text}: exit {done.returncode}: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        return dict(zip(hosts, pool.map(one, hosts), strict=True))
+
+
+def names(lab: LabState) -> list[str]:
+    return [host.name for host in lab.hosts]
+
+
+def cold(lab: LabState, model: BenchModel) -> None:
+    """Remove the model from every host; fail if its blob is still there."""
+    blob = f"{MODELS_DIR}/blobs/{model.digest.replace(':', '-')}"
+    on_hosts(lab, names(lab), f"ollama rm {model.name} >/dev/null 2>&1; test ! -e {blob}")
+
+
+# --- byte counters ------------------------------------------------------------------------------------------
+
+
+def comment(text: str) -> str:
+    return f"-m comment --comment {text}"
+
+
+def counter_rules(lab: LabState) -> dict[str, str]:
+    """Comment -> iptables INPUT rule (no target: it only counts) for what comes from the mirror / a seed."""
+    return {
+        UPSTREAM: f"INPUT -s {lab.plan.gateway_ip} -p tcp --sport {MIRROR_PORT} {comment(UPSTREAM)}",
+        LAN: f"INPUT -p tcp --sport {LAN_PORT} {comment(LAN)}",
+    }
+
+
+def add_counters(lab: LabState) -> None:
+    rules = counter_rules(lab).values()
+    clear = "; ".join(f"while iptables -D {rule} 2>/dev/null; do :; done" for rule in rules)
+    on_hosts(lab, names(lab), clear + "; " + " && ".join(f"iptables -I {rule}" for rule in rules))
+
+
+def parse_counters(listing: str) -> dict[str, int]:
+    """Bytes of each counter rule in `iptables -L INPUT -v -x -n` (the second column)."""
+    found = {}
+    for line in listing.splitlines():
+        for comment in (UPSTREAM, LAN):
+            if f"/* {comment} */" in line:
+                found[comment] = int(line.split()[1])
+    return found
+
+
+def read_and_remove_counters(lab: LabState) -> dict[str, int]:
+    """Bytes per counter, summed over the hosts; the rules are deleted."""
+    delete = " && ".join(f"iptables -D {rule}" for rule in counter_rules(lab).values())
+    listings = on_hosts(lab, names(lab), f"iptables -L INPUT -v -x -n && {delete}")
+    totals = {UPSTREAM: 0, LAN: 0}
+    for host, listing in listings.items():
+        counters = parse_counters(listing)
+        if counters.keys() != totals.keys():
+            raise SystemExit(f"{host}: the counter rules are gone from INPUT (did ufw flush it?):\n{listing}")
+        for comment, count in counters.items():
+            totals[comment] += count
+    return totals
+
+
+# --- deploys ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    upstream: int  # bytes from the mirror's registry, summed over the hosts
+    lan: int  # bytes from the seed's port, summed over the hosts
+    changed: list[str]  # operations that changed something on some host
+
+
+def model_settings(lab: LabState, model: BenchModel, seeded: bool) -> list[str]:
+    data = [f"models_pull={json.dumps([model.name])}"]
+    data.append(f"models_insecure_registries={json.dumps([model.registry])}")
+    if seeded:
+        data.append(f"models_seed_host={lab.hosts[0].name}")
+        data.append(f"models_lan_subnets={json.dumps([lab.plan.hosts_subnet])}")
+    return [arg for item in data for arg in ("--data", item)]
+
+
+def deploy(lab: LabState, *extra: str) -> tuple[float, list[str]]:
+    """Seconds of one pyinfra run of deploys/ollama.py, and the operations it changed."""
+    argv = [PYINFRA, "-y", "--json", *extra, lab.inventory_path, "deploys/ollama.py"]
+    env = {**os.environ, "PYINFRA_PROGRESS": "off"}
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[3:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    operations = json.loads(done.stdout)["results"]["operations"]
+    return seconds, [op["name"] for op in operations if op["success"]]
+
+
+def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> Measured:
+    """Deploy the model to lab-1..lab-<count>, counting the bytes every host of the lab received."""
+    limits = [arg for host in names(lab)[:count] for arg in ("--limit", host)]
+    add_counters(lab)
+    try:
+        seconds, changed = deploy(lab, *limits, *model_settings(lab, model, seeded))
+    finally:
+        counted = read_and_remove_counters(lab)
+    what = f"{'seed' if seeded else 'no seed'}, {count} host(s)"
+    progress(f"  {what}: {seconds:.1f} s, upstream {counted[UPSTREAM]} B, LAN {counted[LAN]} B")
+    return Measured(seconds, counted[UPSTREAM], counted[LAN], changed)
+
+
+# --- the figures --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    hosts: int
+    upstream_no_seed: float  # / model size
+    upstream_seed: float
+    lan_seed: float
+    seed_seconds: float
+    no_seed_seconds: float
+
+
+@dataclass(frozen=True)
+class Figures:
+    model_bytes: int
+    rows: list[Row]
+    seed_wall_largest_over_1: float
+    no_seed_over_seed_wall_largest: float
+    second_deploy_bytes: int
+    second_deploy_seconds: float
+    second_deploy_changed: list[str]
+
+
+def scenarios(lab: LabState, model: BenchModel, sizes: list[int], seeded: bool) -> dict[int, Measured]:
+    """One configuration: deployed once everywhere (settings in place), then each size from cold."""
+    progress(f"{'seed' if seeded else 'no seed'}: first deploy of the configuration to every host")
+    model_deploy(lab, model, len(lab.hosts), seeded)
+    results = {}
+    for count in sizes:
+        cold(lab, model)
+        results[count] = model_deploy(lab, model, count, seeded)
+    return results
+
+
+def measure(lab: LabState, model: BenchModel, sizes: list[int]) -> Figures:
+    no_seed = scenarios(lab, model, sizes, seeded=False)
+    seed = scenarios(lab, model, sizes, seeded=True)
+    progress("seed: a second identical deploy")
+    again = model_deploy(lab, model, max(sizes), seeded=True)
+    size = model.size
+    rows = [
+        Row(n, no_seed[n].upstream / size, seed[n].upstream / size, seed[n].lan / size, seed[n].seconds,
+            no_seed[n].seconds)
+        for n in sizes
+    ]  # fmt: skip
+    largest, smallest = max(sizes), min(sizes)
+    return Figures(
+        model_bytes=size,
+        rows=rows,
+        seed_wall_largest_over_1=seed[largest].seconds / seed[smallest].seconds,
+        no_seed_over_seed_wall_largest=no_seed[largest].seconds / seed[largest].seconds,
+        second_deploy_bytes=again.upstream + again.lan,
+        second_deploy_seconds=again.seconds,
+        second_deploy_changed=again.changed,
+    )
+
+
+def print_table(figures: Figures) -> None:
+    sizes = [row.hosts for row in figures.rows]
+    largest, smallest = max(sizes), min(sizes)
+    print(f"models over the LAN: a {figures.model_bytes / MB:.0f} MB registry model, bytes / model size")
+    heads = ("N", "upstream, no seed", "upstream, seed", "LAN, seed", "wall, seed", "wall, no seed")
+    print("  " + "  ".join(f"{head:>{len(head) if i else 3}}" for i, head in enumerate(heads)))
+    for row in figures.rows:
+        print(
+            f"  {row.hosts:>3}  {row.upstream_no_seed:>16.3f}x  {row.upstream_seed:>13.3f}x  "
+            f"{row.lan_seed:>8.3f}x  {row.seed_seconds:>8.1f} s  {row.no_seed_seconds:>11.1f} s"
+        )
+    print(
+        f"  seed wall time {largest} hosts / {smallest} host(s): {figures.seed_wall_largest_over_1:.2f}x "
+        "(target <= 2)"
+    )
+    ratio = figures.no_seed_over_seed_wall_largest
+    print(f"  no-seed wall time / seed wall time, {largest} hosts: {ratio:.2f}x")
+    print(
+        f"  second identical seed deploy of {largest} hosts: {figures.second_deploy_bytes} B moved "
+        f"({figures.second_deploy_bytes / figures.model_bytes:.5f}x the model; target 0), "
+        f"{figures.second_deploy_seconds:.1f} s, {len(figures.second_deploy_changed)} operation(s) changed"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hosts", default="1,3,8", help="comma list of fleet sizes (%(default)s)")
+    parser.add_argument("--size-mb", type=int, default=300, help="model size in MB (%(default)s)")
+    parser.add_argument("--slot", type=int, default=12)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    sizes = sorted(int(n) for n in args.hosts.split(","))
+
+    progress(f"lab up: {max(sizes)} hosts in slot {args.slot}")
+    try:
+        lab = lifecycle.up(max(sizes), args.slot, log=False)
+        progress("base deploy of every host")
+        deploy(lab)
+        model = publish_model(lab.mirror_url.removeprefix("http://"), args.size_mb * MB)
+        figures = measure(lab, model, sizes)
+    finally:
+        unpublish_model()
+        lifecycle.down(args.slot, log=False)
+    if args.json:
+        print(json.dumps(asdict(figures), indent=2))
+    else:
+        print_table(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
