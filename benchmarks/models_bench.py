@@ -11,8 +11,10 @@ For N in --hosts (1, 3, 8), each from cold (the model removed from every host, i
 1. upstream bytes without a seed / model size: every host pulls from the registry (expected N);
 2. upstream bytes with models_seed_host=lab-1 / model size: only the seed pulls from the registry (target
    1.0), and LAN bytes with the seed / model size: the other hosts pull from the seed (expected N-1);
-3. wall time of the seeded deploy, and the ratios seed wall time at the largest N / at 1 host (target <= 2)
-   and no-seed wall time / seed wall time at the largest N;
+3. time of each deploy: the whole pyinfra run ("wall") and its model pulls alone ("pulls": from the start
+   of the first pull operation to the start of the next operation; with a seed, the seed's pull, then the
+   others' pulls from it, in parallel); the ratios seed time at the largest N / at 1 host (target <= 2),
+   and no-seed time / seed time at the largest N;
 4. a second, identical seeded deploy of the largest N: the bytes it moves (target 0: a manifest check each
    is all) and its time.
 
@@ -35,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -172,11 +175,21 @@ def read_and_remove_counters(lab: LabState) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class Deployed:
+    seconds: float  # the whole pyinfra run
+    pull_seconds: float  # from the start of the first model pull operation to the start of the next operation
+    changed: list[str]  # operations that changed something on some host
+
+
+@dataclass(frozen=True)
 class Measured:
-    seconds: float
+    run: Deployed
     upstream: int  # bytes from the mirror's registry, summed over the hosts
     lan: int  # bytes from the seed's port, summed over the hosts
-    changed: list[str]  # operations that changed something on some host
+
+
+PULL_OPERATION = "--> Starting operation: Ollama models | Pull model "
+NEXT_OPERATION = "--> Starting operation: "
 
 
 def model_settings(lab: LabState, model: BenchModel, seeded: bool) -> list[str]:
@@ -188,17 +201,33 @@ def model_settings(lab: LabState, model: BenchModel, seeded: bool) -> list[str]:
     return [arg for item in data for arg in ("--data", item)]
 
 
-def deploy(lab: LabState, *extra: str) -> tuple[float, list[str]]:
-    """Seconds of one pyinfra run of deploys/ollama.py, and the operations it changed."""
+def pull_seconds(lines: list[tuple[float, str]]) -> float:
+    """Seconds the model pull operations took (the seed's, then the others'), from pyinfra's log."""
+    starts = [(t, text) for t, text in lines if text.startswith(NEXT_OPERATION)]
+    pulls = [i for i, (_, text) in enumerate(starts) if text.startswith(PULL_OPERATION)]
+    if not pulls or pulls[-1] + 1 == len(starts):
+        return 0.0
+    return starts[pulls[-1] + 1][0] - starts[pulls[0]][0]
+
+
+def deploy(lab: LabState, *extra: str) -> Deployed:
+    """One pyinfra run of deploys/ollama.py, timed; each stderr line noted with the time it arrived."""
     argv = [PYINFRA, "-y", "--json", *extra, lab.inventory_path, "deploys/ollama.py"]
     env = {**os.environ, "PYINFRA_PROGRESS": "off"}
-    start = time.perf_counter()
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[3:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    operations = json.loads(done.stdout)["results"]["operations"]
-    return seconds, [op["name"] for op in operations if op["success"]]
+    with tempfile.TemporaryFile("w+") as stdout:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        lines = [(time.perf_counter() - start, line.rstrip()) for line in proc.stderr]
+        code = proc.wait()
+        seconds = time.perf_counter() - start
+        stdout.seek(0)
+        output = stdout.read()
+    if code != 0:
+        log = "\n".join(text for _, text in lines[-60:])
+        raise SystemExit(f"{' '.join(argv[3:])} failed:\n{output[-3000:]}\n{log}")
+    operations = json.loads(output)["results"]["operations"]
+    return Deployed(seconds, pull_seconds(lines), [op["name"] for op in operations if op["success"]])
 
 
 def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> Measured:
@@ -206,12 +235,14 @@ def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> 
     limits = [arg for host in names(lab)[:count] for arg in ("--limit", host)]
     add_counters(lab)
     try:
-        seconds, changed = deploy(lab, *limits, *model_settings(lab, model, seeded))
+        run = deploy(lab, *limits, *model_settings(lab, model, seeded))
     finally:
         counted = read_and_remove_counters(lab)
-    what = f"{'seed' if seeded else 'no seed'}, {count} host(s)"
-    progress(f"  {what}: {seconds:.1f} s, upstream {counted[UPSTREAM]} B, LAN {counted[LAN]} B")
-    return Measured(seconds, counted[UPSTREAM], counted[LAN], changed)
+    progress(
+        f"  {'seed' if seeded else 'no seed'}, {count} host(s): {run.seconds:.1f} s (pulls "
+        f"{run.pull_seconds:.1f} s), upstream {counted[UPSTREAM]} B, LAN {counted[LAN]} B"
+    )
+    return Measured(run, counted[UPSTREAM], counted[LAN])
 
 
 # --- the figures --------------------------------------------------------------------------------------------
@@ -220,27 +251,33 @@ def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> 
 @dataclass(frozen=True)
 class Row:
     hosts: int
-    upstream_no_seed: float  # / model size
+    upstream_no_seed: float  # bytes / model size
     upstream_seed: float
     lan_seed: float
     seed_seconds: float
+    seed_pull_seconds: float
     no_seed_seconds: float
+    no_seed_pull_seconds: float
 
 
 @dataclass(frozen=True)
 class Figures:
     model_bytes: int
     rows: list[Row]
-    seed_wall_largest_over_1: float
+    seed_wall_largest_over_smallest: float
+    seed_pull_largest_over_smallest: float
     no_seed_over_seed_wall_largest: float
-    second_deploy_bytes: int
+    no_seed_over_seed_pull_largest: float
+    second_deploy_upstream_bytes: int
+    second_deploy_lan_bytes: int
     second_deploy_seconds: float
     second_deploy_changed: list[str]
 
 
 def scenarios(lab: LabState, model: BenchModel, sizes: list[int], seeded: bool) -> dict[int, Measured]:
     """One configuration: deployed once everywhere (settings in place), then each size from cold."""
-    progress(f"{'seed' if seeded else 'no seed'}: first deploy of the configuration to every host")
+    progress(f"{'seed' if seeded else 'no seed'}: a first deploy of the settings to every host (not counted)")
+    cold(lab, model)
     model_deploy(lab, model, len(lab.hosts), seeded)
     results = {}
     for count in sizes:
@@ -249,50 +286,72 @@ def scenarios(lab: LabState, model: BenchModel, sizes: list[int], seeded: bool) 
     return results
 
 
+def row(count: int, no_seed: Measured, seed: Measured, size: int) -> Row:
+    return Row(
+        hosts=count,
+        upstream_no_seed=no_seed.upstream / size,
+        upstream_seed=seed.upstream / size,
+        lan_seed=seed.lan / size,
+        seed_seconds=seed.run.seconds,
+        seed_pull_seconds=seed.run.pull_seconds,
+        no_seed_seconds=no_seed.run.seconds,
+        no_seed_pull_seconds=no_seed.run.pull_seconds,
+    )
+
+
 def measure(lab: LabState, model: BenchModel, sizes: list[int]) -> Figures:
     no_seed = scenarios(lab, model, sizes, seeded=False)
     seed = scenarios(lab, model, sizes, seeded=True)
+    largest, smallest = seed[max(sizes)].run, seed[min(sizes)].run
     progress("seed: a second identical deploy")
     again = model_deploy(lab, model, max(sizes), seeded=True)
-    size = model.size
-    rows = [
-        Row(n, no_seed[n].upstream / size, seed[n].upstream / size, seed[n].lan / size, seed[n].seconds,
-            no_seed[n].seconds)
-        for n in sizes
-    ]  # fmt: skip
-    largest, smallest = max(sizes), min(sizes)
     return Figures(
-        model_bytes=size,
-        rows=rows,
-        seed_wall_largest_over_1=seed[largest].seconds / seed[smallest].seconds,
-        no_seed_over_seed_wall_largest=no_seed[largest].seconds / seed[largest].seconds,
-        second_deploy_bytes=again.upstream + again.lan,
-        second_deploy_seconds=again.seconds,
-        second_deploy_changed=again.changed,
+        model_bytes=model.size,
+        rows=[row(n, no_seed[n], seed[n], model.size) for n in sizes],
+        seed_wall_largest_over_smallest=largest.seconds / smallest.seconds,
+        seed_pull_largest_over_smallest=largest.pull_seconds / smallest.pull_seconds,
+        no_seed_over_seed_wall_largest=no_seed[max(sizes)].run.seconds / largest.seconds,
+        no_seed_over_seed_pull_largest=no_seed[max(sizes)].run.pull_seconds / largest.pull_seconds,
+        second_deploy_upstream_bytes=again.upstream,
+        second_deploy_lan_bytes=again.lan,
+        second_deploy_seconds=again.run.seconds,
+        second_deploy_changed=again.run.changed,
     )
 
 
-def print_table(figures: Figures) -> None:
-    sizes = [row.hosts for row in figures.rows]
-    largest, smallest = max(sizes), min(sizes)
-    print(f"models over the LAN: a {figures.model_bytes / MB:.0f} MB registry model, bytes / model size")
-    heads = ("N", "upstream, no seed", "upstream, seed", "LAN, seed", "wall, seed", "wall, no seed")
-    print("  " + "  ".join(f"{head:>{len(head) if i else 3}}" for i, head in enumerate(heads)))
-    for row in figures.rows:
-        print(
-            f"  {row.hosts:>3}  {row.upstream_no_seed:>16.3f}x  {row.upstream_seed:>13.3f}x  "
-            f"{row.lan_seed:>8.3f}x  {row.seed_seconds:>8.1f} s  {row.no_seed_seconds:>11.1f} s"
-        )
+COLUMNS = (
+    ("N", "{:>3}"),
+    ("upstream, no seed", "{:>16.3f}x"),
+    ("upstream, seed", "{:>13.3f}x"),
+    ("LAN, seed", "{:>8.3f}x"),
+    ("wall (pulls), seed", "{:>9.1f} ({:>5.1f}) s"),
+    ("wall (pulls), no seed", "{:>12.1f} ({:>5.1f}) s"),
+)
+
+
+def print_table(f: Figures) -> None:
+    sizes = [r.hosts for r in f.rows]
+    n, one = max(sizes), min(sizes)
+    print(f"models over the LAN: a {f.model_bytes / MB:.0f} MB registry model; bytes / model size, seconds")
+    print("  " + "  ".join(f"{head:>3}" if i == 0 else head for i, (head, _) in enumerate(COLUMNS)))
+    for r in f.rows:
+        values = [
+            (r.hosts,), (r.upstream_no_seed,), (r.upstream_seed,), (r.lan_seed,),
+            (r.seed_seconds, r.seed_pull_seconds), (r.no_seed_seconds, r.no_seed_pull_seconds),
+        ]  # fmt: skip
+        print("  " + "  ".join(form.format(*v) for (_, form), v in zip(COLUMNS, values, strict=True)))
     print(
-        f"  seed wall time {largest} hosts / {smallest} host(s): {figures.seed_wall_largest_over_1:.2f}x "
-        "(target <= 2)"
+        f"  seed, {n} hosts / {one}: wall {f.seed_wall_largest_over_smallest:.2f}x, "
+        f"pulls {f.seed_pull_largest_over_smallest:.2f}x (target <= 2)"
     )
-    ratio = figures.no_seed_over_seed_wall_largest
-    print(f"  no-seed wall time / seed wall time, {largest} hosts: {ratio:.2f}x")
     print(
-        f"  second identical seed deploy of {largest} hosts: {figures.second_deploy_bytes} B moved "
-        f"({figures.second_deploy_bytes / figures.model_bytes:.5f}x the model; target 0), "
-        f"{figures.second_deploy_seconds:.1f} s, {len(figures.second_deploy_changed)} operation(s) changed"
+        f"  no seed / seed, {n} hosts: wall {f.no_seed_over_seed_wall_largest:.2f}x, "
+        f"pulls {f.no_seed_over_seed_pull_largest:.2f}x"
+    )
+    print(
+        f"  second identical seed deploy of {n} hosts: upstream {f.second_deploy_upstream_bytes} B, "
+        f"LAN {f.second_deploy_lan_bytes} B (target 0 of the model), {f.second_deploy_seconds:.1f} s, "
+        f"{len(f.second_deploy_changed)} operation(s) changed"
     )
 
 
@@ -311,7 +370,7 @@ def main() -> int:
     try:
         lab = lifecycle.up(max(sizes), args.slot, log=False)
         progress("base deploy of every host")
-        deploy(lab)
+        progress(f"  {deploy(lab).seconds:.1f} s")
         model = publish_model(lab.mirror_url.removeprefix("http://"), args.size_mb * MB)
         figures = measure(lab, model, sizes)
     finally:

@@ -18,11 +18,13 @@ from ollama_fleet.settings.rules import model_reference
 
 @deploy("Ollama models")
 def ollama_models(s: FleetSettings) -> None:
-    # pyinfra orders operations by where they are called: everything the seed does (and every host without a
-    # seed) comes before the others pull from the seed.
     if not s.fetches_from_seed:
         _own_models(s)
-    else:
+    if s.models.seed_host:
+        # pyinfra runs one operation at a time on every host, in an order that keeps each host's sequence:
+        # an operation every host of the seed shares puts all the seed's work before any pull from it.
+        models.seed_models_ready(name=f"The models of the seed {s.models.seed_host} are ready")
+    if s.fetches_from_seed:
         _models_from_seed(s)
     if s.models.prune:
         models.unlisted_models_removed(name="Remove unlisted models", keep=s.models.names(), api=api_base(s))

@@ -285,6 +285,15 @@ def renamed_command(api: str, source: str, destination: str) -> str:
 
 
 @operation()
+def seed_models_ready() -> Generator[str, None, None]:
+    """
+    A barrier with nothing to do: the seed's model operations come before it, the pulls from the seed after.
+    """
+    host.noop("ordering only")
+    yield from ()
+
+
+@operation()
 def seeded_model(
     model: str, source: str, seed_manifest_url: str, api: str, pin: str | None = None, manifest_file: str = ""
 ) -> Generator[Any, None, None]:
