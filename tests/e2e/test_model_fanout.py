@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from verify_fleet import DeployedFleet, deploy_fleet
 
@@ -141,13 +139,7 @@ def test_the_others_fetched_only_the_blobs_they_lacked_from_the_seed(seeded: See
 
 def test_a_host_chats_with_the_model_it_got_from_the_seed(seeded: Seeded, first: Any) -> None:
     host = seeded.others[-1]
-    trust = ssl.create_default_context(cafile=str(seeded.fleet.ca_file))
-    with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
-        reply = client.post(
-            f"https://{seeded.fleet.address(host)}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {seeded.fleet.keys['ci']}"},
-            json={"model": seeded.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
-        )
+    reply = seeded.fleet.chat(host, seeded.model)
     assert reply.status_code == 200, reply.text
 
 
@@ -243,13 +235,7 @@ def test_prune_removes_the_model_and_keeps_the_blobs_other_models_use(seeded: Se
         assert seeded.model not in seeded.tags(host)
         assert "tiny:latest" in seeded.tags(host)  # the lab's own tiny: the same weights blob
         seeded.fleet.ssh_ok(host, f"test -s {MODELS_DIR}/blobs/{weights}")
-    trust = ssl.create_default_context(cafile=str(seeded.fleet.ca_file))
-    with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
-        reply = client.post(
-            f"https://{seeded.fleet.address(seeded.others[0])}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {seeded.fleet.keys['ci']}"},
-            json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
-        )
+    reply = seeded.fleet.chat(seeded.others[0], "tiny")
     assert reply.status_code == 200, reply.text
 
 

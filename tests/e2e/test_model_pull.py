@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from verify_fleet import DeployedFleet, deploy_fleet
 
@@ -106,13 +104,7 @@ def test_pulled_model_is_listed_with_its_gguf_details(pull: Pull, first: PullRun
 
 
 def test_pulled_model_answers_a_chat_through_nginx(pull: Pull, first: PullRun) -> None:
-    trust = ssl.create_default_context(cafile=str(pull.fleet.ca_file))
-    with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
-        reply = client.post(
-            f"https://{pull.fleet.address(pull.host)}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {pull.fleet.keys['ci']}"},
-            json={"model": pull.model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
-        )
+    reply = pull.fleet.chat(pull.host, pull.model)
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"].strip()
 

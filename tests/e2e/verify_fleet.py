@@ -8,11 +8,14 @@ Every command here is what an operator types; only lab hosts (10.213.0.0/16) and
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from ollama_fleet.lab.inventory import LAB_ORIGIN
 from ollama_fleet.lab.paths import repo_root
@@ -70,6 +73,16 @@ class DeployedFleet:
         done = self.ollama_fleet("verify", "--json", *args)
         assert done.returncode in (0, 1), done.stderr
         return done.returncode, json.loads(done.stdout)
+
+    def chat(self, host: str, model: str, key: str = "ci") -> httpx.Response:
+        """One short chat completion through the host's nginx, trusting the fleet CA only."""
+        trust = ssl.create_default_context(cafile=str(self.ca_file))
+        with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
+            return client.post(
+                f"https://{self.address(host)}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {self.keys[key]}"},
+                json={"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8},
+            )
 
     def ssh(
         self, host: str, command: str, timeout: float = 120, stdin: str | None = None
