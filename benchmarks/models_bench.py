@@ -5,7 +5,8 @@ its model layer is the lab's tiny GGUF followed by random bytes up to the size (
 with every configured model, so the model must load; llama.cpp ignores bytes after the last tensor, and
 random bytes cannot be compressed on the way). On every host, iptables accounting rules at the top of INPUT
 count what arrives from the mirror (the gateway's port 8080: "upstream") and from any seed (source port
-models_lan_port, 11435: "LAN"); the counters are IP bytes, so TCP/IP headers add a few percent.
+models_lan_port, 11435: "LAN"); the counters are IP bytes, so TCP/IP headers add a little, and so does
+Ollama's first GET of each blob (for its Location), whose unread body it cuts off.
 
 For N in --hosts (1, 3, 8), each from cold (the model removed from every host, its blob gone):
 1. upstream bytes without a seed / model size: every host pulls from the registry (expected N);
@@ -21,7 +22,8 @@ For N in --hosts (1, 3, 8), each from cold (the model removed from every host, i
 Each configuration is deployed once to every host before it is measured (then the model is removed), so
 the measured deploys differ only by the pull: the model's name in the health check, and the seed's nginx
 server and ufw rule, are already in place. Each deploy ends with the deploy's own client check of every host
-(chat included); that is in every wall time.
+(chat and stream included): "check" is that operation's time, also in every wall time. With a seed, the
+seed's pull and the others' pulls from it are two operations, one after the other.
 
 Brings up its own lab slot (default 12) with --hosts' largest count, and leaves it down (also on failure);
 the registry files it adds are removed.
@@ -178,6 +180,7 @@ def read_and_remove_counters(lab: LabState) -> dict[str, int]:
 class Deployed:
     seconds: float  # the whole pyinfra run
     pull_seconds: float  # from the start of the first model pull operation to the start of the next operation
+    check_seconds: float  # the deploy's closing client check of every host (chat and stream included)
     changed: list[str]  # operations that changed something on some host
 
 
@@ -188,8 +191,9 @@ class Measured:
     lan: int  # bytes from the seed's port, summed over the hosts
 
 
-PULL_OPERATION = "--> Starting operation: Ollama models | Pull model "
-NEXT_OPERATION = "--> Starting operation: "
+OPERATION = "--> Starting operation: "
+PULLS = OPERATION + "Ollama models | Pull model "
+CHECK = OPERATION + "Check the host like a client"
 
 
 def model_settings(lab: LabState, model: BenchModel, seeded: bool) -> list[str]:
@@ -201,13 +205,14 @@ def model_settings(lab: LabState, model: BenchModel, seeded: bool) -> list[str]:
     return [arg for item in data for arg in ("--data", item)]
 
 
-def pull_seconds(lines: list[tuple[float, str]]) -> float:
-    """Seconds the model pull operations took (the seed's, then the others'), from pyinfra's log."""
-    starts = [(t, text) for t, text in lines if text.startswith(NEXT_OPERATION)]
-    pulls = [i for i, (_, text) in enumerate(starts) if text.startswith(PULL_OPERATION)]
-    if not pulls or pulls[-1] + 1 == len(starts):
+def phase_seconds(lines: list[tuple[float, str]], prefix: str) -> float:
+    """Seconds from the start of the first operation whose log line starts with `prefix` to the start of the
+    operation after the last one (pyinfra runs one operation at a time on every host)."""
+    starts = [(t, text) for t, text in lines if text.startswith(OPERATION)]
+    found = [i for i, (_, text) in enumerate(starts) if text.startswith(prefix)]
+    if not found or found[-1] + 1 == len(starts):
         return 0.0
-    return starts[pulls[-1] + 1][0] - starts[pulls[0]][0]
+    return starts[found[-1] + 1][0] - starts[found[0]][0]
 
 
 def deploy(lab: LabState, *extra: str) -> Deployed:
@@ -227,7 +232,8 @@ def deploy(lab: LabState, *extra: str) -> Deployed:
         log = "\n".join(text for _, text in lines[-60:])
         raise SystemExit(f"{' '.join(argv[3:])} failed:\n{output[-3000:]}\n{log}")
     operations = json.loads(output)["results"]["operations"]
-    return Deployed(seconds, pull_seconds(lines), [op["name"] for op in operations if op["success"]])
+    changed = [op["name"] for op in operations if op["success"]]
+    return Deployed(seconds, phase_seconds(lines, PULLS), phase_seconds(lines, CHECK), changed)
 
 
 def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> Measured:
@@ -240,7 +246,8 @@ def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> 
         counted = read_and_remove_counters(lab)
     progress(
         f"  {'seed' if seeded else 'no seed'}, {count} host(s): {run.seconds:.1f} s (pulls "
-        f"{run.pull_seconds:.1f} s), upstream {counted[UPSTREAM]} B, LAN {counted[LAN]} B"
+        f"{run.pull_seconds:.1f} s, check {run.check_seconds:.1f} s), upstream {counted[UPSTREAM]} B, "
+        f"LAN {counted[LAN]} B"
     )
     return Measured(run, counted[UPSTREAM], counted[LAN])
 
@@ -256,8 +263,10 @@ class Row:
     lan_seed: float
     seed_seconds: float
     seed_pull_seconds: float
+    seed_check_seconds: float
     no_seed_seconds: float
     no_seed_pull_seconds: float
+    no_seed_check_seconds: float
 
 
 @dataclass(frozen=True)
@@ -294,8 +303,10 @@ def row(count: int, no_seed: Measured, seed: Measured, size: int) -> Row:
         lan_seed=seed.lan / size,
         seed_seconds=seed.run.seconds,
         seed_pull_seconds=seed.run.pull_seconds,
+        seed_check_seconds=seed.run.check_seconds,
         no_seed_seconds=no_seed.run.seconds,
         no_seed_pull_seconds=no_seed.run.pull_seconds,
+        no_seed_check_seconds=no_seed.run.check_seconds,
     )
 
 
@@ -319,27 +330,31 @@ def measure(lab: LabState, model: BenchModel, sizes: list[int]) -> Figures:
     )
 
 
-COLUMNS = (
-    ("N", "{:>3}"),
-    ("upstream, no seed", "{:>16.3f}x"),
-    ("upstream, seed", "{:>13.3f}x"),
-    ("LAN, seed", "{:>8.3f}x"),
-    ("wall (pulls), seed", "{:>9.1f} ({:>5.1f}) s"),
-    ("wall (pulls), no seed", "{:>12.1f} ({:>5.1f}) s"),
-)
+HEADS = (
+    "N", "upstream, no seed", "upstream, seed", "LAN, seed", "wall (pulls, check), seed",
+    "wall (pulls, check), no seed",
+)  # fmt: skip
+
+
+def cells(r: Row) -> list[str]:
+    return [
+        str(r.hosts),
+        f"{r.upstream_no_seed:.3f}x",
+        f"{r.upstream_seed:.3f}x",
+        f"{r.lan_seed:.3f}x",
+        f"{r.seed_seconds:.1f} ({r.seed_pull_seconds:.1f}, {r.seed_check_seconds:.1f}) s",
+        f"{r.no_seed_seconds:.1f} ({r.no_seed_pull_seconds:.1f}, {r.no_seed_check_seconds:.1f}) s",
+    ]
 
 
 def print_table(f: Figures) -> None:
     sizes = [r.hosts for r in f.rows]
     n, one = max(sizes), min(sizes)
     print(f"models over the LAN: a {f.model_bytes / MB:.0f} MB registry model; bytes / model size, seconds")
-    print("  " + "  ".join(f"{head:>3}" if i == 0 else head for i, (head, _) in enumerate(COLUMNS)))
+    widths = [max(3, len(head)) for head in HEADS]
+    print("  " + "  ".join(head.rjust(width) for head, width in zip(HEADS, widths, strict=True)))
     for r in f.rows:
-        values = [
-            (r.hosts,), (r.upstream_no_seed,), (r.upstream_seed,), (r.lan_seed,),
-            (r.seed_seconds, r.seed_pull_seconds), (r.no_seed_seconds, r.no_seed_pull_seconds),
-        ]  # fmt: skip
-        print("  " + "  ".join(form.format(*v) for (_, form), v in zip(COLUMNS, values, strict=True)))
+        print("  " + "  ".join(cell.rjust(width) for cell, width in zip(cells(r), widths, strict=True)))
     print(
         f"  seed, {n} hosts / {one}: wall {f.seed_wall_largest_over_smallest:.2f}x, "
         f"pulls {f.seed_pull_largest_over_smallest:.2f}x (target <= 2)"
