@@ -166,3 +166,30 @@ health_enabled = True
 health_interval = "1min"
 # Seconds before one check gives up.
 health_timeout_seconds = 10
+
+# --- gateway_*: one endpoint for the whole fleet -----------------------------------------------------------
+# Hosts in the inventory group `gateway` (one or two; they may serve models too) get a second nginx server:
+# one TLS endpoint (fleet CA certificate), the same keys and scopes, balancing (least_conn, keepalive) over
+# the hosts' own nginx over TLS (checked against the fleet CA), a request for a model sent only to hosts
+# serving it, failing over to another host before any byte reached the client. true/false here or per host
+# overrides the group.
+gateway_enabled = False
+# The gateway's HTTPS port (the host's own API keeps nginx_https_port).
+gateway_port = 8443
+# More names clients call the gateway by, e.g. ["llm.example.lan"]; they go into its certificate.
+gateway_server_names = []
+# Seconds between two reads of a host (>= 600): Ollama sends nothing before the model is loaded.
+gateway_read_timeout = 900
+# Seconds to connect to a host before the next one is tried.
+gateway_connect_timeout = 5
+# Failed attempts (down, refused, 502/503 before the first byte) within gateway_fail_timeout seconds that
+# take a host out of rotation for gateway_fail_timeout seconds (passive health); 0: never.
+gateway_max_fails = 2
+gateway_fail_timeout = 30
+# Idle TLS connections each gateway keeps open to the hosts of one model pool.
+gateway_keepalive = 8
+# Send each host at most OLLAMA_NUM_PARALLEL requests at once (1 when unset); with every host of a model
+# busy the client gets 503 (retry). False: no cap, Ollama queues (OLLAMA_MAX_QUEUE).
+gateway_cap_at_num_parallel = True
+# Set on a fleet host (not on the gateway): the gateways send it nothing (`down`); it still serves directly.
+gateway_drain = False

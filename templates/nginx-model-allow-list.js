@@ -1,4 +1,5 @@
-// ollama-fleet: a key's model allow-list, checked by nginx (njs) before the request reaches Ollama.
+// ollama-fleet: a key's model allow-list, checked by nginx (njs) before the request reaches Ollama, and
+// the gateway's routing by model (route, below).
 // nginx sends here only requests of keys that have a list ($ollama_fleet_key_models: the names, space
 // separated, as /api/tags lists them). A request naming another model, or no model, gets an OpenAI-shaped
 // 403 or 400; one naming an allowed model goes on to Ollama unchanged (body and streaming included).
@@ -43,25 +44,66 @@ function requestedModel(r) {
     }
 }
 
-function check(r) {
+function keyAllows(r, model) {
+    // The key's allow-list (none: any model); a refusal is answered here and false returned.
     var key = r.variables.ollama_fleet_key_name;
-    var allowed = r.variables.ollama_fleet_key_models.split(" ");
+    var allowed = (r.variables.ollama_fleet_key_models || "").split(" ").filter(function (m) {
+        return m !== "";
+    });
+    if (!allowed.length) {
+        return true;
+    }
+    if (model === "") {
+        refuse(r, 400, "model_required", "The key '" + key + "' may use only some models, so the request " +
+            "must be JSON naming one of them in \"model\": " + allowed.join(", ") + ".");
+        return false;
+    }
+    if (allowed.indexOf(listedName(model)) < 0) {
+        refuse(r, 403, "model_not_allowed", "The key '" + key + "' may not use the model '" + model +
+            "'; it may use: " + allowed.join(", ") + ".");
+        return false;
+    }
+    return true;
+}
+
+function check(r) {
     var model = requestedModel(r);
     if (model === null) {
         r.internalRedirect("@ollama_fleet_upstream"); // nothing named: listing, version, ...
         return;
     }
-    if (model === "") {
-        refuse(r, 400, "model_required", "The key '" + key + "' may use only some models, so the request " +
-            "must be JSON naming one of them in \"model\": " + allowed.join(", ") + ".");
-        return;
+    if (keyAllows(r, model)) {
+        r.internalRedirect("@ollama_fleet_upstream");
     }
-    if (allowed.indexOf(listedName(model)) < 0) {
-        refuse(r, 403, "model_not_allowed", "The key '" + key + "' may not use the model '" + model +
-            "'; it may use: " + allowed.join(", ") + ".");
-        return;
-    }
-    r.internalRedirect("@ollama_fleet_upstream");
 }
 
-export default {check: check, listedName: listedName};
+function route(r) {
+    // The gateway: a request naming a model goes to the pool of the hosts serving it ($ollama_fleet_gw_pool,
+    // a map of the model's listed name); one naming none goes to any host.
+    var model = requestedModel(r);
+    if (model === null && r.uri.indexOf("/v1/models/") === 0) {
+        model = r.uri.slice("/v1/models/".length); // retrieve one model: the name is in the path
+    }
+    if (model === null) {
+        r.internalRedirect("@ollama_fleet_gw_all");
+        return;
+    }
+    if (!keyAllows(r, model)) {
+        return;
+    }
+    if (model === "") {
+        refuse(r, 400, "model_required", "The gateway routes requests by model: send JSON naming one in " +
+            "\"model\" (GET /v1/models lists them).");
+        return;
+    }
+    r.variables.ollama_fleet_gw_model = listedName(model);
+    var pool = r.variables.ollama_fleet_gw_pool;
+    if (!pool) {
+        refuse(r, 404, "model_not_found", "The model '" + model + "' is not served by any host of the " +
+            "fleet (GET /v1/models lists those that are).");
+        return;
+    }
+    r.internalRedirect(pool);
+}
+
+export default {check: check, route: route, listedName: listedName};

@@ -117,8 +117,10 @@ class FleetCA:
 
 
 def host_sans(s: FleetSettings, addresses: Sequence[str]) -> list[str]:
-    """The SANs a host's certificate must carry: its server names, the extra SANs and its addresses."""
-    names = [*s.server_names, *s.tls.extra_sans, *addresses]
+    """The SANs a host's certificate must carry: its server names (a gateway's too), the extra SANs and its
+    addresses."""
+    gateway_names = s.gateway.server_names if s.is_gateway else []
+    names = [*s.server_names, *gateway_names, *s.tls.extra_sans, *addresses]
     seen: dict[str, str] = {}
     for name in names:
         seen.setdefault(_normalized(name), name)

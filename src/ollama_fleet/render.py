@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from ollama_fleet.gateway import GatewayPlan, openai_models_json, tags_json
 from ollama_fleet.settings import CustomModel, FleetSettings
 from ollama_fleet.settings.rules import ModelReference, model_reference
 
@@ -89,17 +90,32 @@ JSON_ERRORS = {
 }
 """Errors nginx itself makes, answered as OpenAI-shaped JSON instead of nginx's HTML pages."""
 
+GATEWAY_ERRORS = {
+    **JSON_ERRORS,
+    502: (
+        "upstream_unavailable",
+        "No host of the fleet serving this request answered (down, failing, or each busy with "
+        "OLLAMA_NUM_PARALLEL requests); retry later.",
+    ),
+    504: ("upstream_timeout", "The host did not answer in time (gateway_read_timeout)."),
+}
+"""The gateway's own errors: a 502 there means every host that could serve the request was tried."""
+
 
 def render_nginx_site(
     s: FleetSettings,
     *,
     api_keys_path: PurePosixPath = API_KEYS_PATH,
     allow_list_js_path: PurePosixPath = MODEL_ALLOW_LIST_JS_PATH,
+    gateway: GatewayPlan | None = None,
 ) -> str:
-    """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama.
+    """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama;
+    on a gateway host (`gateway`: the fleet's plan) also the gateway server, balancing over the hosts.
 
     `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there.
     """
+    if s.is_gateway and gateway is None:
+        raise ValueError(f"{s.host} is a gateway (gateway_enabled): render its site with the fleet's plan")
     model_allow_list_js = allow_list_js_path if needs_njs(s) else None
     return _render(
         s,
@@ -117,6 +133,11 @@ def render_nginx_site(
         model_allow_list_js=model_allow_list_js,
         lan_models=lan_models(s),
         lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
+        gateway=gateway,
+        gateway_server_names=" ".join(dict.fromkeys([*s.server_names, *s.gateway.server_names])),
+        gateway_errors=GATEWAY_ERRORS,
+        tags_json=tags_json(gateway) if gateway else "",
+        openai_models_json=openai_models_json(gateway) if gateway else "",
     )
 
 
@@ -128,8 +149,8 @@ def lan_models(s: FleetSettings) -> list[tuple[ModelReference, ModelReference]]:
 
 
 def needs_njs(s: FleetSettings) -> bool:
-    """A key with a model allow-list: nginx needs njs to read the model from the request body."""
-    return s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)
+    """A key with a model allow-list, or the gateway: nginx needs njs to read the model from the body."""
+    return s.is_gateway or (s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names))
 
 
 def model_allow_list_js(s: FleetSettings) -> str:
@@ -246,6 +267,7 @@ def _environment(template_dirs: tuple[Path, ...]) -> jinja2.Environment:
     )
     env.filters["nginx_quote"] = nginx_quote
     env.filters["systemd_quote"] = systemd_quote
+    env.filters["regex_literal"] = regex_literal
     return env
 
 

@@ -50,6 +50,7 @@ SHARES_COMMENT_ABOVE = {
     "nginx_http_port",
     "nginx_send_timeout",
     "tls_key_file",
+    "gateway_fail_timeout",
 }  # pairs, one comment each
 
 

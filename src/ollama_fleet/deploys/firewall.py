@@ -21,6 +21,8 @@ def wanted_rules(s: FleetSettings) -> list[ufw.Rule]:
     client_ports = [s.nginx.https_port] if s.nginx.enabled else []
     if s.nginx.enabled and s.nginx.http_redirect:
         client_ports.append(s.nginx.http_port)
+    if s.is_gateway:
+        client_ports.append(s.gateway.port)
     seed = ufw.rules_for(s.models.lan_subnets, [s.models.lan_port]) if s.is_model_seed else []
     return ufw.rules_for(f.admin_subnets, [f.ssh_port]) + ufw.rules_for(f.client_subnets, client_ports) + seed
 
@@ -34,6 +36,8 @@ def guarded_ports(s: FleetSettings) -> dict[int, tuple[str, list[ufw.IPNetwork]]
         guarded[nginx.http_port] = (
             ("firewall_client_subnets", list(f.client_subnets)) if nginx.http_redirect else ("", [])
         )
+    if s.is_gateway:
+        guarded[s.gateway.port] = ("firewall_client_subnets", list(f.client_subnets))
     guarded[f.ssh_port] = ("firewall_admin_subnets", list(f.admin_subnets))
     if s.is_model_seed:
         guarded[s.models.lan_port] = ("models_lan_subnets", list(s.models.lan_subnets))

@@ -18,6 +18,7 @@ from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
 from ollama_fleet.deploys.pins import pin_problems
+from ollama_fleet.gateway import with_gateway_group
 from ollama_fleet.settings import FleetSettings, SettingsError, listed_name, settings_for_host
 
 T = TypeVar("T")
@@ -31,9 +32,10 @@ _validated: weakref.WeakKeyDictionary[State, dict[str, FleetSettings]] = weakref
 
 
 def host_data(host: Host) -> dict[str, Any]:
-    """All data of a host, merged the way pyinfra looks keys up (host over groups over defaults)."""
+    """All data of a host, merged the way pyinfra looks keys up (host over groups over defaults); a host of
+    the `gateway` group has gateway_enabled true unless its data sets it."""
     data: dict[str, Any] = host.data.dict()  # type: ignore[no-untyped-call]  # untyped in pyinfra 3.10
-    return data
+    return with_gateway_group(data, host.groups)
 
 
 def each(items: Iterable[T]) -> Iterator[T]:
@@ -95,8 +97,12 @@ def seed_problems(settings: dict[str, FleetSettings]) -> list[str]:
 
 def seed_address(host: Host, seed: str) -> str:
     """The address the other hosts reach the seed at: its ssh_hostname, else its inventory name."""
-    seed_host = host.inventory.get_host(seed)
-    return str(host_data(seed_host).get("ssh_hostname") or seed)
+    return inventory_address(host, seed)
+
+
+def inventory_address(host: Host, name: str) -> str:
+    """Where the other hosts reach host `name` of this inventory: its ssh_hostname, else its name."""
+    return str(host_data(host.inventory.get_host(name)).get("ssh_hostname") or name)
 
 
 def fleet_settings(state: State) -> dict[str, FleetSettings]:

@@ -1,8 +1,10 @@
 """nginx in front of Ollama: the site and keys validated on a staging copy; reloaded when its config changed
-in this run, or when its workers are older than the config files (a run cut off before its reload)."""
+in this run, or when its workers are older than the config files (a run cut off before its reload). On a
+gateway host the site also holds the fleet's gateway, planned from every inventory host's settings."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from io import StringIO
 
@@ -12,7 +14,10 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 from pyinfra.operations import files, systemd
 
+from ollama_fleet.deploys.fleet import FleetError, fleet_settings, inventory_address
 from ollama_fleet.deploys.service import any_changed
+from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan
+from ollama_fleet.operations.addresses import ResolvedAddress
 from ollama_fleet.operations import nginx, packages
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
 from ollama_fleet.operations.secrets import Secret
@@ -30,6 +35,25 @@ from ollama_fleet.settings import FleetSettings
 
 NGINX_DIR = "/etc/nginx"
 SITE_NAME = "ollama-fleet"
+
+
+def fleet_gateway_plan() -> GatewayPlan:
+    """The gateway's plan from every inventory host's settings, dialling each at its address as this
+    gateway resolves it (an IP is used as it is)."""
+    fleet = fleet_settings(host.state)
+    addresses = {}
+    for name in fleet:
+        address = inventory_address(host, name)
+        try:
+            addresses[name] = str(ipaddress.ip_address(address))
+        except ValueError:
+            resolved = host.get_fact(ResolvedAddress, hostname=address)
+            if resolved:
+                addresses[name] = resolved
+    try:
+        return gateway_plan(fleet, addresses)
+    except GatewayError as exc:
+        raise FleetError(f"{host.name}: gateway: {exc}") from None
 
 
 @deploy("nginx proxy")
@@ -62,9 +86,15 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
     stale = nginx_reload_reason(loaded)
     if stale:
         logger.info(f"{host.print_prefix}nginx must reload: {stale}")
+    plan = fleet_gateway_plan() if s.is_gateway else None
+    if plan:
+        logger.info(
+            f"{host.print_prefix}gateway on port {s.gateway.port}: {len(plan.members)} host(s), "
+            f"{len(plan.models)} model(s) in {len(plan.pools) - 1} pool(s)"
+        )
     site = nginx.site_validated(
-        name=f"Install the {SITE_NAME} site after nginx -t on a staging copy",
-        site=render_nginx_site(s),
+        name=f"Install the {SITE_NAME} site{' and gateway' if plan else ''} after nginx -t on a staging copy",
+        site=render_nginx_site(s, gateway=plan),
         api_keys=Secret(render_api_keys(s)),
         nginx_dir=NGINX_DIR,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import shlex
 
 from pyinfra.api.facts import FactBase
 
@@ -26,3 +27,22 @@ class StableIpv6Addresses(FactBase[list[str]]):
                 continue
             found.append(str(ipaddress.ip_interface(fields[fields.index("inet6") + 1]).ip))
         return sorted(set(found))
+
+
+class ResolvedAddress(FactBase[str | None]):
+    """The first IPv4 address `hostname` resolves to on the host (its own resolver, /etc/hosts included)."""
+
+    @staticmethod
+    def default() -> str | None:
+        return None
+
+    def command(self, hostname: str) -> str:
+        return f"getent ahostsv4 {shlex.quote(hostname)} | awk 'NR == 1 {{ print $1 }}' || true"
+
+    def process(self, output: list[str]) -> str | None:
+        for line in output:
+            try:
+                return str(ipaddress.ip_address(line.strip()))
+            except ValueError:
+                continue
+        return None

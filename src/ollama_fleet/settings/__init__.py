@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ollama_fleet.settings.auth import RESOLVED_FIELDS, ApiKey, AuthSettings, KeyPolicy, resolve_api_keys
 from ollama_fleet.settings.base import Section
 from ollama_fleet.settings.errors import SettingsError, closest
+from ollama_fleet.settings.gateway import GatewaySettings
 from ollama_fleet.settings.models import CustomModel, ModelsSettings
 from ollama_fleet.settings.rules import listed_name, timespan_seconds
 from ollama_fleet.settings.sections import (
@@ -33,6 +34,7 @@ __all__ = [
     "ApiKey",
     "CustomModel",
     "FleetSettings",
+    "GatewaySettings",
     "KeyPolicy",
     "SettingsError",
     "listed_name",
@@ -48,6 +50,7 @@ SECTIONS: dict[str, type[Section]] = {
     "firewall": FirewallSettings,
     "models": ModelsSettings,
     "health": HealthSettings,
+    "gateway": GatewaySettings,
 }
 
 
@@ -62,6 +65,7 @@ class FleetSettings(BaseModel):
     firewall: FirewallSettings
     models: ModelsSettings
     health: HealthSettings
+    gateway: GatewaySettings
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSettings:
@@ -78,6 +82,8 @@ class FleetSettings(BaseModel):
             ports["models_lan_port"] = self.models.lan_port
         if self.firewall.enabled:
             ports["firewall_ssh_port"] = self.firewall.ssh_port
+        if self.is_gateway:
+            ports["gateway_port"] = self.gateway.port
         clashes = _clashing(ports)
         if clashes:
             raise ValueError(f"ports clash: {clashes}; give each a different port")
@@ -89,6 +95,8 @@ class FleetSettings(BaseModel):
             )
         if self.is_model_seed:
             self._check_seed()
+        if self.gateway.enabled:
+            self._check_gateway()
         known = set(self.models.names())
         for custom in self.models.custom:
             base = listed_name(custom.base)
@@ -112,6 +120,26 @@ class FleetSettings(BaseModel):
             raise ValueError(
                 f"models_pull: {'; '.join(clashes)} are one name on the seed's LAN registry; pull one of them"
             )
+
+    def _check_gateway(self) -> None:
+        if not self.nginx.enabled:
+            raise ValueError("gateway_enabled: the gateway is an nginx site; set nginx_enabled true")
+        if self.tls.mode != "fleet_ca":
+            raise ValueError(
+                "gateway_enabled: the gateway checks the hosts' certificates against the fleet CA; set "
+                "tls_mode to 'fleet_ca' on the gateway host"
+            )
+
+    @property
+    def is_gateway(self) -> bool:
+        """This host serves the fleet's gateway endpoint on gateway_port."""
+        return self.gateway.enabled and self.nginx.enabled
+
+    @property
+    def num_parallel(self) -> int:
+        """Requests Ollama runs at once on this host (OLLAMA_NUM_PARALLEL; 1 when unset or auto)."""
+        raw = self.ollama.env.get("OLLAMA_NUM_PARALLEL", "")
+        return int(raw) if raw.isdigit() and int(raw) > 0 else 1
 
     @property
     def is_model_seed(self) -> bool:

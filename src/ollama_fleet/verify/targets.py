@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ollama_fleet.gateway import with_gateway_group
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
 
 
@@ -61,7 +62,10 @@ def load_inventory(
     inventory: str, group_data: Sequence[str] = (), cwd: Path | None = None
 ) -> dict[str, dict[str, Any]]:
     """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it."""
-    return {host.name: host.data.dict() for host in _pyinfra_inventory(inventory, group_data, cwd)}
+    return {
+        host.name: with_gateway_group(host.data.dict(), host.groups)
+        for host in _pyinfra_inventory(inventory, group_data, cwd)
+    }
 
 
 def load_groups(

@@ -1,0 +1,128 @@
+"""The gateway's plan (pure): which hosts serve which model, grouped into pools nginx balances over.
+
+A pool is one nginx upstream: the hosts that serve the same set of models. Every model maps to the pool of
+the hosts that serve it, so nginx never sends a request for a model to a host without it. One more pool
+holds every host, for requests that name no model (/api/version, /api/ps).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ollama_fleet.settings import FleetSettings
+
+
+GATEWAY_GROUP = "gateway"
+"""Hosts of this inventory group serve the fleet's gateway (gateway_enabled, unless their data says)."""
+
+
+def with_gateway_group(data: dict[str, Any], groups: Iterable[str]) -> dict[str, Any]:
+    """A host's data with gateway_enabled true when it is in the `gateway` group and its data is silent."""
+    if "gateway_enabled" not in data and GATEWAY_GROUP in groups:
+        return {**data, "gateway_enabled": True}
+    return data
+
+
+@dataclass(frozen=True)
+class Member:
+    """One fleet host as the gateway dials it."""
+
+    name: str
+    address: str  # an IP: nginx names a peer by its address, and the TLS name is looked up by it
+    port: int
+    tls_name: str  # a name its certificate carries (its first server name)
+    max_conns: int  # 0: no cap
+    down: bool  # gateway_drain on that host
+
+    @property
+    def peer(self) -> str:
+        """`address:port` as nginx writes it in $upstream_addr."""
+        ip = ipaddress.ip_address(self.address)
+        return f"[{ip.compressed}]:{self.port}" if ip.version == 6 else f"{ip.compressed}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str  # the nginx upstream
+    members: tuple[Member, ...]
+    models: tuple[str, ...]  # as /api/tags lists them; empty for the all-hosts pool
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    pools: tuple[Pool, ...]  # the all-hosts pool first
+    models: tuple[str, ...]  # the union, sorted
+
+    @property
+    def any_pool(self) -> Pool:
+        return self.pools[0]
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        return self.any_pool.members
+
+    def pool_of(self, model: str) -> Pool:
+        return next(pool for pool in self.pools[1:] if model in pool.models)
+
+
+class GatewayError(ValueError):
+    """The fleet cannot be served through a gateway as configured (names the host and the fix)."""
+
+
+def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str]) -> GatewayPlan:
+    """The plan for a gateway of `fleet` (every inventory host with nginx), dialling `addresses` (IPs)."""
+    members: dict[str, Member] = {}
+    served: dict[str, list[str]] = {}
+    for name, s in fleet.items():
+        if not s.nginx.enabled:
+            continue  # no TLS endpoint to balance over
+        address = addresses.get(name)
+        try:
+            ipaddress.ip_address(address or "")
+        except ValueError:
+            raise GatewayError(
+                f"host {name!r}: the gateway needs its IP address (got {address!r}); set ssh_hostname to an "
+                "IP or make its name resolve on the gateway"
+            ) from None
+        assert address is not None
+        members[name] = Member(
+            name=name,
+            address=address,
+            port=s.nginx.https_port,
+            tls_name=s.server_names[0],
+            max_conns=s.num_parallel if s.gateway.cap_at_num_parallel else 0,
+            down=s.gateway.drain,
+        )
+        for model in dict.fromkeys(s.models.names()):
+            served.setdefault(model, []).append(name)
+    if not members:
+        raise GatewayError("no host of the inventory has nginx_enabled: the gateway has nothing to balance")
+    by_hosts: dict[tuple[str, ...], list[str]] = {}
+    for model in sorted(served):
+        by_hosts.setdefault(tuple(served[model]), []).append(model)
+    pools = [Pool("ollama_fleet_gw_all", tuple(members.values()), ())]
+    for index, (hosts, models) in enumerate(sorted(by_hosts.items(), key=lambda item: item[1]), start=1):
+        pools.append(Pool(f"ollama_fleet_gw_{index}", tuple(members[h] for h in hosts), tuple(models)))
+    return GatewayPlan(tuple(pools), tuple(sorted(served)))
+
+
+def tags_json(plan: GatewayPlan) -> str:
+    """/api/tags of the gateway: every model some host serves, in Ollama's shape (names only)."""
+    models = [{"name": m, "model": m} for m in plan.models]
+    return json.dumps({"models": models}, separators=(",", ":"))
+
+
+def openai_models_json(plan: GatewayPlan) -> str:
+    """/v1/models of the gateway, in OpenAI's shape (as Ollama answers it)."""
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": owner(m)} for m in plan.models]
+    return json.dumps({"object": "list", "data": data}, separators=(",", ":"))
+
+
+def owner(model: str) -> str:
+    """Ollama's owned_by: the namespace, `library` for the default one."""
+    parts = model.split("/")
+    return parts[-2] if len(parts) > 1 else "library"
