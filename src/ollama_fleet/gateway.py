@@ -15,7 +15,6 @@ from typing import Any
 
 from ollama_fleet.settings import FleetSettings
 
-
 GATEWAY_GROUP = "gateway"
 """Hosts of this inventory group serve the fleet's gateway (gateway_enabled, unless their data says)."""
 

@@ -17,8 +17,8 @@ from pyinfra.operations import files, systemd
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, inventory_address
 from ollama_fleet.deploys.service import any_changed
 from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan
-from ollama_fleet.operations.addresses import ResolvedAddress
 from ollama_fleet.operations import nginx, packages
+from ollama_fleet.operations.addresses import ResolvedAddress
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
 from ollama_fleet.operations.secrets import Secret
 from ollama_fleet.render import (

@@ -1,0 +1,384 @@
+"""The gateway: its plan from the fleet's settings, and its nginx server run by a real nginx on loopback.
+
+The fleet here is four "hosts" inside one test nginx: each a TLS server on its own loopback address with a
+certificate from the fleet CA naming only that host, proxying to a fake Ollama that records which host a
+request came through; one of them answers 503 to everything. The gateway server is the one the deploy
+renders into a gateway host's site, with its listen addresses moved to loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+from test_render import (
+    ALICE_KEY,
+    CI_KEY,
+    ENVIRON,
+    NJS_MODULE,
+    FakeOllama,
+    _binary,
+    _fake_ollama,
+    _free_port,
+    _strict_context,
+    _wait_listening,
+)
+
+from ollama_fleet import render
+from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan, with_gateway_group
+from ollama_fleet.pki import FleetCA, host_sans
+from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
+
+pytestmark = pytest.mark.unit
+
+KIOSK_KEY = "kiosk-Key_0123456789abcdefXYZ"
+# host -> (loopback address, models_pull)
+HOSTS = {
+    "alpha": ("127.0.0.2", ["tiny"]),
+    "beta": ("127.0.0.3", ["tiny", "library/big:latest"]),
+    "busy": ("127.0.0.5", ["big", "only-busy"]),  # answers 503 to everything
+}
+
+
+def host_settings(name: str, tmp: Path, **data: Any) -> FleetSettings:
+    base: dict[str, Any] = {
+        "nginx_server_names": [name],
+        "firewall_enabled": False,
+        "auth_key_names": ["alice", "ci-bot", "kiosk"],
+        "auth_key_policies": {"ci-bot": {"scope": "admin"}, "kiosk": {"models": ["tiny"]}},
+        "auth_secrets_file": str(tmp / "no-secrets.json"),
+        "tls_remote_dir": str(tmp / "tls"),
+    }
+    environ = {**ENVIRON, "OLLAMA_FLEET_API_KEY_KIOSK": KIOSK_KEY}
+    return settings_for_host(name, {**base, **data}, environ)
+
+
+def fleet_of(tmp: Path, port: int, **gateway_data: Any) -> dict[str, FleetSettings]:
+    fleet = {
+        name: host_settings(name, tmp, nginx_https_port=port, models_pull=models)
+        for name, (_, models) in HOSTS.items()
+    }
+    fleet["gw"] = host_settings("gw", tmp, gateway_enabled=True, nginx_https_port=port, **gateway_data)
+    return fleet
+
+
+def addresses(gw: str = "127.0.0.6") -> dict[str, str]:
+    return {**{name: ip for name, (ip, _) in HOSTS.items()}, "gw": gw}
+
+
+# --- the plan ---
+
+
+def test_models_go_to_pools_of_the_hosts_serving_them(tmp_path: Path) -> None:
+    plan = gateway_plan(fleet_of(tmp_path, 443), addresses())
+    assert plan.models == ("big:latest", "only-busy:latest", "tiny:latest")
+    assert [m.name for m in plan.any_pool.members] == ["alpha", "beta", "busy", "gw"]
+    assert [m.name for m in plan.pool_of("tiny:latest").members] == ["alpha", "beta"]
+    assert [m.name for m in plan.pool_of("big:latest").members] == ["beta", "busy"]
+    assert [m.name for m in plan.pool_of("only-busy:latest").members] == ["busy"]
+    assert {m.peer for m in plan.members} == {
+        "127.0.0.2:443",
+        "127.0.0.3:443",
+        "127.0.0.5:443",
+        "127.0.0.6:443",
+    }
+
+
+def test_each_host_is_capped_at_its_num_parallel_and_a_drained_one_is_down(tmp_path: Path) -> None:
+    fleet = fleet_of(tmp_path, 443)
+    fleet["alpha"] = host_settings("alpha", tmp_path, models_pull=["tiny"], gateway_drain=True)
+    fleet["beta"] = host_settings(
+        "beta", tmp_path, models_pull=["tiny"], ollama_env={"OLLAMA_NUM_PARALLEL": 4}
+    )
+    members = {m.name: m for m in gateway_plan(fleet, addresses()).members}
+    assert (members["alpha"].down, members["alpha"].max_conns) == (True, 1)
+    assert (members["beta"].down, members["beta"].max_conns) == (False, 4)
+    uncapped = host_settings("beta", tmp_path, gateway_cap_at_num_parallel=False)
+    fleet["beta"] = uncapped
+    assert {m.name: m for m in gateway_plan(fleet, addresses()).members}["beta"].max_conns == 0
+
+
+def test_a_host_without_an_ip_is_named(tmp_path: Path) -> None:
+    with pytest.raises(GatewayError, match="host 'beta': the gateway needs its IP address"):
+        gateway_plan(fleet_of(tmp_path, 443), {**addresses(), "beta": "beta.lan"})
+
+
+def test_the_gateway_group_turns_the_gateway_on_unless_the_data_says() -> None:
+    assert with_gateway_group({}, ["all", "gateway"]) == {"gateway_enabled": True}
+    assert with_gateway_group({"gateway_enabled": False}, ["gateway"]) == {"gateway_enabled": False}
+    assert with_gateway_group({}, ["all"]) == {}
+
+
+def test_gateway_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"nginx_https_port and gateway_port"):
+        host_settings("gw", tmp_path, gateway_enabled=True, gateway_port=443)
+    with pytest.raises(SettingsError, match="gateway_read_timeout"):
+        host_settings("gw", tmp_path, gateway_enabled=True, gateway_read_timeout=30)
+    with pytest.raises(SettingsError, match="did you mean gateway_port"):
+        host_settings("gw", tmp_path, gateway_prot=9443)
+
+
+def test_the_certificate_names_the_gateway_names(tmp_path: Path) -> None:
+    s = host_settings("gw", tmp_path, gateway_enabled=True, gateway_server_names=["llm.lan"])
+    assert host_sans(s, ["10.0.0.5"]) == ["gw", "llm.lan", "10.0.0.5"]
+    assert host_sans(host_settings("gw", tmp_path, gateway_server_names=["llm.lan"]), []) == ["gw"]
+
+
+def test_a_gateway_site_needs_the_plan(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="gateway"):
+        render.render_nginx_site(host_settings("gw", tmp_path, gateway_enabled=True))
+
+
+def test_the_model_lists_are_the_union(tmp_path: Path) -> None:
+    plan = gateway_plan(fleet_of(tmp_path, 443), addresses())
+    site = render.render_nginx_site(fleet_of(tmp_path, 443)["gw"], gateway=plan)
+    assert '"tiny:latest" @ollama_fleet_gw_' in site
+    assert "server 127.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s;  # alpha" in site
+    assert '"~(^|, )127[.]0[.]0[.]2:443$" "alpha";' in site
+
+
+# --- the gateway under a real nginx ---
+
+
+@dataclass
+class Gateway:
+    url: str
+    ollama: FakeOllama
+    ca_file: Path
+    prefix: Path
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=_strict_context(self.ca_file), timeout=20, **kwargs)
+
+    def hosts_seen(self, start: int = 0) -> list[str]:
+        return [str(seen["headers"].get("X-Test-Host")) for seen in self.ollama.seen[start:]]
+
+
+def _backends(tmp: Path, ca: FleetCA, port: int, ollama: FakeOllama, names: dict[str, str]) -> str:
+    """One TLS server per host; `names`: the name each one's certificate carries."""
+    blocks = []
+    for host, (ip, _) in HOSTS.items():
+        cert, key = ca.issue(names.get(host, host), [names.get(host, host)])
+        (tmp / f"{host}.crt").write_text(cert)
+        (tmp / f"{host}.key").write_text(key)
+        answer = (
+            'return 503 \'{"error": "busy"}\';'
+            if host == "busy"
+            else f"proxy_pass http://127.0.0.1:{ollama.port}; proxy_buffering off; "
+            f"proxy_set_header X-Test-Host {host};"
+        )
+        blocks.append(
+            f"server {{ listen {ip}:{port} ssl; ssl_certificate {tmp}/{host}.crt; "
+            f"ssl_certificate_key {tmp}/{host}.key; access_log {tmp}/{host}.access.log; "
+            f"location / {{ {answer} }} }}\n"
+        )
+    return "".join(blocks)
+
+
+@contextlib.contextmanager
+def running_gateway(tmp: Path, ca: FleetCA, names: dict[str, str] | None = None) -> Iterator[Gateway]:
+    ollama = _fake_ollama()
+    port, gateway_port = _free_port(), _free_port()
+    fleet = fleet_of(
+        tmp,
+        port,
+        gateway_port=gateway_port,
+        ollama_listen=f"127.0.0.1:{ollama.port}",
+        gateway_server_names=["localhost"],
+    )
+    plan = gateway_plan(fleet, addresses())
+    s = fleet["gw"]
+    conf = _gateway_prefix(tmp, s, ca, plan, _backends(tmp, ca, port, ollama, names or {}))
+    process = subprocess.Popen(
+        [_binary("nginx"), "-p", str(tmp), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_listening(gateway_port, process, tmp / "error.log")
+        yield Gateway(f"https://127.0.0.1:{gateway_port}", ollama, ca.directory / "ca.pem", tmp)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        ollama.server.shutdown()
+        ollama.server.server_close()
+
+
+def _gateway_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan, backends: str) -> Path:
+    tls = render.tls_paths(s)
+    Path(tls.cert).parent.mkdir(parents=True, exist_ok=True)
+    cert, key = ca.issue("localhost", ["localhost", "127.0.0.1"])
+    Path(tls.cert).write_text(cert)
+    Path(tls.key).write_text(key)
+    Path(tls.ca).write_text(ca.cert_pem)
+    keys = tmp / "api-keys.conf"
+    keys.write_text(render.render_api_keys(s))
+    js = render.builtin_templates_dir() / render.MODEL_ALLOW_LIST_JS
+    site = render.render_nginx_site(
+        s, api_keys_path=PurePosixPath(keys), allow_list_js_path=PurePosixPath(js), gateway=plan
+    )
+    site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
+    site = site.replace("/var/log/nginx/", f"{tmp}/")
+    (tmp / "site.conf").write_text(site)
+    (tmp / "backends.conf").write_text(backends)
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp / "nginx.conf").write_text(
+        f"load_module {NJS_MODULE};\ndaemon off;\nmaster_process off;\npid {tmp / 'nginx.pid'};\n"
+        f"error_log {tmp / 'error.log'} info;\nevents {{ worker_connections 256; }}\n"
+        f"http {{\n    access_log {tmp / 'access.log'};\n{temp_paths}\n"
+        f"    include {tmp / 'site.conf'};\n    include {tmp / 'backends.conf'};\n}}\n"
+    )
+    return tmp / "nginx.conf"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> FleetCA:
+    return FleetCA.load_or_create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Gateway]:
+    with running_gateway(tmp_path_factory.mktemp("gateway"), ca) as running:
+        yield running
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def test_nginx_accepts_the_gateway_site_and_rejects_a_broken_one(tmp_path: Path, ca: FleetCA) -> None:
+    fleet = fleet_of(tmp_path, 443)
+    conf = _gateway_prefix(tmp_path, fleet["gw"], ca, gateway_plan(fleet, addresses()), "")
+    ok = subprocess.run([_binary("nginx"), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True)
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert b"[warn]" not in ok.stderr, ok.stderr.decode()
+    site = tmp_path / "site.conf"
+    site.write_text(site.read_text().replace("least_conn;", "least_conns;", 1))
+    broken = subprocess.run(
+        [_binary("nginx"), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True
+    )
+    assert broken.returncode != 0
+
+
+def test_the_gateway_needs_a_key(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json=_chat("tiny"))
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny:latest", "library/tiny", "registry.ollama.ai/library/tiny"])
+def test_a_model_goes_only_to_hosts_serving_it(gateway: Gateway, model: str) -> None:
+    start = len(gateway.ollama.seen)
+    with gateway.client() as client:
+        for _ in range(6):
+            response = client.post("/v1/chat/completions", json=_chat(model), headers=_bearer(ALICE_KEY))
+            assert response.status_code == 200, response.text
+    seen = gateway.hosts_seen(start)
+    assert set(seen) == {"alpha", "beta"}, seen  # balanced over both, never elsewhere
+    assert json.loads(gateway.ollama.seen[-1]["body"]) == _chat(model)  # the body arrives as sent
+
+
+def test_a_host_answering_503_is_skipped_for_the_next(gateway: Gateway) -> None:
+    start = len(gateway.ollama.seen)
+    with gateway.client() as client:
+        for _ in range(4):
+            response = client.post("/api/chat", json=_chat("big"), headers=_bearer(ALICE_KEY))
+            assert response.status_code == 200, response.text
+    assert set(gateway.hosts_seen(start)) == {"beta"}
+    log = (gateway.prefix / "ollama-fleet-gateway.access.log").read_text()
+    assert re.search(
+        r'model="big:latest" upstream="127\.0\.0\.5:\d+, 127\.0\.0\.3:\d+" upstream_status="503, 200"', log
+    )
+
+
+def test_with_every_host_of_a_model_failing_the_client_gets_its_answer(gateway: Gateway) -> None:
+    """No other host to try: the host's own 503 reaches the client as it answered."""
+    with gateway.client() as client:
+        response = client.post("/api/generate", json={"model": "only-busy"}, headers=_bearer(ALICE_KEY))
+    assert response.status_code == 503
+
+
+def test_a_model_no_host_serves_is_an_openai_404_naming_it(gateway: Gateway) -> None:
+    start = len(gateway.ollama.seen)
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", json=_chat("nope:7b"), headers=_bearer(ALICE_KEY))
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found" and "'nope:7b'" in error["message"]
+    assert error["type"] == "invalid_request_error" and error["param"] == "model"
+    assert len(gateway.ollama.seen) == start
+
+
+def test_the_model_lists_are_every_hosts_models(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        listed = client.get("/v1/models", headers=_bearer(ALICE_KEY)).json()
+        tags = client.get("/api/tags", headers=_bearer(ALICE_KEY)).json()
+    assert [m["id"] for m in listed["data"]] == ["big:latest", "only-busy:latest", "tiny:latest"]
+    assert listed["object"] == "list" and listed["data"][0]["object"] == "model"
+    assert [m["name"] for m in tags["models"]] == ["big:latest", "only-busy:latest", "tiny:latest"]
+
+
+def test_a_request_naming_no_model_goes_to_any_host(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        response = client.get("/api/version", headers=_bearer(ALICE_KEY))
+        health = client.get("/health")
+    assert response.status_code == 200, response.text
+    assert health.status_code == 200, health.text
+
+
+def test_admin_paths_are_not_on_the_gateway(gateway: Gateway) -> None:
+    start = len(gateway.ollama.seen)
+    with gateway.client() as client:
+        inference = client.post("/api/pull", json={"model": "tiny"}, headers=_bearer(ALICE_KEY))
+        admin = client.post("/api/pull", json={"model": "tiny"}, headers=_bearer(CI_KEY))
+    assert inference.status_code == 403 and inference.json()["error"]["code"] == "insufficient_scope"
+    assert admin.status_code == 403 and admin.json()["error"]["code"] == "not_on_gateway"
+    assert len(gateway.ollama.seen) == start
+
+
+def test_a_key_allow_list_holds_on_the_gateway(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        allowed = client.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(KIOSK_KEY))
+        refused = client.post("/v1/chat/completions", json=_chat("big"), headers=_bearer(KIOSK_KEY))
+    assert allowed.status_code == 200, allowed.text
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_a_stream_through_the_gateway_is_not_buffered(gateway: Gateway) -> None:
+    with (
+        gateway.client() as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json=_chat("tiny", stream=True), headers=_bearer(ALICE_KEY)
+        ) as response,
+    ):
+        lines = response.iter_lines()
+        first = next(line for line in lines if line)
+        gateway.ollama.first_chunk_read.set()
+        rest = [line for line in lines if line]
+    gateway.ollama.first_chunk_read.clear()
+    assert first.startswith("data: {")
+    assert rest == ["data: [DONE]"]
+    assert gateway.ollama.streamed_before_finish[-1] is True
+
+
+def test_a_host_whose_certificate_does_not_name_it_gets_nothing(tmp_path: Path, ca: FleetCA) -> None:
+    """alpha's certificate names another host: the gateway refuses it and uses beta only."""
+    with running_gateway(tmp_path, ca, names={"alpha": "impostor"}) as gateway, gateway.client() as client:
+        for _ in range(4):
+            response = client.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
+            assert response.status_code == 200, response.text
+        assert set(gateway.hosts_seen()) == {"beta"}
+        assert 'upstream SSL certificate does not match "alpha"' in (tmp_path / "error.log").read_text()
