@@ -6,7 +6,9 @@ the fleet CA, days to expiry), root (/health says "Ollama is running"), auth (no
 (the pinned one), models (all configured ones in /api/tags and /v1/models), chat (a completion per model),
 stream (SSE chunks that arrive token by token, not buffered), cors (allowed origin gets the allow headers,
 another does not), raw_port (11434 dropped by the firewall), outsider (lab only: 443 unreachable from the
-outsider netns). A check whose prerequisite failed is shown as blocked. --quick runs tls, root, auth,
+outsider netns). A gateway host (group `gateway`) is checked twice: as a host, and as `<host>/gateway` on
+gateway_port: tls, root, auth, models (every host's, listed), chat (each model answers through it) and
+stream (not buffered). A check whose prerequisite failed is shown as blocked. --quick runs tls, root, auth,
 scopes, version, models and cors only: no generation (no model is loaded or evicted) and no firewall probe
 (each waits for a timeout). status shows each host's last on-host health timer result, read over SSH.
 
@@ -31,7 +33,13 @@ from ollama_fleet.verify.report import (
     to_json,
 )
 from ollama_fleet.verify.status import fleet_status, render_status, status_json
-from ollama_fleet.verify.targets import FleetSettingsError, InventoryError, Target, load_targets
+from ollama_fleet.verify.targets import (
+    FleetSettingsError,
+    InventoryError,
+    Target,
+    load_gateway_targets,
+    load_targets,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -87,10 +95,14 @@ def group_data_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _targets(args: argparse.Namespace) -> list[Target] | None:
-    """The selected hosts with their settings, or None after printing why (exit code 2)."""
+def _targets(args: argparse.Namespace, gateways: bool = False) -> list[Target] | None:
+    """The selected hosts with their settings (and, for verify, their gateways), or None after printing
+    why (exit code 2)."""
     try:
-        return load_targets(args.inventory, args.hosts, args.group_data or ())
+        targets = load_targets(args.inventory, args.hosts, args.group_data or ())
+        if gateways:
+            targets += load_gateway_targets(args.inventory, args.hosts, args.group_data or ())
+        return targets
     except (InventoryError, FleetSettingsError) as exc:
         print(f"ollama-fleet: {exc}", file=sys.stderr)
         return None
@@ -100,7 +112,7 @@ def run_verify(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print("ollama-fleet verify: --timeout must be positive", file=sys.stderr)
         return EXIT_BAD_INPUT
-    targets = _targets(args)
+    targets = _targets(args, gateways=True)
     if targets is None:
         return EXIT_BAD_INPUT
 

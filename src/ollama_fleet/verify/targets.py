@@ -24,6 +24,20 @@ class Target:
     address: str
     settings: FleetSettings
     data: Mapping[str, Any] = field(default_factory=dict)  # raw host data: ssh_*, lab_* keys
+    # The fleet's gateway on this host (gateway_port) rather than the host's own API: the models it must
+    # route are every host's.
+    gateway_models: tuple[str, ...] | None = None
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.gateway_models is not None
+
+    @property
+    def models(self) -> list[str]:
+        """The models a client must find here, as /api/tags lists them."""
+        if self.gateway_models is not None:
+            return list(self.gateway_models)
+        return self.settings.models.names()
 
     @property
     def https(self) -> bool:
@@ -31,6 +45,8 @@ class Target:
 
     @property
     def port(self) -> int:
+        if self.is_gateway:
+            return self.settings.gateway.port
         return self.settings.nginx.https_port if self.https else self.settings.ollama.listen_port
 
     @property
@@ -137,6 +153,36 @@ def load_targets(
     if errors:
         raise FleetSettingsError(errors)
     return targets
+
+
+def load_gateway_targets(
+    inventory: str,
+    wanted: Iterable[str] | None = None,
+    group_data: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> list[Target]:
+    """The gateway of each selected gateway host (`<host>/gateway`), which must route every model that some
+    host of the whole inventory serves."""
+    environ = os.environ if environ is None else environ
+    hosts = load_inventory(inventory, group_data)
+    fleet = {}
+    for name, data in hosts.items():
+        try:
+            fleet[name] = settings_for_host(name, data, environ)
+        except SettingsError as exc:
+            raise FleetSettingsError([exc]) from None
+    models = sorted({m for s in fleet.values() if s.nginx.enabled for m in s.models.names()})
+    return [
+        Target(
+            name=f"{name}/gateway",
+            address=str(hosts[name].get("ssh_hostname") or name),
+            settings=fleet[name],
+            data=dict(hosts[name]),
+            gateway_models=tuple(models),
+        )
+        for name in select(hosts, wanted)
+        if fleet[name].is_gateway
+    ]
 
 
 class FleetSettingsError(Exception):

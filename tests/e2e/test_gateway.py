@@ -1,0 +1,234 @@
+"""The fleet gateway on the lab: lab-1 (also an Ollama host) is in the inventory group `gateway` and serves
+one endpoint on port 8443 for the three hosts, whose model lists differ:
+
+    lab-1: tiny, vehicle-assistant      lab-2: tiny, vehicle-assistant, gw-two      lab-3: tiny
+
+The official `openai` client (base_url = the gateway, the lab's key and CA) gets an answer for every model,
+streamed and not; each request reaches only hosts serving its model (each host's own nginx access log says
+so); with Ollama stopped on one host and nginx on another it still answers; a drained host gets nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from verify_fleet import DeployedFleet, deploy_fleet, statuses
+
+from ollama_fleet.lab.inventory import VEHICLE_ASSISTANT
+from ollama_fleet.lab.state import LabState
+
+pytestmark = pytest.mark.e2e
+
+PORT = 8443
+HOST_LOG = "/var/log/nginx/ollama-fleet.access.log"
+GATEWAY_LOG = "/var/log/nginx/ollama-fleet-gateway.access.log"
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+GW_TWO = {
+    "name": "gw-two",
+    "base": "tiny",
+    "system": "Only lab-2 serves this.",
+    "parameters": {"num_predict": 16},
+}
+MODELS = ["gw-two:latest", "tiny:latest", "vehicle-assistant:latest"]
+
+
+@dataclass(frozen=True)
+class Gateway:
+    fleet: DeployedFleet
+    inventory: Path
+
+    @property
+    def host(self) -> str:
+        return self.fleet.hosts[0]
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.fleet.address(self.host)}:{PORT}"
+
+    def deploy(self, inventory: Path | None = None, *extra: str) -> Any:
+        return self.fleet.run(
+            [PYINFRA, "-y", "--json", str(inventory or self.inventory), "deploys/ollama.py", *extra],
+            timeout=900,
+        )
+
+    def openai(self, user_agent: str | None = None) -> openai.OpenAI:
+        http_client = httpx.Client(
+            verify=ssl.create_default_context(cafile=str(self.fleet.ca_file)), trust_env=False, timeout=120
+        )
+        headers = {"User-Agent": user_agent} if user_agent else None
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1",
+            api_key=self.fleet.keys["ci"],
+            http_client=http_client,
+            max_retries=0,
+            default_headers=headers,
+        )
+
+    def hits(self, marker: str) -> dict[str, list[int]]:
+        """host -> the statuses its own nginx logged for requests whose User-Agent holds `marker`."""
+        found = {}
+        for host in self.fleet.hosts:
+            log = self.fleet.ssh_ok(host, f"grep -F {marker} {HOST_LOG} || true")
+            found[host] = [int(line.split('"')[2].split()[0]) for line in log.splitlines() if line]
+        return found
+
+
+def write_inventory(fleet: DeployedFleet, path: Path, drained: str | None = None) -> Path:
+    """The lab's inventory with lab-1 in the group `gateway` and the model lists above."""
+    two, three = fleet.hosts[1], fleet.hosts[2]
+    path.write_text(
+        Path(fleet.lab.inventory_path).read_text()
+        + f"\n_GW_TWO = {GW_TWO!r}\n_VEHICLE = {VEHICLE_ASSISTANT!r}\n"
+        + "def _models(name, data):\n"
+        + f"    if name == {two!r}:\n"
+        + "        data = {**data, 'models_custom': [_VEHICLE, _GW_TWO]}\n"
+        + f"    if name == {three!r}:\n"
+        + "        data = {**data, 'models_custom': []}\n"
+        + f"    if name == {drained!r}:\n"
+        + "        data = {**data, 'gateway_drain': True}\n"
+        + "    return name, data\n"
+        + "lab_rest = [_models(n, d) for n, d in lab_rest]\n"
+        + "lab_hosts = lab_canary + lab_rest\n"
+        + "gateway = [lab_canary[0][0]]\n"
+    )
+    return path
+
+
+def changed(stdout: str) -> dict[str, list[str]]:
+    operations = json.loads(stdout)["results"]["operations"]
+    return {op["name"]: op["success"] for op in operations if op["success"]}
+
+
+@pytest.fixture(scope="module")
+def gateway(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Gateway:
+    fleet = deploy_fleet(lab)
+    inventory = write_inventory(fleet, tmp_path_factory.mktemp("gateway") / "fleet.py")
+    gw = Gateway(fleet, inventory)
+    done = gw.deploy()
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return gw
+
+
+@pytest.fixture
+def marker() -> str:
+    return f"ollama-fleet-e2e-gw-{secrets.token_hex(4)}"
+
+
+def test_a_second_deploy_of_the_gateway_changes_nothing(gateway: Gateway) -> None:
+    done = gateway.deploy()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert changed(done.stdout) == {}
+
+
+def test_the_openai_client_answers_for_every_model_through_the_gateway(gateway: Gateway) -> None:
+    with gateway.openai() as client:
+        assert sorted(model.id for model in client.models.list()) == MODELS
+        for model in MODELS:
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hello, gateway."}], max_tokens=8
+            )
+            assert reply.choices[0].message.content, model
+            assert reply.usage is not None and reply.usage.completion_tokens == 8
+            stream = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hi."}], max_tokens=16, stream=True
+            )
+            chunks = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+            assert len(chunks) >= 8, (model, chunks)
+
+
+def test_a_model_no_host_serves_is_a_404_naming_it(gateway: Gateway) -> None:
+    with gateway.openai() as client, pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="llama9:70b", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.code == "model_not_found"
+    assert "'llama9:70b'" in str(raised.value)
+
+
+def test_each_model_reaches_only_the_hosts_serving_it(gateway: Gateway, marker: str) -> None:
+    one, two, three = gateway.fleet.hosts
+    for model, times in (("tiny", 6), ("vehicle-assistant", 4), ("gw-two", 3)):
+        with gateway.openai(f"{marker}-{model}") as client:
+            for _ in range(times):
+                client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                )
+    tiny, vehicle, only_two = (gateway.hits(f"{marker}-{m}") for m in ("tiny", "vehicle-assistant", "gw-two"))
+    assert sum(len(s) for s in tiny.values()) == 6 and all(tiny.values()), tiny  # every host took some
+    assert vehicle[three] == [] and sum(len(s) for s in vehicle.values()) == 4, vehicle
+    assert only_two == {one: [], two: [200, 200, 200], three: []}, only_two
+
+
+def test_with_ollama_stopped_on_one_host_and_nginx_on_another_it_still_answers(
+    gateway: Gateway, marker: str
+) -> None:
+    _, two, three = gateway.fleet.hosts
+    try:
+        gateway.fleet.ssh_ok(two, "systemctl stop ollama")
+        with gateway.openai(f"{marker}-a") as client:
+            for _ in range(6):
+                reply = client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                )
+                assert reply.choices[0].message.content
+        gateway.fleet.ssh_ok(three, "systemctl stop nginx")
+        with gateway.openai(f"{marker}-b") as client:
+            for _ in range(3):
+                stream = client.chat.completions.create(
+                    model="vehicle-assistant",
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=4,
+                    stream=True,
+                )
+                assert [c for c in stream if c.choices and c.choices[0].delta.content]
+                reply = client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                )
+                assert reply.choices[0].message.content
+    finally:
+        gateway.fleet.ssh(two, "systemctl start ollama")
+        gateway.fleet.ssh(three, "systemctl start nginx")
+    first, second = gateway.hits(f"{marker}-a"), gateway.hits(f"{marker}-b")
+    assert set(first[two]) <= {502}, first  # lab-2's nginx answered 502 (no Ollama); the gateway went on
+    assert second[three] == [], second  # lab-3's nginx was down: nothing reached it
+    log = gateway.fleet.ssh_ok(gateway.host, f"grep -F {marker}-a {GATEWAY_LOG}")
+    assert all(" 200 " in line for line in log.splitlines()), log
+
+
+def test_verify_checks_the_gateway(gateway: Gateway) -> None:
+    done = gateway.fleet.run(
+        [
+            sys.executable,
+            "-m",
+            "ollama_fleet.cli",
+            "verify",
+            str(gateway.inventory),
+            "--json",
+            "--hosts",
+            gateway.host,
+        ]
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checks = statuses(json.loads(done.stdout))[f"{gateway.host}/gateway"]
+    assert checks == {name: "pass" for name in ("tls", "root", "auth", "models", "chat", "stream")}
+
+
+def test_a_drained_host_gets_nothing_from_the_gateway(gateway: Gateway, marker: str, tmp_path: Path) -> None:
+    three = gateway.fleet.hosts[2]
+    drained = write_inventory(gateway.fleet, tmp_path / "fleet.py", drained=three)
+    done = gateway.deploy(drained, "--limit", gateway.host)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with gateway.openai(marker) as client:
+        for _ in range(6):
+            client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+    hits = gateway.hits(marker)
+    assert hits[three] == [] and sum(len(s) for s in hits.values()) == 6, hits
