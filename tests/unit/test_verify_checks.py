@@ -300,3 +300,30 @@ def test_nothing_listening_on_ipv6_fails_ipv6_only(tmp_path: Path) -> None:
         results = run(target_for(served, **IPV6_CLIENTS))
     assert statuses(results) == HEALTHY | {"ipv6": Status.FAIL}
     assert "GET /v1/models" in results["ipv6"].reason and "[::1]" in results["ipv6"].reason
+
+
+def gateway_target(host: FakeHost, models: tuple[str, ...]) -> Target:
+    """The fake host as a gateway on its port (its own API then on another, unused, port)."""
+    plain = target_for(host, gateway_enabled=True, gateway_port=host.port, nginx_https_port=closed_port())
+    return Target(
+        name="fake/gateway",
+        address=plain.address,
+        settings=plain.settings,
+        data=plain.data,
+        gateway_models=models,
+    )
+
+
+def test_a_gateway_is_checked_for_what_its_clients_use(host: FakeHost) -> None:
+    host.behaviour.models = ["tiny:latest", "other:latest"]
+    results = run(gateway_target(host, ("other:latest", "tiny:latest")))
+    assert statuses(results) == {
+        name: Status.PASS for name in ("tls", "root", "auth", "models", "chat", "stream")
+    }
+    assert results["chat"].figure.startswith("2 model(s) answered")
+
+
+def test_a_gateway_missing_a_hosts_model_fails_models_naming_it(host: FakeHost) -> None:
+    results = run(gateway_target(host, ("other:latest", "tiny:latest")))
+    assert results["models"].status is Status.FAIL
+    assert "the gateway does not list other:latest" in results["models"].reason
