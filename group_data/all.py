@@ -171,9 +171,9 @@ health_timeout_seconds = 10
 # Hosts in the inventory group `gateway` (one or two; they may serve models too) get a second nginx server:
 # one TLS endpoint (fleet CA certificate), the same keys and scopes, balancing (least_conn, keepalive) over
 # the hosts' own nginx over TLS (checked against the fleet CA), a request for a model sent only to hosts
-# serving it, failing over to another host before any byte reached the client. true/false here or per host
-# overrides the group.
-gateway_enabled = False
+# serving it, failing over to another host before any byte reached the client. None: membership of that
+# group decides; True or False (for a group or a host) overrides it.
+gateway_enabled = None
 # The gateway's HTTPS port (the host's own API keeps nginx_https_port).
 gateway_port = 8443
 # More names clients call the gateway by, e.g. ["llm.example.lan"]; they go into its certificate.

@@ -20,9 +20,10 @@ GATEWAY_GROUP = "gateway"
 
 
 def with_gateway_group(data: dict[str, Any], groups: Iterable[str]) -> dict[str, Any]:
-    """A host's data with gateway_enabled true when it is in the `gateway` group and its data is silent."""
-    if "gateway_enabled" not in data and GATEWAY_GROUP in groups:
-        return {**data, "gateway_enabled": True}
+    """A host's data with gateway_enabled decided: as set (true or false), else (None, the default) whether
+    the host is in the `gateway` group."""
+    if data.get("gateway_enabled") is None:
+        return {**data, "gateway_enabled": GATEWAY_GROUP in groups}
     return data
 
 

@@ -112,9 +112,11 @@ def test_a_host_without_an_ip_is_named(tmp_path: Path) -> None:
 
 
 def test_the_gateway_group_turns_the_gateway_on_unless_the_data_says() -> None:
+    # group_data/all.py gives every host gateway_enabled = None
+    assert with_gateway_group({"gateway_enabled": None}, ["all", "gateway"]) == {"gateway_enabled": True}
     assert with_gateway_group({}, ["all", "gateway"]) == {"gateway_enabled": True}
     assert with_gateway_group({"gateway_enabled": False}, ["gateway"]) == {"gateway_enabled": False}
-    assert with_gateway_group({}, ["all"]) == {}
+    assert with_gateway_group({"gateway_enabled": None}, ["all"]) == {"gateway_enabled": False}
 
 
 def test_gateway_settings_are_checked(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ class FleetSettings(BaseModel):
     @property
     def is_gateway(self) -> bool:
         """This host serves the fleet's gateway endpoint on gateway_port."""
-        return self.gateway.enabled and self.nginx.enabled
+        return bool(self.gateway.enabled) and self.nginx.enabled
 
     @property
     def num_parallel(self) -> int:

@@ -12,7 +12,9 @@ class GatewaySettings(Section):
     """Set on gateway hosts (the `gateway` inventory group turns `enabled` on), except `drain`, which is set
     on the fleet host to take out of rotation."""
 
-    enabled: bool = False  # default: whether the host is in the inventory group `gateway`
+    # None: whether the host is in the inventory group `gateway` (pyinfra data cannot tell a default from a
+    # setting, so membership is decided before validation: see ollama_fleet.gateway.with_gateway_group).
+    enabled: bool | None = None
     port: int = Field(default=8443, gt=0, lt=65536)  # the gateway's HTTPS port (443 is the host's own API)
     server_names: list[str] = Field(default_factory=list)  # more names clients use; in the certificate
     # Seconds between two reads of a host: Ollama sends no header before a model is loaded and generating.
