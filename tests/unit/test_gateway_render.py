@@ -33,6 +33,7 @@ from test_render import (
 )
 
 from ollama_fleet import render
+from ollama_fleet.deploys.fleet import gateway_problems
 from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan, with_gateway_group
 from ollama_fleet.pki import FleetCA, host_sans
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
@@ -126,6 +127,15 @@ def test_gateway_settings_are_checked(tmp_path: Path) -> None:
         host_settings("gw", tmp_path, gateway_enabled=True, gateway_read_timeout=30)
     with pytest.raises(SettingsError, match="did you mean gateway_port"):
         host_settings("gw", tmp_path, gateway_prot=9443)
+
+
+def test_every_host_must_come_from_the_gateways_ca(tmp_path: Path) -> None:
+    fleet = fleet_of(tmp_path, 443)
+    fleet["beta"] = host_settings("beta", tmp_path, tls_ca_dir=str(tmp_path / "other-pki"))
+    (problem,) = gateway_problems(fleet)
+    assert problem.startswith("host 'beta': the gateway 'gw' checks its certificate against the fleet CA")
+    assert "tls_ca_dir '.fleet/pki'" in problem
+    assert gateway_problems(fleet_of(tmp_path, 443)) == []
 
 
 def test_the_certificate_names_the_gateway_names(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def validate_hosts(hosts: Iterable[Host]) -> dict[str, FleetSettings]:
         except SettingsError as exc:
             errors.append(str(exc))
     errors += seed_problems(settings)
+    errors += gateway_problems(settings)
     if errors:
         raise FleetError("settings are invalid; nothing was changed on any host:\n" + "\n".join(errors))
     return settings
@@ -92,6 +93,23 @@ def seed_problems(settings: dict[str, FleetSettings]) -> list[str]:
                 f"host {name!r}: models_pull {other_pins} pin another digest than the seed {seed!r} has; pin "
                 "them in the seed's models_pull (the hosts get what the seed has)"
             )
+    return problems
+
+
+def gateway_problems(settings: dict[str, FleetSettings]) -> list[str]:
+    """A gateway checks every host's certificate against its own fleet CA: the hosts' must come from it."""
+    problems = []
+    for name, s in settings.items():
+        if not s.is_gateway:
+            continue
+        for other, o in settings.items():
+            if not o.nginx.enabled or other == name:
+                continue
+            if o.tls.mode != "fleet_ca" or o.tls.ca_dir != s.tls.ca_dir:
+                problems.append(
+                    f"host {other!r}: the gateway {name!r} checks its certificate against the fleet CA in "
+                    f"{s.tls.ca_dir}; give it tls_mode 'fleet_ca' and tls_ca_dir {str(s.tls.ca_dir)!r}"
+                )
     return problems
 
 
