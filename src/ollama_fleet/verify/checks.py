@@ -242,8 +242,9 @@ def check_models(ctx: HostContext) -> CheckResult:
     if unlisted:
         raise CheckFailed(f"/v1/models does not list {', '.join(unlisted)} although /api/tags has them")
     ctx.established.add("models")
+    where = "listed by the gateway" if ctx.target.is_gateway else "on the host"
     return passed(
-        f"{len(wanted)} configured of {len(tags)} on the host", configured=len(wanted), on_host=len(tags)
+        f"{len(wanted)} configured of {len(tags)} {where}", configured=len(wanted), on_host=len(tags)
     )
 
 
