@@ -94,12 +94,12 @@ GATEWAY_ERRORS = {
     **JSON_ERRORS,
     502: (
         "upstream_unavailable",
-        "No host of the fleet serving this request answered (down, failing, or each busy with "
-        "OLLAMA_NUM_PARALLEL requests); retry later.",
+        "No host of the fleet serving this request answered (each down, refusing or failing); retry later.",
     ),
     504: ("upstream_timeout", "The host did not answer in time (gateway_read_timeout)."),
 }
-"""The gateway's own errors: a 502 there means every host that could serve the request was tried."""
+"""The gateway's own errors: a 502 there means every host that could serve the request was tried (with none
+left to try at all, busy, failed or drained, the gateway answers 503 no_host_available instead)."""
 
 
 def render_nginx_site(

@@ -386,6 +386,31 @@ def test_a_stream_through_the_gateway_is_not_buffered(gateway: Gateway) -> None:
     assert gateway.ollama.streamed_before_finish[-1] is True
 
 
+def test_each_host_takes_its_num_parallel_and_then_the_client_hears_to_retry(gateway: Gateway) -> None:
+    """tiny's two hosts run OLLAMA_NUM_PARALLEL=1 (unset): with a stream held open on each, a third
+    request finds no host free and gets 503 with Retry-After, without reaching any host."""
+    body = _chat("tiny", stream=True)
+    with gateway.client() as one, gateway.client() as two, gateway.client() as three:
+        with (
+            one.stream("POST", "/v1/chat/completions", json=body, headers=_bearer(ALICE_KEY)) as first,
+            two.stream("POST", "/v1/chat/completions", json=body, headers=_bearer(ALICE_KEY)) as second,
+        ):
+            # The line iterators stay referenced: a dropped one closes its connection.
+            first_lines, second_lines = first.iter_lines(), second.iter_lines()
+            assert next(line for line in first_lines if line).startswith("data: {")
+            assert next(line for line in second_lines if line).startswith("data: {")
+            start = len(gateway.ollama.seen)
+            busy = three.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
+            gateway.ollama.first_chunk_read.set()
+        gateway.ollama.first_chunk_read.clear()
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["code"] == "no_host_available"
+    assert len(gateway.ollama.seen) == start
+    with gateway.client() as client:  # both free again
+        assert client.post("/api/chat", json=_chat("tiny"), headers=_bearer(ALICE_KEY)).status_code == 200
+
+
 def test_a_host_whose_certificate_does_not_name_it_gets_nothing(tmp_path: Path, ca: FleetCA) -> None:
     """alpha's certificate names another host: the gateway refuses it and uses beta only."""
     with running_gateway(tmp_path, ca, names={"alpha": "impostor"}) as gateway, gateway.client() as client:
