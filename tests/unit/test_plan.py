@@ -419,3 +419,34 @@ def test_certificate_and_key_go_live_in_one_command_after_both_are_staged(tmp_pa
     )
     assert "chmod 600 /t/.key.pem.ollama-fleet-new" in commands[-2]
     assert not any(c.startswith("mv ") for c in commands[:-1])
+
+
+# --- the gateway ---------------------------------------------------------------------------------------
+
+
+def gateway_fleet(tmp_path: Path, **per_host: dict[str, Any]) -> Path:
+    inventory = fleet(tmp_path, **per_host)
+    inventory.write_text(inventory.read_text() + 'gateway = ["@fake/h1"]\n')
+    return inventory
+
+
+def test_a_host_of_the_gateway_group_gets_the_gateway_planned_from_every_hosts_models(tmp_path: Path) -> None:
+    inventory = gateway_fleet(tmp_path, h1={"models_pull": ["tiny"]}, h2={"models_pull": ["tiny", "big"]})
+    result = pyinfra("--dry", "--json", str(inventory), "deploys/ollama.py")
+    assert result.returncode == 0, result.stderr
+    assert "[@fake/h1] gateway on port 8443: 2 host(s), 2 model(s) in 2 pool(s)" in result.stderr
+    assert "[@fake/h2] gateway" not in result.stderr
+    site = next(op for op in json.loads(result.stdout)["plan"] if "ollama-fleet site" in op["name"])
+    assert (
+        "nginx proxy | Install the ollama-fleet site and gateway after nginx -t on a staging copy"
+        in (site["names"])
+    )
+
+
+def test_a_gateway_over_a_host_of_another_ca_stops_the_run_before_any_change(tmp_path: Path) -> None:
+    inventory = gateway_fleet(tmp_path, h2={"tls_ca_dir": str(tmp_path / "other-pki")})
+    result = pyinfra("--dry", str(inventory), "deploys/ollama.py")
+    assert result.returncode != 0
+    assert "host '@fake/h2': the gateway '@fake/h1' checks its certificate against the fleet CA" in (
+        result.stdout + result.stderr
+    )
