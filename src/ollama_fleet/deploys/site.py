@@ -6,7 +6,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 
 from ollama_fleet.deploys.firewall import firewall
-from ollama_fleet.deploys.fleet import host_data, settings_for
+from ollama_fleet.deploys.fleet import fleet_settings, host_data, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
@@ -17,7 +17,7 @@ from ollama_fleet.operations import lock, release
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
-from ollama_fleet.verify.targets import target_for_settings
+from ollama_fleet.verify.targets import gateway_target, target_for_settings
 
 
 def deploy_site() -> None:
@@ -46,6 +46,13 @@ def deploy_site() -> None:
         target=target_for_settings(s, host.name, host_data(host)),
         on_failure=failure_command(s, rollback_to),
     )
+    if s.is_gateway:
+        # After every host's own operations (pyinfra runs each operation on all hosts before the next).
+        checked_like_a_client(
+            name="Check the fleet's gateway like a client (ollama-fleet verify)",
+            target=gateway_target(s, host.name, host_data(host), fleet_settings(host.state).values()),
+            on_failure=fail_command,
+        )
     # Only a verified release may make the previous one go.
     prune_old_releases(s=s)
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())

@@ -171,18 +171,20 @@ def load_gateway_targets(
             fleet[name] = settings_for_host(name, data, environ)
         except SettingsError as exc:
             raise FleetSettingsError([exc]) from None
-    models = sorted({m for s in fleet.values() if s.nginx.enabled for m in s.models.names()})
     return [
-        Target(
-            name=f"{name}/gateway",
-            address=str(hosts[name].get("ssh_hostname") or name),
-            settings=fleet[name],
-            data=dict(hosts[name]),
-            gateway_models=tuple(models),
-        )
+        gateway_target(fleet[name], name, hosts[name], fleet.values())
         for name in select(hosts, wanted)
         if fleet[name].is_gateway
     ]
+
+
+def gateway_target(
+    settings: FleetSettings, name: str, data: Mapping[str, Any], fleet: Iterable[FleetSettings]
+) -> Target:
+    """The gateway on host `name`, which must route every model some host of `fleet` serves."""
+    models = sorted({m for s in fleet if s.nginx.enabled for m in s.models.names()})
+    address = str(data.get("ssh_hostname") or name)
+    return Target(f"{name}/gateway", address, settings, dict(data), gateway_models=tuple(models))
 
 
 class FleetSettingsError(Exception):
