@@ -1,8 +1,8 @@
 """The gateway's plan (pure): which hosts serve which model, grouped into pools nginx balances over.
 
-A pool is one nginx upstream: the hosts that serve the same set of models. Every model maps to the pool of
-the hosts that serve it, so nginx never sends a request for a model to a host without it. One more pool
-holds every host, for requests that name no model (/api/version, /api/ps).
+A pool is one nginx upstream: the hosts that serve a model (models served by the same hosts share one).
+Every model maps to its pool, so nginx never sends a request for a model to a host without it. One more
+pool holds every host, for requests that name no model (/api/version, /api/ps).
 """
 
 from __future__ import annotations
