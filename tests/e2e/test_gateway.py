@@ -14,6 +14,7 @@ import json
 import secrets
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.e2e
 PORT = 8443
 HOST_LOG = "/var/log/nginx/ollama-fleet.access.log"
 GATEWAY_LOG = "/var/log/nginx/ollama-fleet-gateway.access.log"
+KEEPALIVE_TIMEOUT = 10  # gateway_keepalive_timeout's default
+DROP_443 = "INPUT -p tcp --dport 443 -j DROP -m comment --comment ollama-fleet-test-gateway-down"
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 GW_TWO = {
     "name": "gw-two",
@@ -164,6 +167,34 @@ def test_each_model_reaches_only_the_hosts_serving_it(gateway: Gateway, marker: 
     assert sum(len(s) for s in tiny.values()) == 6 and all(tiny.values()), tiny  # every host took some
     assert vehicle[three] == [] and sum(len(s) for s in vehicle.values()) == 4, vehicle
     assert only_two == {one: [], two: [200, 200, 200], three: []}, only_two
+
+
+def test_a_host_that_answers_nothing_costs_a_connect_timeout_then_is_marked_out(
+    gateway: Gateway, marker: str
+) -> None:
+    """lab-3 drops every packet to its 443 (a host that is down): a request that picks it waits
+    gateway_connect_timeout (5 s) and goes on; after gateway_max_fails (2) such tries it is left out."""
+    three = gateway.fleet.hosts[2]
+    time.sleep(KEEPALIVE_TIMEOUT + 1)  # the idle connections to lab-3 closed: each try is a new connection
+    started = time.monotonic()
+    try:
+        gateway.fleet.ssh_ok(three, f"iptables -I {DROP_443}")
+        with gateway.openai(marker) as client:
+            for _ in range(8):
+                reply = client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                )
+                assert reply.choices[0].message.content
+    finally:
+        gateway.fleet.ssh(three, f"iptables -D {DROP_443}")
+    seconds = time.monotonic() - started
+    log = gateway.fleet.ssh_ok(gateway.host, f"grep -F {marker} {GATEWAY_LOG}").splitlines()
+    tried_three = [line for line in log if f"{gateway.fleet.address(three)}:443" in line]
+    shown = "\n".join(log)
+    assert len(log) == 8 and all('upstream_status="' in line for line in log), shown
+    assert 1 <= len(tried_three) <= 2, shown  # then out for gateway_fail_timeout
+    assert all('upstream_status="504, 200"' in line for line in tried_three), shown
+    assert seconds < 8 * 2 + 2 * 5 + 10, (seconds, shown)
 
 
 def test_with_ollama_stopped_on_one_host_and_nginx_on_another_it_still_answers(

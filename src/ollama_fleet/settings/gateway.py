@@ -23,6 +23,9 @@ class GatewaySettings(Section):
     max_fails: int = Field(default=2, ge=0)  # failed attempts within fail_timeout that mark a host out
     fail_timeout: int = Field(default=30, gt=0)  # seconds: the window above, and how long it stays out
     keepalive: int = Field(default=8, ge=0)  # idle TLS connections kept open to the hosts, per pool
+    # Seconds an idle one stays open: a request that reuses one to a host that vanished without a word
+    # waits until the host's side closes or TCP gives up, so keep this short (and under the hosts' 65 s).
+    keepalive_timeout: int = Field(default=10, gt=0, lt=65)
     # Cap the requests in flight to each host at its OLLAMA_NUM_PARALLEL (1 when unset); over it the next
     # host is tried, and with all busy the client gets 503. False: no cap (Ollama queues).
     cap_at_num_parallel: bool = True
