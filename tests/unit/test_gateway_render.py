@@ -25,6 +25,7 @@ from test_render import (
     ENVIRON,
     NJS_MODULE,
     FakeOllama,
+    _bearer,
     _binary,
     _fake_ollama,
     _free_port,
@@ -252,18 +253,9 @@ def _gateway_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan,
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> FleetCA:
-    return FleetCA.load_or_create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Gateway]:
     with running_gateway(tmp_path_factory.mktemp("gateway"), ca) as running:
         yield running
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def _chat(model: str, **extra: Any) -> dict[str, Any]:

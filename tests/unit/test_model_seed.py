@@ -31,11 +31,6 @@ UPSTREAM = "10.213.0.1:8080/library/tiny:latest"
 SEED = {"models_seed_host": "ollama1", "models_lan_subnets": ["10.0.0.0/24"], "models_pull": [UPSTREAM]}
 
 
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> FleetCA:
-    return FleetCA.load_or_create(tmp_path_factory.mktemp("ca"))
-
-
 def test_model_references_fill_in_ollamas_defaults() -> None:
     tiny = model_reference(UPSTREAM)
     assert (tiny.registry, tiny.repository, tiny.tag) == ("10.213.0.1:8080", "library/tiny", "latest")

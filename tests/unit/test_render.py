@@ -391,11 +391,6 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], error_log: Path
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> FleetCA:
-    return FleetCA.load_or_create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Proxy]:
     with running_nginx(tmp_path_factory.mktemp("nginx"), ca) as running:
         yield running
