@@ -14,7 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
-from test_render import ENVIRON, _free_port, _nginx_prefix, fleet_settings, nginx_config_test, running_nginx
+from test_render import (
+    ENVIRON,
+    _free_port,
+    _nginx_prefix,
+    fleet_settings,
+    logged_lines,
+    nginx_config_test,
+    running_nginx,
+)
 
 from ollama_fleet import render
 from ollama_fleet.deploys.firewall import guarded_ports, wanted_rules
@@ -124,9 +132,8 @@ def test_the_seed_serves_manifests_and_blobs_as_ollamas_pull_asks(tmp_path: Path
             "/",
         ):
             assert seed.get(unknown).status_code == 404, unknown
-        assert (
-            "GET /v2/library/tiny/manifests/latest"
-            in (tmp_path / "ollama-fleet-models.access.log").read_text()
+        assert logged_lines(
+            tmp_path / "ollama-fleet-models.access.log", "GET /v2/library/tiny/manifests/latest"
         )
 
 

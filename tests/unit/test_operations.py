@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -256,6 +257,19 @@ def test_pull_progress_prints_one_line_per_status_and_ten_percent() -> None:
         "verifying sha256 digest",
         "success",
     ]
+
+
+def test_pull_progress_shows_a_layers_rate_once_a_second_has_passed() -> None:
+    first = '{"status":"pulling abc","digest":"sha256:abc","total":10485760,"completed":1048576}'
+    half = '{"status":"pulling abc","digest":"sha256:abc","total":10485760,"completed":5242880}'
+    feed = f"echo '{first}'; sleep 2.1; echo '{half}'; echo '{{\"status\":\"success\"}}'"
+    result = subprocess.run(
+        ["sh", "-c", f"({feed}) | {models.PULL_PROGRESS_AWK}"], capture_output=True, text=True, check=True
+    )
+    start, later, _ = result.stdout.splitlines()
+    assert start == "pulling abc 10% (1.0 of 10.0 MB)"  # no rate before a second has passed
+    rate = re.fullmatch(r"pulling abc 50% \(5\.0 of 10\.0 MB, (\d+\.\d) MB/s\)", later)
+    assert rate and 1.0 <= float(rate.group(1)) <= 2.0  # 4 MB in 2 or 3 whole seconds of awk's clock
 
 
 def test_pull_asks_for_plain_http_only_when_insecure() -> None:

@@ -728,10 +728,20 @@ def test_an_admin_key_gets_through_everywhere(proxy: Proxy, method: str, path: s
     assert proxy.upstream.seen[-1]["path"] == path and proxy.upstream.seen[-1]["method"] == method
 
 
+def logged_lines(log: Path, marker: str, wait: float = 5.0) -> list[str]:
+    """The log's lines holding marker: nginx writes a request's line after the client has its response."""
+    deadline = time.monotonic() + wait
+    while True:
+        lines = [line for line in log.read_text().splitlines() if marker in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def test_the_access_log_names_the_key_never_its_value(proxy: Proxy) -> None:
     _raw_request(proxy, "GET", "/api/version?from=log-test", ALICE_KEY)
     log = proxy.prefix / "ollama-fleet.access.log"
-    lines = [line for line in log.read_text().splitlines() if "from=log-test" in line]
+    lines = logged_lines(log, "from=log-test")
     assert lines and " - key=alice [" in lines[-1]
     assert ALICE_KEY not in log.read_text() and CI_KEY not in log.read_text()
 

@@ -176,18 +176,24 @@ def custom_model(
         yield from _create_commands(model, digest, modelfile, api_host, records_dir, staging)
 
 
+# mawk (Debian's awk) reads a pipe in blocks unless interactive: progress would come in bursts.
+LINE_AWK = "$(command -v mawk >/dev/null && echo mawk -W interactive || echo awk)"
 PULL_PROGRESS_AWK = (
-    'awk \'/"error"/ {print; bad=1; next} {t=0; c=0} '
+    LINE_AWK
+    + " 'function now() { srand(); return srand() } "  # POSIX awk's clock: srand() returns the last seed
+    '/"error"/ {print; bad=1; next} {t=0; c=0} '
     'match($0, /"status":"[^"]*"/) {s=substr($0, RSTART+10, RLENGTH-11)} '
     'match($0, /"total":[0-9]+/) {t=substr($0, RSTART+8, RLENGTH-8)+0} '
     'match($0, /"completed":[0-9]+/) {c=substr($0, RSTART+12, RLENGTH-12)+0} '
+    "!(s in t0) {t0[s]=now(); c0[s]=c} "
     "{p = (t > 0) ? int(c * 10 / t) * 10 : -1; if (s != last || p != lastp) {"
-    'if (p >= 0) printf "%s %d%% (%.1f of %.1f MB)\\n", s, p, c / 1048576, t / 1048576; else print s; '
+    'dt = now() - t0[s]; r = (dt > 0) ? sprintf(", %.1f MB/s", (c - c0[s]) / 1048576 / dt) : ""; '
+    'if (p >= 0) printf "%s %d%% (%.1f of %.1f MB%s)\\n", s, p, c / 1048576, t / 1048576, r; else print s; '
     "last=s; lastp=p}} "
     's == "success" {ok=1} END {exit (ok && !bad) ? 0 : 1}\''
 )
-"""Reads /api/pull's NDJSON: one line per status and per 10% of a layer (with the bytes done); fails on an
-error line or without a final success."""
+"""Reads /api/pull's NDJSON: one line per status and per 10% of a layer, with the MB done and, once a second
+has passed, the layer's rate since its first line; fails on an error line or without a final success."""
 
 
 def pull_command(api: str, model: str, insecure: bool = False) -> str:

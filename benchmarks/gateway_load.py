@@ -1,0 +1,176 @@
+"""The gateway under a steady load of small completions, on a lab fleet of its own (lab only: stops a host).
+
+1. throughput: the same bounded load (--requests small chat completions, --workers at a time, each worker
+   one keep-alive client like an app's pool) through the gateway over every host, then straight to one host
+   (the baseline, same run); printed as requests/s and the ratio.
+2. failover: the load again through the gateway; once a third of it is done, nginx and Ollama are stopped
+   on one host that is not the gateway (it refuses connections from then on). Printed: failed requests
+   among those started after the stop finished (target 0), among those in flight while it happened, and
+   the slowest request after it. The host is started again at the end.
+
+Brings up its own lab slot (default 11: nobody else's lab is touched) with the first host in the group
+`gateway`, and leaves it down.
+
+    python benchmarks/gateway_load.py [--hosts 3] [--workers 6] [--requests 600] [--slot 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ollama_fleet.lab import artifacts, lifecycle
+from ollama_fleet.lab.state import LabState
+from ollama_fleet.verify.context import make_client
+from ollama_fleet.verify.targets import Target, load_gateway_targets, load_targets
+
+REPO = Path(__file__).resolve().parents[1]
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+MODEL = "tiny"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started: float
+    ended: float
+    error: str  # "" when the completion came back 200 with a choice
+
+
+def completion(client: httpx.Client, key: str) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    try:
+        response = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:120]}"
+    return "" if response.json().get("choices") else "no choice in the answer"
+
+
+def steady_load(
+    target: Target, requests: int, workers: int, at: Callable[[int], None] = lambda done: None
+) -> list[Outcome]:
+    """`requests` completions, `workers` at a time; `at(n)` is called (in a worker) as request n starts."""
+    key = target.settings.auth.keys[0].key.get_secret_value()
+    outcomes: list[Outcome] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        with make_client(target, 120) as client:
+            while True:
+                with lock:
+                    n = next(counter, None)
+                if n is None:
+                    return
+                at(n)
+                started = time.perf_counter()
+                error = completion(client, key)
+                with lock:
+                    outcomes.append(Outcome(started, time.perf_counter(), error))
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def rate(outcomes: list[Outcome]) -> float:
+    ok = [o for o in outcomes if not o.error]
+    if len(ok) != len(outcomes):
+        raise SystemExit(
+            f"{len(outcomes) - len(ok)} request(s) failed, e.g. {next(o.error for o in outcomes if o.error)}"
+        )
+    return len(ok) / (max(o.ended for o in ok) - min(o.started for o in ok))
+
+
+def write_inventory(lab: LabState, path: Path) -> Path:
+    path.write_text(Path(lab.inventory_path).read_text() + "\ngateway = [lab_canary[0][0]]\n")
+    return path
+
+
+def ssh(lab: LabState, host: str, command: str) -> None:
+    subprocess.run(lab.ssh_command(host, command), check=True, capture_output=True, timeout=120)
+
+
+def throughput(gateway: Target, host: Target, requests: int, workers: int) -> None:
+    steady_load(gateway, workers * 4, workers)  # warm: the model loaded on every host, connections open
+    direct = rate(steady_load(host, requests, workers))
+    through = rate(steady_load(gateway, requests, workers))
+    print(
+        f"  throughput, {requests} completions {workers} at a time: through the gateway over every host "
+        f"{through:.1f}/s vs straight to {host.name} {direct:.1f}/s = {through / direct:.2f} x"
+    )
+
+
+def failover(lab: LabState, gateway: Target, victim: str, requests: int, workers: int) -> None:
+    stopped: dict[str, float] = {}
+
+    def stop_once(n: int) -> None:
+        if n == requests // 3:
+            stopped["begin"] = time.perf_counter()
+            ssh(lab, victim, "systemctl stop nginx ollama")
+            stopped["end"] = time.perf_counter()
+
+    try:
+        outcomes = steady_load(gateway, requests, workers, at=stop_once)
+    finally:
+        ssh(lab, victim, "systemctl start ollama nginx")
+    after = [o for o in outcomes if o.started >= stopped["end"]]
+    during = [o for o in outcomes if o.started < stopped["end"] and o.ended > stopped["begin"]]
+    failed_after = [o for o in after if o.error]
+    slowest = max(o.ended - o.started for o in after)
+    typical = statistics.median(o.ended - o.started for o in after)
+    print(
+        f"  failover, {victim} stopped (nginx and Ollama) after {requests // 3} of {requests} completions: "
+        f"failed after the stop {len(failed_after)} of {len(after)} (target 0); "
+        f"in flight during it {sum(1 for o in during if o.error)} of {len(during)}; "
+        f"after it median {typical * 1000:.0f} ms, slowest {slowest * 1000:.0f} ms"
+    )
+    for outcome in failed_after[:3]:
+        print(f"    e.g. {outcome.error}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hosts", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--slot", type=int, default=11)
+    args = parser.parse_args()
+    artifacts.ensure_ollama_release()
+    lab = lifecycle.up(args.hosts, args.slot, log=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gateway-load-") as tmp:
+            inventory = str(write_inventory(lab, Path(tmp) / "fleet.py"))
+            deployed = subprocess.run(
+                [PYINFRA, "-y", inventory, "deploys/ollama.py"], cwd=REPO, capture_output=True, text=True
+            )
+            if deployed.returncode != 0:
+                raise SystemExit("deploy failed:\n" + deployed.stderr[-3000:])
+            hosts = load_targets(inventory)
+            gateway = load_gateway_targets(inventory)[0]
+            print(f"gateway {gateway.name} over {len(hosts)} hosts, model {MODEL} (lab slot {args.slot})")
+            throughput(gateway, hosts[-1], args.requests, args.workers)
+            failover(lab, gateway, hosts[-1].name, args.requests, args.workers)
+    finally:
+        lifecycle.down(args.slot, log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
