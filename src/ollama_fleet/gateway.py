@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -126,3 +127,37 @@ def owner(model: str) -> str:
     """Ollama's owned_by: the namespace, `library` for the default one."""
     parts = model.split("/")
     return parts[-2] if len(parts) > 1 else "library"
+
+
+ROLLOUT_DRAIN_MARK = "(drained by ollama-fleet rollout)"
+_MEMBER_LINE = re.compile(
+    r"^(?P<server>\s*server \S+[^;#]*?)(?P<down> down)?;(?P<gap>\s+)# (?P<name>\S+)(?P<mark> \(drained by "
+    r"ollama-fleet rollout\))?$"
+)
+
+
+def with_rollout_drain(site: str, drained: Iterable[str]) -> str:
+    """The live site text with the gateway's server lines of `drained` hosts marked `down` by the rollout,
+    and the rollout's earlier marks on any other host removed. A host drained by its own settings
+    (gateway_drain) stays down: only lines carrying the rollout's mark are ever put back."""
+    names = set(drained)
+    lines = []
+    for line in site.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        match = _MEMBER_LINE.match(body)
+        if match is None or (match["down"] and not match["mark"]):
+            lines.append(line)
+            continue
+        end = line[len(body) :]
+        server, gap, name = match["server"], match["gap"], match["name"]
+        if name in names:
+            lines.append(f"{server} down;{gap}# {name} {ROLLOUT_DRAIN_MARK}{end}")
+        else:
+            lines.append(f"{server};{gap}# {name}{end}")
+    return "".join(lines)
+
+
+def rollout_drained(site: str) -> list[str]:
+    """The hosts the rollout has drained in this live site text (each once, in order)."""
+    found = (_MEMBER_LINE.match(line) for line in site.splitlines())
+    return list(dict.fromkeys(m["name"] for m in found if m and m["mark"]))

@@ -3,13 +3,14 @@ what the deploy lock says, and which checks are quick. The shell pieces run loca
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from ollama_fleet.deploys.service import rollback_target
-from ollama_fleet.operations import lock, release
+from ollama_fleet.operations import lock, nginx, release
 from ollama_fleet.operations.running import (
     NginxWorkers,
     OllamaProcess,
@@ -249,3 +250,34 @@ def test_ungranted_and_revoked_keys_are_known_as_refused(tmp_path: Path) -> None
         ("revoked_api_keys[0]", "rotated-0123456789abcdef"),
     ]
     assert "old-key" not in repr(s)  # secrets stay hidden in reprs
+
+
+def _old_worker(seconds: float) -> subprocess.Popen[bytes]:
+    """A process titled like an nginx worker that is finishing its requests after a reload."""
+    title = "nginx: worker process is shutting down"
+    return subprocess.Popen(["bash", "-c", f"exec -a {shlex.quote(title)} sleep {seconds}"])
+
+
+def test_the_drain_waits_for_the_old_workers_and_says_how_long() -> None:
+    assert _wait(5).startswith("gateway: the requests in flight before the drain finished after 0 s")
+    worker = _old_worker(2)
+    try:
+        said = _wait(10)
+    finally:
+        worker.kill()
+    waited = int(said.split("after ")[1].split()[0])
+    assert said.startswith("gateway: the requests in flight") and 1 <= waited <= 4, said
+
+
+def test_the_drain_goes_on_after_its_wait_naming_the_busy_workers() -> None:
+    worker = _old_worker(30)
+    try:
+        said = _wait(1)
+    finally:
+        worker.kill()
+    assert said.startswith("gateway: 1 old nginx worker(s) still busy after "), said
+
+
+def _wait(seconds: int) -> str:
+    script = nginx.in_flight_wait_script(seconds)
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout

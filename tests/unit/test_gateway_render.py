@@ -36,7 +36,14 @@ from test_render import (
 
 from ollama_fleet import render
 from ollama_fleet.deploys.fleet import gateway_problems
-from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan, with_gateway_group
+from ollama_fleet.gateway import (
+    GatewayError,
+    GatewayPlan,
+    gateway_plan,
+    rollout_drained,
+    with_gateway_group,
+    with_rollout_drain,
+)
 from ollama_fleet.pki import FleetCA, host_sans
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
 
@@ -198,7 +205,9 @@ def _backends(tmp: Path, ca: FleetCA, port: int, ollama: FakeOllama, names: dict
 
 
 @contextlib.contextmanager
-def running_gateway(tmp: Path, ca: FleetCA, names: dict[str, str] | None = None) -> Iterator[Gateway]:
+def running_gateway(
+    tmp: Path, ca: FleetCA, names: dict[str, str] | None = None, drained: tuple[str, ...] = ()
+) -> Iterator[Gateway]:
     ollama = _fake_ollama()
     port, gateway_port = _free_port(), _free_port()
     fleet = fleet_of(
@@ -210,7 +219,7 @@ def running_gateway(tmp: Path, ca: FleetCA, names: dict[str, str] | None = None)
     )
     plan = gateway_plan(fleet, addresses())
     s = fleet["gw"]
-    conf = _gateway_prefix(tmp, s, ca, plan, _backends(tmp, ca, port, ollama, names or {}))
+    conf = _gateway_prefix(tmp, s, ca, plan, _backends(tmp, ca, port, ollama, names or {}), drained)
     process = subprocess.Popen(
         [_binary("nginx"), "-p", str(tmp), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -224,7 +233,9 @@ def running_gateway(tmp: Path, ca: FleetCA, names: dict[str, str] | None = None)
         ollama.server.server_close()
 
 
-def _gateway_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan, backends: str) -> Path:
+def _gateway_prefix(
+    tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan, backends: str, drained: tuple[str, ...] = ()
+) -> Path:
     tls = render.tls_paths(s)
     Path(tls.cert).parent.mkdir(parents=True, exist_ok=True)
     cert, key = ca.issue("localhost", ["localhost", "127.0.0.1"])
@@ -239,7 +250,8 @@ def _gateway_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan,
     )
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
     site = site.replace("/var/log/nginx/", f"{tmp}/")
-    (tmp / "site.conf").write_text(site)
+    (tmp / "site.conf").write_text(with_rollout_drain(site, drained) if drained else site)
+    (tmp / "site.rendered").write_text(site)
     (tmp / "backends.conf").write_text(backends)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -275,6 +287,36 @@ def test_nginx_accepts_the_gateway_site_and_rejects_a_broken_one(tmp_path: Path,
         [_binary("nginx"), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True
     )
     assert broken.returncode != 0
+
+
+def test_a_host_the_rollout_drains_gets_nothing_and_comes_back_as_rendered(
+    tmp_path: Path, ca: FleetCA
+) -> None:
+    with running_gateway(tmp_path, ca, drained=("alpha",)) as drained, drained.client() as client:
+        for _ in range(6):
+            response = client.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
+            assert response.status_code == 200, response.text
+        assert set(drained.hosts_seen(0)) == {"beta"}  # tiny is on alpha and beta: all of it went to beta
+    site = (tmp_path / "site.conf").read_text()
+    assert rollout_drained(site) == ["alpha"]
+    assert with_rollout_drain(site, []) == (tmp_path / "site.rendered").read_text()  # back, byte for byte
+
+
+def test_the_rollouts_drain_marks_only_its_hosts_and_keeps_a_settings_drain() -> None:
+    site = (
+        "upstream p {\n"
+        "    server 10.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s;  # a\n"
+        "    server [fd00::3]:443 max_fails=2 fail_timeout=30s down;  # b\n"
+        "    server 10.0.0.4:443 max_fails=2 fail_timeout=30s;  # c\n"
+        "}\n"
+    )
+    drained = with_rollout_drain(site, ["a", "b"])
+    assert "fail_timeout=30s down;  # a (drained by ollama-fleet rollout)\n" in drained
+    assert "fail_timeout=30s down;  # b\n" in drained  # drained by its settings: left as it is
+    assert rollout_drained(drained) == ["a"]
+    assert with_rollout_drain(drained, ["a", "b"]) == drained  # a second drain changes nothing
+    assert with_rollout_drain(drained, ["c"]) == with_rollout_drain(site, ["c"])
+    assert with_rollout_drain(drained, []) == site
 
 
 def test_the_gateway_needs_a_key(gateway: Gateway) -> None:

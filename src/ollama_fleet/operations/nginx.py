@@ -7,6 +7,7 @@ reboot) keeps the old, working site. The staging copy is a full copy of the live
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import posixpath
 import shlex
@@ -15,11 +16,15 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from pyinfra.api.command import FileUploadCommand
+from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.facts import FactBase
+from pyinfra.api.host import Host as PyinfraHost
 from pyinfra.api.operation import operation
+from pyinfra.api.state import State
 from pyinfra.context import host
 from pyinfra.facts.files import Link
 
+from ollama_fleet.gateway import with_rollout_drain
 from ollama_fleet.operations.secrets import FileDigest, Secret, file_matches, secret_file
 from ollama_fleet.operations.shell import fail_command
 
@@ -61,7 +66,7 @@ def _site_is_live(paths: SitePaths, site_sha: str, api_keys: Secret, keys_group:
     )
 
 
-def stage_script(paths: SitePaths, work_dir: str) -> str:
+def stage_script(paths: SitePaths, work_dir: str, with_keys: bool = True) -> str:
     """Copy the new files into the staging copy and repoint every /etc/nginx path in it at the copy."""
     ngx, s, new = paths.nginx_dir, f"{work_dir}/staging", f"{work_dir}/new"
     q = shlex.quote
@@ -69,12 +74,13 @@ def stage_script(paths: SitePaths, work_dir: str) -> str:
     def staged(path: str) -> str:
         return f"{s}/{posixpath.relpath(path, ngx)}"
 
+    keys = [f"cp -p {q(new)}/api-keys.conf {q(staged(paths.keys))}"] if with_keys else []
     return " && ".join(
         [
             "mkdir -p "
             + " ".join(q(posixpath.dirname(staged(p))) for p in (paths.site, paths.keys, paths.enabled)),
             f"cp {q(new)}/site.conf {q(staged(paths.site))}",
-            f"cp -p {q(new)}/api-keys.conf {q(staged(paths.keys))}",
+            *keys,
             f"rm -f {q(staged(paths.default_site))}",
             f"ln -sfn {q(paths.site)} {q(staged(paths.enabled))}",
             f"{{ grep -rlZ -F {q(ngx + '/')} {q(s)} | xargs -0r sed -i 's#{ngx}/#{s}/#g'; }}",
@@ -163,3 +169,82 @@ def reloaded_after_config_test() -> Generator[str, None, None]:
     `nginx -t`; otherwise fail with nginx's words while the running workers keep serving the old one.
     """
     yield "nginx -t -q && systemctl reload-or-restart nginx.service"
+
+
+class SiteText(FactBase[str | None]):
+    """The live site file's exact text (None: no such file)."""
+
+    def command(self, path: str) -> str:
+        q = shlex.quote(path)
+        return f'if [ -f {q} ]; then echo "site $(base64 -w0 < {q})"; else echo missing; fi'
+
+    def process(self, output: list[str]) -> str | None:
+        line = " ".join(output).strip()
+        return base64.b64decode(line.removeprefix("site ")).decode() if line.startswith("site") else None
+
+
+@operation()
+def gateway_hosts_drained(
+    drained: list[str],
+    nginx_dir: str = "/etc/nginx",
+    site_name: str = "ollama-fleet",
+    work_dir: str = "/var/lib/ollama-fleet/nginx",
+) -> Generator[Any, None, None]:
+    """
+    Mark `drained` hosts down in the live gateway for a rollout (and put back the ones it drained before);
+    only those server lines change, and only after `nginx -t` passed on a staging copy.
+
+    + drained: inventory names of the hosts the gateway must send nothing to
+    + nginx_dir, site_name, work_dir: as for site_validated
+    """
+    paths = SitePaths(nginx_dir, site_name)
+    live = host.get_fact(SiteText, path=paths.site)
+    if live is None:
+        yield fail_command(f"no live site {paths.site}: deploy this gateway host first")
+        return
+    site = with_rollout_drain(live, drained)
+    if site == live:
+        host.noop(f"the gateway sends nothing to {', '.join(drained)}" if drained else "nothing is drained")
+        return
+    q, new = shlex.quote, f"{work_dir}/new"
+    yield f"rm -rf {q(work_dir)} && mkdir -p {q(posixpath.dirname(work_dir))}"
+    yield f"mkdir -m 700 {q(work_dir)} {q(new)}"
+    yield f"cp -a {q(nginx_dir)} {q(work_dir + '/staging')}"
+    yield FileUploadCommand(BytesIO(site.encode()), f"{new}/site.conf")
+    yield stage_script(paths, work_dir, with_keys=False)
+    yield validate_script(paths, work_dir)
+    temp = posixpath.join(posixpath.dirname(paths.site), f".{posixpath.basename(paths.site)}.new")
+    yield f"cp {q(new)}/site.conf {q(temp)} && chmod 644 {q(temp)} && mv -f {q(temp)} {q(paths.site)}"
+    yield f"rm -rf {q(work_dir)}"
+
+
+# As pgrep -f's pattern: "dow[n]" matches the workers' title but not the shell running this script.
+OLD_WORKERS = "nginx: worker process is shutting dow[n]"
+
+
+def in_flight_wait_script(seconds: int) -> str:
+    """After a reload, wait for the old workers (they finish the requests they had, then exit) and say how
+    long that took; after `seconds`, go on and say how many are still busy."""
+    busy = f"pgrep -f {shlex.quote(OLD_WORKERS)} | wc -l"
+    return (
+        f'start=$(date +%s); while [ "$({busy})" -gt 0 ] && [ $(($(date +%s) - start)) -lt {seconds} ]; '
+        "do sleep 0.5; done; left=$(" + busy + "); waited=$(($(date +%s) - start)); "
+        'if [ "$left" -eq 0 ]; then echo "gateway: the requests in flight before the drain finished '
+        'after ${waited} s"; else echo "gateway: ${left} old nginx worker(s) still busy after ${waited} s '
+        '(gateway drain timeout); going on"; fi'
+    )
+
+
+def _run_and_show(state: State, host: PyinfraHost, command: str) -> bool:
+    status, _ = host.run_shell_command(StringCommand(command), print_output=True)
+    return status
+
+
+@operation(is_idempotent=False)
+def in_flight_finished(seconds: int) -> Generator[Any, None, None]:
+    """
+    Wait (at most `seconds`) for nginx's old workers to finish the requests they had when it reloaded.
+
+    + seconds: the longest wait before going on
+    """
+    yield FunctionCommand(_run_and_show, (in_flight_wait_script(seconds),), {})

@@ -8,6 +8,11 @@ that is unreachable over SSH halts it before its batch starts. Progress goes to 
 --json) to stdout. The state file (default .fleet/rollout-<inventory>.json) lets --resume continue a halted
 or interrupted rollout from its first unfinished batch.
 
+With gateway hosts in the inventory (group `gateway`), each batch is first taken out of their rotation
+(its server lines marked `down` in the live gateway, nginx reloaded, and the requests in flight awaited,
+at most --drain-wait seconds) and put back once it passed `verify`; a host that failed stays out.
+--no-drain skips this.
+
 rollback: switch the hosts back to their previous installed Ollama release, restart and check it serves.
 
 Exit codes: 0 every host done and verified, 1 halted or failed, 2 bad input or settings.
@@ -30,6 +35,7 @@ from ollama_fleet.verify.report import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, for
 from ollama_fleet.verify.targets import (
     FleetSettingsError,
     InventoryError,
+    load_gateway_targets,
     load_groups,
     load_targets,
     select,
@@ -54,6 +60,16 @@ def register(subparsers: Any) -> None:
     rollout.add_argument("--state", type=Path, metavar="FILE", help="state file (.fleet/rollout-<inv>.json)")
     rollout.add_argument("--json", action="store_true", help="print the machine-readable result on stdout")
     rollout.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per check request")
+    rollout.add_argument(
+        "--no-drain", action="store_true", help="do not take each batch out of the gateways' rotation first"
+    )
+    rollout.add_argument(
+        "--drain-wait",
+        type=int,
+        default=300,
+        metavar="S",
+        help="seconds a drain waits for the gateways' requests in flight (%(default)s)",
+    )
     rollout.add_argument("-v", "--verbose", action="store_true", help="show all of pyinfra's output")
     group_data_option(rollout)
     rollout.set_defaults(func=run_rollout_command)
@@ -73,8 +89,8 @@ def _err(message: str) -> None:
 
 
 def run_rollout_command(args: argparse.Namespace) -> int:
-    if args.max_unavailable < 0 or args.timeout <= 0:
-        _err("ollama-fleet rollout: --max-unavailable must be 0 or more and --timeout positive")
+    if args.max_unavailable < 0 or args.timeout <= 0 or args.drain_wait < 0:
+        _err("ollama-fleet rollout: --max-unavailable and --drain-wait must be 0 or more, --timeout positive")
         return EXIT_BAD_INPUT
     if not Path(args.deploy).is_file():
         _err(f"ollama-fleet rollout: deploy file {args.deploy!r} not found")
@@ -84,6 +100,9 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         batch_size(args.batch, 1)  # a bad --batch is refused before the inventory is read
         targets = {t.name: t for t in load_targets(args.inventory, None, group_data)}
         groups = load_groups(args.inventory, group_data)
+        gateways = (
+            [] if args.no_drain else [g.name for g in load_gateway_targets(args.inventory, None, group_data)]
+        )
         path = args.state or st.default_state_path(args.inventory)
         state = _starting_state(args, list(targets), groups, path)
     except (InventoryError, FleetSettingsError, PlanError) as exc:
@@ -96,9 +115,12 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         max_unavailable=args.max_unavailable,
         timeout=args.timeout,
         verbose=args.verbose,
+        gateways=tuple(gateways),
+        drain_wait=args.drain_wait,
     )
     sizes = "+".join(str(len(b)) for b in state.batches[state.next_batch :])
-    _err(f"rollout of {args.deploy} to {len(targets)} host(s) in batches {sizes} (state: {path})")
+    drain = f"; each batch drained at {', '.join(gateways)} first" if gateways else ""
+    _err(f"rollout of {args.deploy} to {len(targets)} host(s) in batches {sizes} (state: {path}){drain}")
     done = run_rollout(state, targets, options, path, _err)
     print(json.dumps(done.to_json(), indent=2) if args.json else render_table(done))
     ok = done.status == st.DONE and all(o.result == st.OK for o in done.hosts.values())

@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+from ollama_fleet.deploys.drain import DRAIN_KEY, WAIT_KEY
 from ollama_fleet.rollout import state as st
 from ollama_fleet.rollout.plan import should_halt
 from ollama_fleet.verify.context import make_client
@@ -29,8 +31,9 @@ from ollama_fleet.verify.targets import Target
 SSH_TIMEOUT = 5.0
 # pyinfra output lines worth showing during a rollout (the rest is in the state file's reasons)
 NOTABLE = re.compile(
-    r"ollama-fleet:|must restart|must reload|client check|rolled back|Could not connect|Error"
+    r"ollama-fleet:|must restart|must reload|client check|rolled back|Could not connect|Error|gateway:"
 )
+DRAIN_DEPLOY = str(resources.files("ollama_fleet") / "pyinfra_files" / "gateway_drain.py")
 
 Log = Callable[[str], None]
 
@@ -43,6 +46,8 @@ class RolloutOptions:
     max_unavailable: int = 0
     timeout: float = 30.0
     verbose: bool = False
+    gateways: tuple[str, ...] = ()  # gateway hosts that drain each batch's hosts first (none: no drain)
+    drain_wait: int = 300  # seconds a drain waits for the gateway's requests in flight
 
 
 def ssh_reachable(target: Target, timeout: float = SSH_TIMEOUT) -> str | None:
@@ -67,12 +72,20 @@ def serving_version(target: Target, timeout: float) -> str:
         return ""
 
 
-def run_pyinfra(options: RolloutOptions, hosts: Sequence[str], log: Log) -> tuple[set[str], dict[str, str]]:
-    """Deploy `hosts` in one pyinfra run; returns the failed hosts and a reason for each."""
+def run_pyinfra(
+    options: RolloutOptions,
+    hosts: Sequence[str],
+    log: Log,
+    deploy: str | None = None,
+    data: Mapping[str, object] | None = None,
+) -> tuple[set[str], dict[str, str]]:
+    """Deploy `hosts` in one pyinfra run (`deploy`, else the rollout's; `data` as `--data` JSON values);
+    returns the failed hosts and a reason for each."""
     argv = [str(Path(sys.executable).parent / "pyinfra"), "-y", "--json"]
     argv += [arg for d in options.group_data for arg in ("--group-data", d)]
+    argv += [arg for k, v in (data or {}).items() for arg in ("--data", f"{k}={json.dumps(v)}")]
     argv += [arg for h in hosts for arg in ("--limit", h)]
-    argv += [options.inventory, options.deploy]
+    argv += [options.inventory, deploy or options.deploy]
     env = {**os.environ, "PYINFRA_PROGRESS": "off"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None and proc.stdout is not None
@@ -105,6 +118,19 @@ def _failed_hosts(stdout: str, hosts: Sequence[str], code: int) -> set[str]:
     return failed & set(hosts)
 
 
+def drain_at_gateways(options: RolloutOptions, drained: Sequence[str], log: Log) -> str | None:
+    """Make the gateways send nothing to `drained` (and again to every other host a drain took out), waiting
+    for the requests in flight; None when done, else why not (no fleet host was touched)."""
+    if not options.gateways:
+        return None
+    log(f"  gateway: draining {', '.join(drained)}" if drained else "  gateway: putting drained hosts back")
+    data = {DRAIN_KEY: list(drained), WAIT_KEY: options.drain_wait}
+    failed, reasons = run_pyinfra(options, options.gateways, log, deploy=DRAIN_DEPLOY, data=data)
+    if not failed:
+        return None
+    return "; ".join(f"gateway {g}: {reasons[g]}" for g in sorted(failed))
+
+
 def verify_batch(targets: Sequence[Target], timeout: float) -> dict[str, str]:
     """Host -> failure summary, for the hosts that fail the full client check (hosts checked at once)."""
     report = verify_fleet(targets, timeout=timeout)
@@ -128,10 +154,13 @@ def run_rollout(
             unreachable = ssh_reachable(targets[host])
             if unreachable:
                 return _halt(state, path, log, f"{host} is {unreachable}; batch {index + 1} not started")
+        started = time.monotonic()
+        not_drained = drain_at_gateways(options, [*_failed(state), *batch], log)
+        if not_drained:
+            return _halt(state, path, log, f"{not_drained}; batch {index + 1} not started")
         for host in batch:
             state.hosts[host].result = st.DEPLOYING
         st.save(state, path)
-        started = time.monotonic()
         failed, reasons = run_pyinfra(options, batch, log)
         deployed = [targets[h] for h in batch if h not in failed]
         reasons |= verify_batch(deployed, options.timeout)
@@ -142,8 +171,13 @@ def run_rollout(
             outcome.reason = reasons.get(host, "")
             after = f"{outcome.version_before or '-'} -> {outcome.version_after or '-'}"
             log(f"  {host}: {outcome.result} ({after})" + (f": {outcome.reason}" if outcome.reason else ""))
+        # A host that failed stays out of the gateways' rotation until a later run deploys it well.
+        not_back = drain_at_gateways(options, _failed(state), log)
         log(f"  batch {index + 1} done in {time.monotonic() - started:.1f} s")
-        failures = sum(1 for o in state.hosts.values() if o.result == st.FAILED)
+        if not_back:
+            state.next_batch = index + 1
+            return _halt(state, path, log, f"batch {index + 1} deployed, but {not_back}")
+        failures = len(_failed(state))
         if should_halt(failures, options.max_unavailable):
             state.next_batch = index  # resume retries this batch once its hosts are fixed
             names = ", ".join(h for h in batch if h in reasons)
@@ -153,6 +187,10 @@ def run_rollout(
     state.status = st.DONE
     st.save(state, path)
     return state
+
+
+def _failed(state: st.RolloutState) -> list[str]:
+    return [o.host for o in state.hosts.values() if o.result == st.FAILED]
 
 
 def _halt(state: st.RolloutState, path: Path, log: Log, reason: str) -> st.RolloutState:
