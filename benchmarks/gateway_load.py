@@ -1,17 +1,20 @@
 """The gateway under a steady load of small completions, on a lab fleet of its own (lab only: stops a host).
 
-1. throughput: the same bounded load (--requests small chat completions, --workers at a time, each worker
-   one keep-alive client like an app's pool) through the gateway over every host, then straight to one host
-   (the baseline, same run); printed as requests/s and the ratio.
-2. failover: the load again through the gateway; once a third of it is done, nginx and Ollama are stopped
-   on one host that is not the gateway (it refuses connections from then on). Printed: failed requests
-   among those started after the stop finished (target 0), among those in flight while it happened, and
-   the slowest request after it. The host is started again at the end.
+The load is bounded: --requests small chat completions, as many at a time as the fleet has slots (the
+sum of the hosts' OLLAMA_NUM_PARALLEL: the gateway caps each host there and answers 503
+no_host_available beyond it), each worker one keep-alive client like an app's pool.
+
+1. throughput: the load through the gateway over every host, then the same load straight to one host (the
+   baseline, same run; Ollama queues what is over its slots); printed as requests/s and the ratio.
+2. failover: through the gateway again, at the slots left without one host; once a third of it is done,
+   nginx and Ollama are stopped on that host (not the gateway: it refuses connections from then on).
+   Printed: failed requests among those started after the stop finished (target 0), among those in
+   flight while it happened, and the slowest request after it. The host is started again at the end.
 
 Brings up its own lab slot (default 11: nobody else's lab is touched) with the first host in the group
 `gateway`, and leaves it down.
 
-    python benchmarks/gateway_load.py [--hosts 3] [--workers 6] [--requests 600] [--slot 11]
+    python benchmarks/gateway_load.py [--hosts 3] [--requests 600] [--slot 11]
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ def ssh(lab: LabState, host: str, command: str) -> None:
     subprocess.run(lab.ssh_command(host, command), check=True, capture_output=True, timeout=120)
 
 
+def slots(hosts: list[Target]) -> int:
+    return sum(h.settings.num_parallel for h in hosts)
+
+
 def throughput(gateway: Target, host: Target, requests: int, workers: int) -> None:
     steady_load(gateway, workers * 4, workers)  # warm: the model loaded on every host, connections open
     direct = rate(steady_load(host, requests, workers))
@@ -148,7 +155,6 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--hosts", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=6)
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--slot", type=int, default=11)
     args = parser.parse_args()
@@ -165,8 +171,8 @@ def main() -> int:
             hosts = load_targets(inventory)
             gateway = load_gateway_targets(inventory)[0]
             print(f"gateway {gateway.name} over {len(hosts)} hosts, model {MODEL} (lab slot {args.slot})")
-            throughput(gateway, hosts[-1], args.requests, args.workers)
-            failover(lab, gateway, hosts[-1].name, args.requests, args.workers)
+            throughput(gateway, hosts[-1], args.requests, slots(hosts))
+            failover(lab, gateway, hosts[-1].name, args.requests, slots(hosts[:-1]))
     finally:
         lifecycle.down(args.slot, log=False)
     return 0
