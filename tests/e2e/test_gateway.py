@@ -11,11 +11,13 @@ so); with Ollama stopped on one host and nginx on another it still answers; a dr
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import ssl
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +265,120 @@ def test_a_drained_host_gets_nothing_from_the_gateway(gateway: Gateway, marker: 
             )
     hits = gateway.hits(marker)
     assert hits[three] == [] and sum(len(s) for s in hits.values()) == 6, hits
+
+
+SITE = "/etc/nginx/sites-available/ollama-fleet.conf"
+DRAIN_MARK = "(drained by ollama-fleet rollout)"
+LONG_STREAM_TOKENS = 6000  # the lab's tiny model makes ~100-300 tokens/s: a stream of half a minute or more
+
+
+@dataclass
+class Stream:
+    """A long streamed chat through the gateway, read to its end in a thread."""
+
+    first_chunk: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+    error: str = ""
+    ended: float = 0.0
+
+
+def long_stream(gateway: Gateway, model: str, stream: Stream) -> None:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "options": {"num_predict": LONG_STREAM_TOKENS},
+    }
+    headers = {"Authorization": f"Bearer {gateway.fleet.keys['ci']}"}
+    try:
+        with (
+            httpx.Client(verify=str(gateway.fleet.ca_file), trust_env=False, timeout=300) as client,
+            client.stream("POST", f"{gateway.url}/api/chat", json=body, headers=headers) as response,
+        ):
+            if response.status_code != 200:
+                stream.error = f"HTTP {response.status_code}"
+                return
+            for line in response.iter_lines():
+                stream.first_chunk.set()
+                stream.done = stream.done or bool(line and json.loads(line).get("done"))
+    except httpx.HTTPError as exc:
+        stream.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        stream.ended = time.time()
+        stream.first_chunk.set()
+
+
+def steady_small_completions(gateway: Gateway, stop: threading.Event, statuses: list[int]) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {gateway.fleet.keys['ci']}"}
+    with httpx.Client(verify=str(gateway.fleet.ca_file), trust_env=False, timeout=120) as client:
+        while not stop.is_set():
+            try:
+                statuses.append(
+                    client.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers).status_code
+                )
+            except httpx.HTTPError:
+                statuses.append(0)
+            time.sleep(0.3)
+
+
+def active_since(gateway: Gateway, host: str) -> int:
+    """When the host's Ollama last (re)started, in Unix seconds."""
+    out = gateway.fleet.ssh_ok(host, "systemctl show ollama -p ActiveEnterTimestamp --timestamp=unix")
+    return int(out.strip().split("@")[1])
+
+
+def test_a_rollout_drains_each_batch_at_the_gateway_and_no_client_request_fails(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """A rollout that restarts every host's Ollama: lab-2 (the only host of gw-two) goes first, alone. The
+    drain waits for a long gw-two stream that was in flight, so the stream ends whole and lab-2 restarts
+    after it; steady small completions through the gateway all the while all get 200."""
+    two = gateway.fleet.hosts[1]
+    inventory = write_inventory(gateway.fleet, tmp_path / "fleet.py")
+    inventory.write_text(inventory.read_text() + f"victim = [{two!r}]\n")
+    change = tmp_path / "group_data"
+    change.mkdir()
+    (change / "all.py").write_text('ollama_env = {"OLLAMA_KEEP_ALIVE": "6m"}\n')  # restarts every Ollama
+    stream, stop, statuses_seen = Stream(), threading.Event(), []
+    reader = threading.Thread(target=long_stream, args=(gateway, "gw-two", stream))
+    load = threading.Thread(target=steady_small_completions, args=(gateway, stop, statuses_seen))
+    reader.start()
+    assert stream.first_chunk.wait(120) and not stream.error, stream.error
+    load.start()
+    try:
+        rolled = gateway.fleet.run(
+            [
+                sys.executable,
+                "-m",
+                "ollama_fleet.cli",
+                "rollout",
+                str(inventory),
+                "--canary",
+                "victim",
+                "--batch",
+                "100%",
+                "--group-data",
+                str(change),
+                "--state",
+                str(tmp_path / "rollout.json"),
+                "--json",
+            ],
+            timeout=1200,
+        )
+    finally:
+        stop.set()
+        load.join(timeout=150)
+        reader.join(timeout=300)
+    try:
+        assert rolled.returncode == 0, rolled.stdout[-3000:] + rolled.stderr[-5000:]
+        assert f"gateway: draining {two}" in rolled.stderr, rolled.stderr[-5000:]
+        waited = re.search(r"requests in flight before the drain finished after (\d+) s", rolled.stderr)
+        assert waited and int(waited.group(1)) >= 1, rolled.stderr[-5000:]  # it waited for the stream
+        assert stream.done and not stream.error, stream.error  # the stream ended whole
+        assert active_since(gateway, two) >= int(stream.ended) - 1  # lab-2 restarted after the stream
+        assert statuses_seen and set(statuses_seen) == {200}, statuses_seen
+        site = gateway.fleet.ssh_ok(gateway.host, f"cat {SITE}")
+        assert DRAIN_MARK not in site  # every host back in rotation
+    finally:
+        restored = gateway.deploy()
+        assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
