@@ -4,8 +4,11 @@ The load is bounded: --requests small chat completions, as many at a time as the
 sum of the hosts' OLLAMA_NUM_PARALLEL: the gateway caps each host there and answers 503
 no_host_available beyond it), each worker one keep-alive client like an app's pool.
 
-1. throughput: the load through the gateway over every host, then the same load straight to one host (the
-   baseline, same run; Ollama queues what is over its slots); printed as requests/s and the ratio.
+1. throughput: the load through the gateway over every host against the same load straight to one host
+   (the baseline; Ollama queues what is over its slots), in alternating rounds; printed as requests/s and
+   the ratio. The lab's hosts share this machine's cores, and llama.cpp's threads spin when there are more
+   of them than cores, so the figure model is `tiny-1t` (tiny with num_thread 1: each host computes on one
+   core, as it would on a machine of its own); `tiny` (a thread per core on every host) is printed too.
 2. failover: through the gateway again, at the slots left without one host; once a third of it is done,
    nginx and Ollama are stopped on that host (not the gateway: it refuses connections from then on).
    Printed: failed requests among those started after the stop finished (target 0), among those in
@@ -20,6 +23,7 @@ Brings up its own lab slot (default 11: nobody else's lab is touched) with the f
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +43,7 @@ from ollama_fleet.verify.targets import Target, load_gateway_targets, load_targe
 
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
-MODEL = "tiny"
+ONE_THREAD = {"name": "tiny-1t", "base": "tiny", "parameters": {"num_thread": 1}}
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class Outcome:
     error: str  # "" when the completion came back 200 with a choice
 
 
-def completion(client: httpx.Client, key: str) -> str:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+def completion(client: httpx.Client, key: str, model: str) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     try:
         response = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
     except httpx.HTTPError as exc:
@@ -61,7 +65,11 @@ def completion(client: httpx.Client, key: str) -> str:
 
 
 def steady_load(
-    target: Target, requests: int, workers: int, at: Callable[[int], None] = lambda done: None
+    target: Target,
+    model: str,
+    requests: int,
+    workers: int,
+    at: Callable[[int], None] = lambda done: None,
 ) -> list[Outcome]:
     """`requests` completions, `workers` at a time; `at(n)` is called (in a worker) as request n starts."""
     key = target.settings.auth.keys[0].key.get_secret_value()
@@ -78,7 +86,7 @@ def steady_load(
                     return
                 at(n)
                 started = time.perf_counter()
-                error = completion(client, key)
+                error = completion(client, key, model)
                 with lock:
                     outcomes.append(Outcome(started, time.perf_counter(), error))
 
@@ -100,7 +108,15 @@ def rate(outcomes: list[Outcome]) -> float:
 
 
 def write_inventory(lab: LabState, path: Path) -> Path:
-    path.write_text(Path(lab.inventory_path).read_text() + "\ngateway = [lab_canary[0][0]]\n")
+    one_thread = (
+        f"\n_ONE = {ONE_THREAD!r}\n"
+        "def _one(hosts):\n"
+        "    return [(n, {**d, 'models_custom': [*d.get('models_custom', _lab['models_custom']), _ONE]})"
+        " for n, d in hosts]\n"
+        "lab_canary, lab_rest = _one(lab_canary), _one(lab_rest)\n"
+        "lab_hosts = lab_canary + lab_rest\n"
+    )
+    path.write_text(Path(lab.inventory_path).read_text() + one_thread + "gateway = [lab_canary[0][0]]\n")
     return path
 
 
@@ -112,17 +128,23 @@ def slots(hosts: list[Target]) -> int:
     return sum(h.settings.num_parallel for h in hosts)
 
 
-def throughput(gateway: Target, host: Target, requests: int, workers: int) -> None:
-    steady_load(gateway, workers * 4, workers)  # warm: the model loaded on every host, connections open
-    direct = rate(steady_load(host, requests, workers))
-    through = rate(steady_load(gateway, requests, workers))
+def throughput(
+    gateway: Target, host: Target, model: str, requests: int, workers: int, rounds: int = 5
+) -> None:
+    steady_load(gateway, model, workers * 4, workers)  # warm: the model loaded on every host
+    steady_load(host, model, workers * 2, workers)
+    direct, through = [], []
+    for _ in range(rounds):  # alternating, so a noisy minute costs both sides alike
+        direct.append(rate(steady_load(host, model, requests // rounds, workers)))
+        through.append(rate(steady_load(gateway, model, requests // rounds, workers)))
+    d, g = statistics.median(direct), statistics.median(through)
     print(
-        f"  throughput, {requests} completions {workers} at a time: through the gateway over every host "
-        f"{through:.1f}/s vs straight to {host.name} {direct:.1f}/s = {through / direct:.2f} x"
+        f"  throughput of {model}, {requests} completions {workers} at a time: via the gateway over every "
+        f"host {g:.1f}/s vs straight to {host.name} {d:.1f}/s = {g / d:.2f} x (median of {rounds} rounds)"
     )
 
 
-def failover(lab: LabState, gateway: Target, victim: str, requests: int, workers: int) -> None:
+def failover(lab: LabState, gateway: Target, victim: str, model: str, requests: int, workers: int) -> None:
     stopped: dict[str, float] = {}
 
     def stop_once(n: int) -> None:
@@ -132,7 +154,7 @@ def failover(lab: LabState, gateway: Target, victim: str, requests: int, workers
             stopped["end"] = time.perf_counter()
 
     try:
-        outcomes = steady_load(gateway, requests, workers, at=stop_once)
+        outcomes = steady_load(gateway, model, requests, workers, at=stop_once)
     finally:
         ssh(lab, victim, "systemctl start ollama nginx")
     after = [o for o in outcomes if o.started >= stopped["end"]]
@@ -170,9 +192,13 @@ def main() -> int:
                 raise SystemExit("deploy failed:\n" + deployed.stderr[-3000:])
             hosts = load_targets(inventory)
             gateway = load_gateway_targets(inventory)[0]
-            print(f"gateway {gateway.name} over {len(hosts)} hosts, model {MODEL} (lab slot {args.slot})")
-            throughput(gateway, hosts[-1], args.requests, slots(hosts))
-            failover(lab, gateway, hosts[-1].name, args.requests, slots(hosts[:-1]))
+            print(
+                f"gateway {gateway.name}, {len(hosts)} hosts (lab slot {args.slot}, {os.cpu_count()} cores)"
+            )
+            one = str(ONE_THREAD["name"])
+            throughput(gateway, hosts[-1], one, args.requests, slots(hosts))
+            throughput(gateway, hosts[-1], "tiny", args.requests // 2, slots(hosts))
+            failover(lab, gateway, hosts[-1].name, one, args.requests, slots(hosts[:-1]))
     finally:
         lifecycle.down(args.slot, log=False)
     return 0

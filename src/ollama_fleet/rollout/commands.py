@@ -100,9 +100,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         batch_size(args.batch, 1)  # a bad --batch is refused before the inventory is read
         targets = {t.name: t for t in load_targets(args.inventory, None, group_data)}
         groups = load_groups(args.inventory, group_data)
-        gateways = (
-            [] if args.no_drain else [g.name for g in load_gateway_targets(args.inventory, None, group_data)]
-        )
+        gateways = [] if args.no_drain else gateway_hosts(args.inventory, group_data)
         path = args.state or st.default_state_path(args.inventory)
         state = _starting_state(args, list(targets), groups, path)
     except (InventoryError, FleetSettingsError, PlanError) as exc:
@@ -125,6 +123,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     print(json.dumps(done.to_json(), indent=2) if args.json else render_table(done))
     ok = done.status == st.DONE and all(o.result == st.OK for o in done.hosts.values())
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def gateway_hosts(inventory: str, group_data: tuple[str, ...]) -> list[str]:
+    """Inventory names of the hosts serving the fleet's gateway (what `--limit` needs)."""
+    return [g.settings.host for g in load_gateway_targets(inventory, None, group_data)]
 
 
 def _starting_state(
