@@ -189,7 +189,10 @@ def main() -> int:
                 [PYINFRA, "-y", inventory, "deploys/ollama.py"], cwd=REPO, capture_output=True, text=True
             )
             if deployed.returncode != 0:
-                raise SystemExit("deploy failed:\n" + deployed.stderr[-3000:])
+                why = [
+                    line for line in deployed.stderr.splitlines() if "ollama-fleet" in line or "rror" in line
+                ]
+                raise SystemExit("deploy failed:\n" + "\n".join(why[-20:]))
             hosts = load_targets(inventory)
             gateway = load_gateway_targets(inventory)[0]
             print(

@@ -269,7 +269,7 @@ def test_a_drained_host_gets_nothing_from_the_gateway(gateway: Gateway, marker: 
 
 SITE = "/etc/nginx/sites-available/ollama-fleet.conf"
 DRAIN_MARK = "(drained by ollama-fleet rollout)"
-LONG_STREAM_TOKENS = 6000  # the lab's tiny model makes ~100-300 tokens/s: a stream of half a minute or more
+LONG_STREAM_TOKENS = 12000  # the lab's tiny model makes ~100-300 tokens/s: a stream of 40 s or more
 
 
 @dataclass
@@ -342,9 +342,11 @@ def test_a_rollout_drains_each_batch_at_the_gateway_and_no_client_request_fails(
     stream, stop, statuses_seen = Stream(), threading.Event(), []
     reader = threading.Thread(target=long_stream, args=(gateway, "gw-two", stream))
     load = threading.Thread(target=steady_small_completions, args=(gateway, stop, statuses_seen))
+    started = time.time()
     reader.start()
     assert stream.first_chunk.wait(120) and not stream.error, stream.error
     load.start()
+    rollout_started = time.time()
     try:
         rolled = gateway.fleet.run(
             [
@@ -366,6 +368,7 @@ def test_a_rollout_drains_each_batch_at_the_gateway_and_no_client_request_fails(
             timeout=1200,
         )
     finally:
+        rolled_for = time.time() - rollout_started
         stop.set()
         load.join(timeout=150)
         reader.join(timeout=300)
@@ -373,7 +376,8 @@ def test_a_rollout_drains_each_batch_at_the_gateway_and_no_client_request_fails(
         assert rolled.returncode == 0, rolled.stdout[-3000:] + rolled.stderr[-5000:]
         assert f"gateway: draining {two}" in rolled.stderr, rolled.stderr[-5000:]
         waited = re.search(r"requests in flight before the drain finished after (\d+) s", rolled.stderr)
-        assert waited and int(waited.group(1)) >= 1, rolled.stderr[-5000:]  # it waited for the stream
+        streamed = f"the stream ran {stream.ended - started:.0f} s, the rollout {rolled_for:.0f} s"
+        assert waited and int(waited.group(1)) >= 1, f"{streamed}\n{rolled.stderr[-5000:]}"  # it waited
         assert stream.done and not stream.error, stream.error  # the stream ended whole
         assert active_since(gateway, two) >= int(stream.ended) - 1  # lab-2 restarted after the stream
         assert statuses_seen and set(statuses_seen) == {200}, statuses_seen

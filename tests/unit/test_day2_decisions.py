@@ -3,8 +3,12 @@ what the deploy lock says, and which checks are quick. The shell pieces run loca
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -252,32 +256,46 @@ def test_ungranted_and_revoked_keys_are_known_as_refused(tmp_path: Path) -> None
     assert "old-key" not in repr(s)  # secrets stay hidden in reprs
 
 
-def _old_worker(seconds: float) -> subprocess.Popen[bytes]:
-    """A process titled like an nginx worker that is finishing its requests after a reload."""
-    title = "nginx: worker process is shutting down"
-    return subprocess.Popen(["bash", "-c", f"exec -a {shlex.quote(title)} sleep {seconds}"])
-
-
-def test_the_drain_waits_for_the_old_workers_and_says_how_long() -> None:
-    assert _wait(5).startswith("gateway: the requests in flight before the drain finished after 0 s")
-    worker = _old_worker(2)
+@contextlib.contextmanager
+def _old_worker(seconds: float) -> Iterator[int]:
+    """The pid of a process titled like an nginx worker (one from before a reload, finishing its requests);
+    not our child, so it is reaped when it ends, as nginx's master reaps its workers."""
+    title = shlex.quote("nginx: worker process")
+    started = subprocess.run(
+        ["bash", "-c", f"(exec -a {title} sleep {seconds}) >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(started.stdout)
     try:
-        said = _wait(10)
+        yield pid
     finally:
-        worker.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_the_drain_waits_for_the_workers_from_before_the_reload_and_says_how_long() -> None:
+    assert _wait(5, []).startswith("gateway: the requests in flight before the drain finished after 0 s")
+    with _old_worker(2) as pid:
+        said = _wait(10, [pid])
     waited = int(said.split("after ")[1].split()[0])
     assert said.startswith("gateway: the requests in flight") and 1 <= waited <= 4, said
 
 
 def test_the_drain_goes_on_after_its_wait_naming_the_busy_workers() -> None:
-    worker = _old_worker(30)
-    try:
-        said = _wait(1)
-    finally:
-        worker.kill()
+    with _old_worker(30) as pid:
+        said = _wait(1, [pid])
     assert said.startswith("gateway: 1 old nginx worker(s) still busy after "), said
 
 
-def _wait(seconds: int) -> str:
-    script = nginx.in_flight_wait_script(seconds)
+def test_the_drain_lists_the_workers_before_it_reloads() -> None:
+    listed = nginx.drain_reload_script(1).split("; nginx -t -q")[0] + '; echo "$old"'
+    with _old_worker(30) as pid:
+        found = subprocess.run(["sh", "-c", listed], capture_output=True, text=True, check=True).stdout
+    assert str(pid) in found.split()
+
+
+def _wait(seconds: int, pids: list[int]) -> str:
+    script = f"old='{' '.join(map(str, pids))}'; " + nginx.in_flight_wait_script(seconds)
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout

@@ -43,7 +43,10 @@ def drain_at_gateway() -> None:
         nginx_dir=NGINX_DIR,
         site_name=SITE_NAME,
     )
-    nginx.reloaded_after_config_test(name="Reload nginx for the drain", _if=marked.did_change)
     if drained:
-        nginx.in_flight_finished(name="Wait for the requests in flight", seconds=wait, _if=marked.did_change)
+        nginx.reloaded_and_drained(
+            name="Reload nginx and wait for the requests in flight", seconds=wait, _if=marked.did_change
+        )
+    else:
+        nginx.reloaded_after_config_test(name="Reload nginx", _if=marked.did_change)
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())

@@ -218,14 +218,16 @@ def gateway_hosts_drained(
     yield f"rm -rf {q(work_dir)}"
 
 
-# As pgrep -f's pattern: "dow[n]" matches the workers' title but not the shell running this script.
-OLD_WORKERS = "nginx: worker process is shutting dow[n]"
+# As pgrep -f's pattern: "proces[s]" matches nginx's workers but not the shell running this script.
+WORKERS = "nginx: worker proces[s]"
 
 
 def in_flight_wait_script(seconds: int) -> str:
-    """After a reload, wait for the old workers (they finish the requests they had, then exit) and say how
-    long that took; after `seconds`, go on and say how many are still busy."""
-    busy = f"pgrep -f {shlex.quote(OLD_WORKERS)} | wc -l"
+    """Wait for the workers listed in $old (those before a reload: they finish the requests they had, then
+    exit) and say how long that took; after `seconds`, go on and say how many are still busy."""
+    # A worker that exited but is not reaped yet (state Z) is done.
+    alive = 's=$(ps -o stat= -p "$p") && case "$s" in Z*) ;; *) n=$((n + 1));; esac'
+    busy = f"n=0; for p in $old; do {alive}; done; echo $n"
     return (
         f'start=$(date +%s); while [ "$({busy})" -gt 0 ] && [ $(($(date +%s) - start)) -lt {seconds} ]; '
         "do sleep 0.5; done; left=$(" + busy + "); waited=$(($(date +%s) - start)); "
@@ -235,16 +237,25 @@ def in_flight_wait_script(seconds: int) -> str:
     )
 
 
+def drain_reload_script(seconds: int) -> str:
+    """Reload nginx (after `nginx -t`), then wait for the workers it had before (in_flight_wait_script):
+    listed first, as `systemctl reload` returns before the old workers are told to finish."""
+    old = f"old=$(pgrep -f {shlex.quote(WORKERS)} | tr '\\n' ' ')"
+    reload = "nginx -t -q && systemctl reload-or-restart nginx.service"
+    return f"{old}; {reload} && {{ {in_flight_wait_script(seconds)}; }}"
+
+
 def _run_and_show(state: State, host: PyinfraHost, command: str) -> bool:
     status, _ = host.run_shell_command(StringCommand(command), print_output=True)
     return status
 
 
 @operation(is_idempotent=False)
-def in_flight_finished(seconds: int) -> Generator[Any, None, None]:
+def reloaded_and_drained(seconds: int) -> Generator[Any, None, None]:
     """
-    Wait (at most `seconds`) for nginx's old workers to finish the requests they had when it reloaded.
+    Reload nginx when its configuration passes `nginx -t`, then wait (at most `seconds`) for the workers it
+    had to finish the requests they were serving.
 
     + seconds: the longest wait before going on
     """
-    yield FunctionCommand(_run_and_show, (in_flight_wait_script(seconds),), {})
+    yield FunctionCommand(_run_and_show, (drain_reload_script(seconds),), {})
