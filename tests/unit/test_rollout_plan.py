@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ollama_fleet.deploys.drain import DRAIN_KEY
 from ollama_fleet.deploys.rollback import previous_release
+from ollama_fleet.rollout import runner
 from ollama_fleet.rollout import state as st
 from ollama_fleet.rollout.commands import _starting_state, render_table
 from ollama_fleet.rollout.plan import PlanError, batch_size, default_canary_group, plan_batches, should_halt
@@ -134,3 +137,65 @@ def test_rollback_goes_one_release_back_never_forward() -> None:
     assert previous_release("0.24.1", ["0.23.0", "0.24.0", "0.24.1", "0.25.0"]) == "0.24.0"
     assert previous_release("0.24.0", ["0.24.0", "0.24.1"]) is None
     assert previous_release(None, ["0.24.0"]) is None
+
+
+class FakePyinfra:
+    """Stands in for a rollout's pyinfra runs: records each (kind, hosts, drained), fails the `failing` hosts
+    of the rollout's own deploy, and with `drain_fails` every host of a drain run."""
+
+    def __init__(self, failing: tuple[str, ...] = (), drain_fails: bool = False) -> None:
+        self.calls: list[tuple[str, list[str], list[str] | None]] = []
+        self.failing, self.drain_fails = set(failing), drain_fails
+
+    def __call__(
+        self,
+        options: runner.RolloutOptions,
+        hosts: list[str],
+        log: object,
+        deploy: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> tuple[set[str], dict[str, str]]:
+        if deploy == runner.DRAIN_DEPLOY:
+            self.calls.append(("drain", list(hosts), list((data or {})[DRAIN_KEY])))
+            failed = set(hosts) if self.drain_fails else set()
+        else:
+            self.calls.append(("deploy", list(hosts), None))
+            failed = set(hosts) & self.failing
+        return failed, {h: "it broke" for h in failed}
+
+
+def rollout_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakePyinfra) -> st.RolloutState:
+    monkeypatch.setattr(runner, "run_pyinfra", fake)
+    monkeypatch.setattr(runner, "verify_batch", lambda targets, timeout: {})
+    monkeypatch.setattr(runner, "serving_version", lambda target, timeout: "0.24.0")
+    monkeypatch.setattr(runner, "ssh_reachable", lambda target: None)
+    state = st.RolloutState.new("inv.py", "deploys/ollama.py", [["a"], ["b", "c"]])
+    options = runner.RolloutOptions("inv.py", "deploys/ollama.py", gateways=("gw",))
+    targets: dict[str, Any] = {h: h for h in "abc"}
+    return runner.run_rollout(state, targets, options, tmp_path / "state.json", lambda line: None)
+
+
+def test_each_batch_is_drained_at_the_gateways_first_and_put_back_once_verified(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = FakePyinfra(failing=("c",))
+    done = rollout_with(monkeypatch, tmp_path, fake)
+    assert fake.calls == [
+        ("drain", ["gw"], ["a"]),
+        ("deploy", ["a"], None),
+        ("drain", ["gw"], []),  # a passed: back in rotation
+        ("drain", ["gw"], ["b", "c"]),
+        ("deploy", ["b", "c"], None),
+        ("drain", ["gw"], ["c"]),  # c failed: it stays out
+    ]
+    assert done.status == st.HALTED and done.hosts["c"].result == st.FAILED
+
+
+def test_a_drain_that_fails_halts_before_the_batch_touches_any_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = FakePyinfra(drain_fails=True)
+    done = rollout_with(monkeypatch, tmp_path, fake)
+    assert fake.calls == [("drain", ["gw"], ["a"])]
+    assert done.status == st.HALTED and "gateway gw: it broke" in done.halt_reason
+    assert {o.result for o in done.hosts.values()} == {st.SKIPPED}
