@@ -50,10 +50,11 @@ MODELS = ["gw-two:latest", "tiny:latest", "vehicle-assistant:latest"]
 class Gateway:
     fleet: DeployedFleet
     inventory: Path
+    host_index: int = 0  # the lab host serving this gateway
 
     @property
     def host(self) -> str:
-        return self.fleet.hosts[0]
+        return self.fleet.hosts[self.host_index]
 
     @property
     def url(self) -> str:
@@ -87,8 +88,10 @@ class Gateway:
         return found
 
 
-def write_inventory(fleet: DeployedFleet, path: Path, drained: str | None = None) -> Path:
-    """The lab's inventory with lab-1 in the group `gateway` and the model lists above."""
+def write_inventory(
+    fleet: DeployedFleet, path: Path, drained: str | None = None, gateways: tuple[str, ...] = ()
+) -> Path:
+    """The lab's inventory with lab-1 (or `gateways`) in the group `gateway` and the model lists above."""
     two, three = fleet.hosts[1], fleet.hosts[2]
     path.write_text(
         Path(fleet.lab.inventory_path).read_text()
@@ -103,7 +106,7 @@ def write_inventory(fleet: DeployedFleet, path: Path, drained: str | None = None
         + "    return name, data\n"
         + "lab_rest = [_models(n, d) for n, d in lab_rest]\n"
         + "lab_hosts = lab_canary + lab_rest\n"
-        + "gateway = [lab_canary[0][0]]\n"
+        + (f"gateway = {list(gateways)!r}\n" if gateways else "gateway = [lab_canary[0][0]]\n")
     )
     return path
 
@@ -386,3 +389,26 @@ def test_a_rollout_drains_each_batch_at_the_gateway_and_no_client_request_fails(
     finally:
         restored = gateway.deploy()
         assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+
+
+def test_a_second_gateway_serves_the_same_fleet_and_goes_when_the_group_drops_it(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    three = gateway.fleet.hosts[2]
+    both = write_inventory(gateway.fleet, tmp_path / "fleet.py", gateways=(gateway.host, three))
+    try:
+        done = gateway.deploy(both)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        second = Gateway(gateway.fleet, both, host_index=2)
+        with second.openai() as client:
+            assert sorted(m.id for m in client.models.list()) == MODELS
+            for model in MODELS:  # lab-3 serves only tiny itself: the others are routed to lab-1 and lab-2
+                reply = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+                )
+                assert reply.choices, model
+    finally:
+        restored = gateway.deploy()
+        assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert gateway.fleet.ssh_ok(three, f"ss -Htln 'sport = :{PORT}'").strip() == ""  # nothing listens
+    assert f"{PORT}/tcp" not in gateway.fleet.ssh_ok(three, "ufw status")  # and ufw no longer opens it
