@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ollama_fleet.operations import models, nginx, release, secrets, ufw
+from ollama_fleet.operations import accounts, models, nginx, release, secrets, ufw
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 
 pytestmark = pytest.mark.unit
@@ -488,3 +488,36 @@ def test_a_foreign_rule_is_deleted_with_the_words_that_added_it() -> None:
     assert (
         rule.delete_command() == "ufw delete allow from 10.0.0.0/8 to any port 22 proto tcp comment 'old vpn'"
     )
+
+
+def test_the_system_account_fact_reads_getent_and_id_on_this_machine() -> None:
+    command = accounts.SystemAccount().command(user="root")
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+    root = accounts.SystemAccount().process(output.splitlines())
+    assert root is not None and root.home == "/root" and root.group == "root" and "root" in root.groups
+    missing = subprocess.run(
+        ["sh", "-c", accounts.SystemAccount().command(user="no-such-user-here")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 0 and accounts.SystemAccount().process(missing.stdout.splitlines()) is None
+
+
+def test_the_system_account_is_made_or_fixed_with_one_command_and_left_alone_when_right() -> None:
+    def commands(have: accounts.Account | None) -> list[str]:
+        return accounts.account_commands(
+            "ollama", "ollama", ["render", "video"], "/usr/share/ollama", "/bin/false", have
+        )
+
+    assert commands(None) == [
+        "useradd --system --gid ollama --groups render,video --home-dir /usr/share/ollama --create-home "
+        "--shell /bin/false ollama"
+    ]
+    right = accounts.Account(
+        "/usr/share/ollama", "/bin/false", "ollama", frozenset({"ollama", "render", "video", "extra"})
+    )
+    assert commands(right) == []  # groups it has beyond the wanted ones are kept
+    wrong = accounts.Account("/home/ollama", "/bin/sh", "users", frozenset({"users", "video"}))
+    assert commands(wrong) == [
+        "usermod --gid ollama --home /usr/share/ollama --shell /bin/false --append --groups render ollama"
+    ]

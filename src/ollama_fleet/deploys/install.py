@@ -8,7 +8,7 @@ from pyinfra.context import host
 from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server
 
-from ollama_fleet.operations import packages, release
+from ollama_fleet.operations import accounts, packages, release
 from ollama_fleet.render import OLLAMA_BIN
 from ollama_fleet.settings import FleetSettings
 
@@ -37,16 +37,13 @@ def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> N
 
     # Like the official installer: a system user with its home as Ollama's data directory, no login shell.
     server.group(name=f"Create group {o.group}", group=o.group, system=True)
-    server.user(
+    accounts.system_user(
         name=f"Create system user {o.user}",
         user=o.user,
         group=o.group,
         groups=gpu_groups(host.get_fact(Groups)),
-        append=True,
         home=str(o.home),
         shell="/bin/false",
-        system=True,
-        create_home=True,
     )
     # `ollama serve` writes its key pair into ~/.ollama, and models below it.
     for directory in (o.home / ".ollama", o.models_dir):
