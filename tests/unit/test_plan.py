@@ -7,6 +7,7 @@ single operations are executed on fake hosts to see exactly which commands they 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
+from ollama_fleet.operations.secrets import FileDigest
 from ollama_fleet.pki import FleetCA
 
 pytestmark = pytest.mark.unit
@@ -450,3 +452,24 @@ def test_a_gateway_over_a_host_of_another_ca_stops_the_run_before_any_change(tmp
     assert "host '@fake/h2': the gateway '@fake/h1' checks its certificate against the fleet CA" in (
         result.stdout + result.stderr
     )
+
+
+TEXT_FILE = """
+from ollama_fleet.operations.textfile import text_file
+text_file(name="unit", text="[Unit]\\n", dest="/etc/x/a.service", mode=0o644)
+"""
+
+
+def test_a_text_file_is_read_with_one_command_and_written_beside_its_path_then_renamed(
+    tmp_path: Path,
+) -> None:
+    new = run_operation(tmp_path, TEXT_FILE, {})
+    temp = "/etc/x/.a.service.ollama-fleet-new"
+    assert new[0] == "mkdir -p /etc/x"
+    assert new[-1] == f"chown root:root {temp} && chmod 644 {temp} && mv -f {temp} /etc/x/a.service"
+    sha = hashlib.sha256(b"[Unit]\n").hexdigest()
+    digest = FileDigest().command(path="/etc/x/a.service")
+    assert run_operation(tmp_path, TEXT_FILE, {digest: f"644 root root\n{sha}  /etc/x/a.service"}) == []
+    assert run_operation(tmp_path, TEXT_FILE, {digest: f"600 root root\n{sha}  /etc/x/a.service"}) == [
+        "chown root:root /etc/x/a.service && chmod 644 /etc/x/a.service"
+    ]

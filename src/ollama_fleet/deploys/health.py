@@ -6,14 +6,12 @@ Files change only when their rendered text does, and systemd is reloaded/restart
 
 from __future__ import annotations
 
-from io import StringIO
-
 from pyinfra.api.deploy import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from ollama_fleet.health import SCRIPT_PATH, SERVICE, TIMER, UNIT_DIR, render_health_files
-from ollama_fleet.operations import packages
+from ollama_fleet.operations import packages, textfile
 from ollama_fleet.settings import FleetSettings
 
 
@@ -26,13 +24,8 @@ def health_monitoring(s: FleetSettings) -> None:
     packages.packages_installed(name="Install python3 for the health check", packages=["python3"])
     files.directory(name=f"Create {SCRIPT_PATH.parent}", path=str(SCRIPT_PATH.parent), mode="755")
     changed = [
-        files.put(
-            name=f"Write {item.path}",
-            src=StringIO(item.text),
-            dest=str(item.path),
-            user="root",
-            group="root",
-            mode=item.mode,
+        textfile.text_file(
+            name=f"Write {item.path}", text=item.text, dest=str(item.path), mode=int(item.mode, 8)
         )
         for item in render_health_files(s)
     ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from io import StringIO
 
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
@@ -17,7 +16,7 @@ from pyinfra.operations import files, systemd
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, inventory_address
 from ollama_fleet.deploys.service import any_changed
 from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan
-from ollama_fleet.operations import nginx, packages
+from ollama_fleet.operations import nginx, packages, textfile
 from ollama_fleet.operations.addresses import ResolvedAddress
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
 from ollama_fleet.operations.secrets import Secret
@@ -67,12 +66,10 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
         packages=["nginx", *([NJS_PACKAGE] if njs else [])],
     )
     if njs:
-        allow_list = files.put(
+        allow_list = textfile.text_file(
             name=f"Install {MODEL_ALLOW_LIST_JS_PATH}",
-            src=StringIO(model_allow_list_js(s)),
+            text=model_allow_list_js(s),
             dest=str(MODEL_ALLOW_LIST_JS_PATH),
-            mode="644",
-            create_remote_dir=True,
         )
     else:
         allow_list = files.file(

@@ -8,7 +8,6 @@ the restart the host must serve the pinned version; if it does not, the previous
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from io import StringIO
 
 from pyinfra import logger
 from pyinfra.api.deploy import deploy
@@ -16,7 +15,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 from pyinfra.operations import files, systemd
 
-from ollama_fleet.operations import release
+from ollama_fleet.operations import release, textfile
 from ollama_fleet.operations.running import OllamaProcess, ServiceProcess, ollama_restart_reason
 from ollama_fleet.render import OLLAMA_BIN, render_dropin, render_hardening, render_unit
 from ollama_fleet.settings import FleetSettings
@@ -83,16 +82,11 @@ def ollama_service(
     stale = ollama_restart_reason(process, release_binary(s, o.version))
     if stale:
         logger.info(f"{host.print_prefix}ollama must restart: {stale}")
-    unit = files.put(name=f"Install {UNIT_PATH}", src=StringIO(render_unit(s)), dest=UNIT_PATH, mode="644")
-    dropin = files.put(
-        name=f"Install {DROPIN_PATH}", src=StringIO(render_dropin(s)), dest=DROPIN_PATH, mode="644"
-    )
+    unit = textfile.text_file(name=f"Install {UNIT_PATH}", text=render_unit(s), dest=UNIT_PATH)
+    dropin = textfile.text_file(name=f"Install {DROPIN_PATH}", text=render_dropin(s), dest=DROPIN_PATH)
     if o.hardening:
-        sandbox = files.put(
-            name=f"Install {HARDENING_PATH} (systemd sandbox)",
-            src=StringIO(render_hardening(s)),
-            dest=HARDENING_PATH,
-            mode="644",
+        sandbox = textfile.text_file(
+            name=f"Install {HARDENING_PATH} (systemd sandbox)", text=render_hardening(s), dest=HARDENING_PATH
         )
     else:
         sandbox = files.file(name=f"Remove {HARDENING_PATH}", path=HARDENING_PATH, present=False)

@@ -10,7 +10,6 @@ shown).
 from __future__ import annotations
 
 import ipaddress
-from io import StringIO
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,6 +20,7 @@ from pyinfra.facts.hardware import Ipv4Addrs
 from pyinfra.operations import files
 
 from ollama_fleet.deploys.fleet import FleetError
+from ollama_fleet.operations import textfile
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.operations.secrets import Secret, certificate_and_key
 from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue, pair_problem
@@ -91,7 +91,7 @@ def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None
         except PkiError as exc:
             raise FleetError(f"{s.host}: TLS certificate: {exc}") from None
         reload_triggers.append(
-            files.put(name=f"Install {paths.ca}", src=StringIO(ca.cert_pem), dest=str(paths.ca), mode="644")
+            textfile.text_file(name=f"Install {paths.ca}", text=ca.cert_pem, dest=str(paths.ca))
         )
     # nginx would refuse to start on a mismatched pair: say so before anything changes on any host.
     problem = pair_problem(cert, key.reveal())
