@@ -48,7 +48,7 @@ MODULE_ORDER = (
     "test_model_fanout",
     "test_rollout",
     "test_day2",
-    "test_gateway",  # last: it leaves lab-1 a gateway, lab-2 an extra model and lab-3 drained
+    "test_gateway",  # last: it leaves lab-1 a gateway and lab-2 an extra model
 )
 
 
