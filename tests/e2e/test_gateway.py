@@ -377,7 +377,7 @@ def test_a_rollout_drains_each_batch_at_the_gateway_and_no_client_request_fails(
         reader.join(timeout=300)
     try:
         assert rolled.returncode == 0, rolled.stdout[-3000:] + rolled.stderr[-5000:]
-        assert f"gateway: draining {two}" in rolled.stderr, rolled.stderr[-5000:]
+        assert f"gateway: {two} out of rotation at {gateway.host}" in rolled.stderr, rolled.stderr[-5000:]
         waited = re.search(r"requests in flight before the drain finished after (\d+) s", rolled.stderr)
         streamed = f"the stream ran {stream.ended - started:.0f} s, the rollout {rolled_for:.0f} s"
         assert waited and int(waited.group(1)) >= 1, f"{streamed}\n{rolled.stderr[-5000:]}"  # it waited

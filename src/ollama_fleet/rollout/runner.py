@@ -123,7 +123,10 @@ def drain_at_gateways(options: RolloutOptions, drained: Sequence[str], log: Log)
     for the requests in flight; None when done, else why not (no fleet host was touched)."""
     if not options.gateways:
         return None
-    log(f"  gateway: draining {', '.join(drained)}" if drained else "  gateway: putting drained hosts back")
+    if drained:
+        log(f"  gateway: {', '.join(drained)} out of rotation at {', '.join(options.gateways)}")
+    else:
+        log(f"  gateway: every host back in rotation at {', '.join(options.gateways)}")
     data = {DRAIN_KEY: list(drained), WAIT_KEY: options.drain_wait}
     failed, reasons = run_pyinfra(options, options.gateways, log, deploy=DRAIN_DEPLOY, data=data)
     if not failed:
@@ -181,7 +184,8 @@ def run_rollout(
         if should_halt(failures, options.max_unavailable):
             state.next_batch = index  # resume retries this batch once its hosts are fixed
             names = ", ".join(h for h in batch if h in reasons)
-            return _halt(state, path, log, f"batch {index + 1} failed on {names}")
+            out = f" ({names} out of the gateways' rotation until deployed well)" if options.gateways else ""
+            return _halt(state, path, log, f"batch {index + 1} failed on {names}{out}")
         state.next_batch = index + 1
         st.save(state, path)
     state.status = st.DONE
