@@ -14,8 +14,9 @@ For N in --hosts (1, 3, 8), each from cold (the model removed from every host, i
    1.0), and LAN bytes with the seed / model size: the other hosts pull from the seed (expected N-1);
 3. time of each deploy: the whole pyinfra run ("wall") and its model pulls alone ("pulls": from the start
    of the first pull operation to the start of the next operation; with a seed, the seed's pull, then the
-   others' pulls from it, in parallel); the ratios seed time at the largest N / at 1 host (target <= 2),
-   and no-seed time / seed time at the largest N;
+   others' pulls from it, in parallel), with the share of this machine's cores busy during the pulls (every
+   lab host runs on them: near 100%, the pulls wait for CPU, not for the LAN); the ratios seed time at the
+   largest N / at 1 host (target <= 2), and no-seed time / seed time at the largest N;
 4. a second, identical seeded deploy of the largest N: the bytes it moves (target 0: a manifest check each
    is all) and its time.
 
@@ -40,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -180,6 +182,7 @@ def read_and_remove_counters(lab: LabState) -> dict[str, int]:
 class Deployed:
     seconds: float  # the whole pyinfra run
     pull_seconds: float  # from the start of the first model pull operation to the start of the next operation
+    pull_cpu_busy: float  # share of the machine's cores busy meanwhile (all lab hosts run on them)
     check_seconds: float  # the deploy's closing client check of every host (chat and stream included)
     changed: list[str]  # operations that changed something on some host
 
@@ -205,14 +208,52 @@ def model_settings(lab: LabState, model: BenchModel, seeded: bool) -> list[str]:
     return [arg for item in data for arg in ("--data", item)]
 
 
-def phase_seconds(lines: list[tuple[float, str]], prefix: str) -> float:
-    """Seconds from the start of the first operation whose log line starts with `prefix` to the start of the
-    operation after the last one (pyinfra runs one operation at a time on every host)."""
+def phase_window(lines: list[tuple[float, str]], prefix: str) -> tuple[float, float]:
+    """(start, end) from the start of the first operation whose log line starts with `prefix` to the start of
+    the operation after the last one (pyinfra runs one operation at a time on every host); (0, 0): none."""
     starts = [(t, text) for t, text in lines if text.startswith(OPERATION)]
     found = [i for i, (_, text) in enumerate(starts) if text.startswith(prefix)]
     if not found or found[-1] + 1 == len(starts):
-        return 0.0
-    return starts[found[-1] + 1][0] - starts[found[0]][0]
+        return 0.0, 0.0
+    return starts[found[0]][0], starts[found[-1] + 1][0]
+
+
+def phase_seconds(lines: list[tuple[float, str]], prefix: str) -> float:
+    start, end = phase_window(lines, prefix)
+    return end - start
+
+
+class CpuSampler:
+    """The machine's busy and total CPU time (/proc/stat), sampled every 0.2 s from `start` on."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.samples = [self.sample()]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> tuple[float, int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return time.perf_counter() - self.start, sum(fields) - idle, sum(fields)
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.samples.append(self.sample())
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        self.samples.append(self.sample())
+
+    def busy(self, start: float, end: float) -> float:
+        """Share of CPU time busy between the samples nearest to `start` and `end` (0 when too short)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return 0.0
+        (_, busy0, total0), (_, busy1, total1) = inside[0], inside[-1]
+        return (busy1 - busy0) / max(1, total1 - total0)
 
 
 def deploy(lab: LabState, *extra: str) -> Deployed:
@@ -221,11 +262,13 @@ def deploy(lab: LabState, *extra: str) -> Deployed:
     env = {**os.environ, "PYINFRA_PROGRESS": "off"}
     with tempfile.TemporaryFile("w+") as stdout:
         start = time.perf_counter()
+        cpu = CpuSampler(start)
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         lines = [(time.perf_counter() - start, line.rstrip()) for line in proc.stderr]
         code = proc.wait()
         seconds = time.perf_counter() - start
+        cpu.stop()
         stdout.seek(0)
         output = stdout.read()
     if code != 0:
@@ -233,7 +276,8 @@ def deploy(lab: LabState, *extra: str) -> Deployed:
         raise SystemExit(f"{' '.join(argv[3:])} failed:\n{output[-3000:]}\n{log}")
     operations = json.loads(output)["results"]["operations"]
     changed = [op["name"] for op in operations if op["success"]]
-    return Deployed(seconds, phase_seconds(lines, PULLS), phase_seconds(lines, CHECK), changed)
+    pulls = phase_window(lines, PULLS)
+    return Deployed(seconds, pulls[1] - pulls[0], cpu.busy(*pulls), phase_seconds(lines, CHECK), changed)
 
 
 def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> Measured:
@@ -246,7 +290,8 @@ def model_deploy(lab: LabState, model: BenchModel, count: int, seeded: bool) -> 
         counted = read_and_remove_counters(lab)
     progress(
         f"  {'seed' if seeded else 'no seed'}, {count} host(s): {run.seconds:.1f} s (pulls "
-        f"{run.pull_seconds:.1f} s, check {run.check_seconds:.1f} s), upstream {counted[UPSTREAM]} B, "
+        f"{run.pull_seconds:.1f} s, CPU {run.pull_cpu_busy:.0%} busy; check {run.check_seconds:.1f} s), "
+        f"upstream {counted[UPSTREAM]} B, "
         f"LAN {counted[LAN]} B"
     )
     return Measured(run, counted[UPSTREAM], counted[LAN])
@@ -263,6 +308,7 @@ class Row:
     lan_seed: float
     seed_seconds: float
     seed_pull_seconds: float
+    seed_pull_cpu_busy: float
     seed_check_seconds: float
     no_seed_seconds: float
     no_seed_pull_seconds: float
@@ -303,6 +349,7 @@ def row(count: int, no_seed: Measured, seed: Measured, size: int) -> Row:
         lan_seed=seed.lan / size,
         seed_seconds=seed.run.seconds,
         seed_pull_seconds=seed.run.pull_seconds,
+        seed_pull_cpu_busy=seed.run.pull_cpu_busy,
         seed_check_seconds=seed.run.check_seconds,
         no_seed_seconds=no_seed.run.seconds,
         no_seed_pull_seconds=no_seed.run.pull_seconds,
@@ -331,7 +378,7 @@ def measure(lab: LabState, model: BenchModel, sizes: list[int]) -> Figures:
 
 
 HEADS = (
-    "N", "upstream, no seed", "upstream, seed", "LAN, seed", "wall (pulls, check), seed",
+    "N", "upstream, no seed", "upstream, seed", "LAN, seed", "wall (pulls, CPU busy, check), seed",
     "wall (pulls, check), no seed",
 )  # fmt: skip
 
@@ -342,7 +389,8 @@ def cells(r: Row) -> list[str]:
         f"{r.upstream_no_seed:.3f}x",
         f"{r.upstream_seed:.3f}x",
         f"{r.lan_seed:.3f}x",
-        f"{r.seed_seconds:.1f} ({r.seed_pull_seconds:.1f}, {r.seed_check_seconds:.1f}) s",
+        f"{r.seed_seconds:.1f} ({r.seed_pull_seconds:.1f}, {r.seed_pull_cpu_busy:.0%}, "
+        f"{r.seed_check_seconds:.1f}) s",
         f"{r.no_seed_seconds:.1f} ({r.no_seed_pull_seconds:.1f}, {r.no_seed_check_seconds:.1f}) s",
     ]
 
