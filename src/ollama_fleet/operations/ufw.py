@@ -75,7 +75,8 @@ class UfwState(TypedDict):
 
 
 class Ufw(FactBase[UfwState]):
-    """Whether ufw is active, its default incoming/outgoing policies and IPv6 switch (/etc/default/ufw)."""
+    """Whether ufw is active (its chains loaded, as `ufw status` decides), its default incoming/outgoing
+    policies and IPv6 switch (/etc/default/ufw)."""
 
     @staticmethod
     def default() -> UfwState:
@@ -85,8 +86,12 @@ class Ufw(FactBase[UfwState]):
         return "ufw"
 
     def command(self) -> str:
+        # What `ufw status` checks for "active" (its chains are loaded), without starting ufw's Python: that
+        # cost ~0.1 s on each of the three operations reading this.
+        loaded = "iptables -w -n -L ufw-user-input >/dev/null 2>&1"
+        status = f"if {loaded}; then echo 'Status: active'; else echo 'Status: inactive'; fi"
         settings = "grep -E '^(DEFAULT_(INPUT|OUTPUT)_POLICY|IPV6)=' /etc/default/ufw"
-        return f"ufw status | head -n 1; {settings} || true"
+        return f"{status}; {settings} || true"
 
     def process(self, output: list[str]) -> UfwState:
         found = self.default()
