@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from verify_fakes import Behaviour, FakeHost, fake_host
 
 from ollama_fleet.settings import settings_for_host
+from ollama_fleet.verify import checks
 from ollama_fleet.verify.checks import CHECK_NAMES, check_host
 from ollama_fleet.verify.context import CheckResult, Status
 from ollama_fleet.verify.targets import Target
@@ -327,3 +330,15 @@ def test_a_gateway_missing_a_hosts_model_fails_models_naming_it(host: FakeHost) 
     results = run(gateway_target(host, ("other:latest", "tiny:latest")))
     assert results["models"].status is Status.FAIL
     assert "the gateway does not list other:latest" in results["models"].reason
+
+
+def test_an_ipv6_host_that_is_unreachable_is_blamed_on_ufw_not_on_nginx() -> None:
+    """IPV6=no leaves ip6tables' DROP policy without rules: neighbour discovery is dropped once the client's
+    entry expires, and the connect fails with EHOSTUNREACH instead of a timeout."""
+    cause = OSError(errno.EHOSTUNREACH, "No route to host")
+    unreachable = httpx.ConnectError("[Errno 113] No route to host")
+    unreachable.__cause__ = cause
+    assert checks._no_route(unreachable)
+    refused = httpx.ConnectError("[Errno 111] Connection refused")
+    refused.__cause__ = OSError(errno.ECONNREFUSED, "Connection refused")
+    assert not checks._no_route(refused)

@@ -7,6 +7,7 @@ when it is missing they are reported as blocked, so a fault shows as one failed 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import secrets
 import ssl
@@ -474,7 +475,9 @@ def check_ipv6(ctx: HostContext) -> CheckResult:
                 response = client.get(url, headers=ctx.auth_header(ctx.key), timeout=ctx.timeout)
         except httpx.HTTPError as exc:
             reason = explain_transport(exc, f"[{address}]", target.port, "GET /v1/models")
-            if isinstance(exc, httpx.ConnectTimeout):  # e.g. IPV6=no after yes: DROP policy, no rules
+            # IPV6=no after yes leaves ip6tables' DROP policy with no rules: a SYN times out, or, once the
+            # client's neighbour entry for the host has expired, neighbour discovery is dropped too.
+            if isinstance(exc, httpx.ConnectTimeout) or _no_route(exc):
                 fix = "ufw must filter IPv6 with its rules (IPV6=yes in /etc/default/ufw; re-run the deploy)"
             else:
                 fix = f"nginx must listen on [::]:{target.port} (re-run the deploy)"
@@ -485,6 +488,16 @@ def check_ipv6(ctx: HostContext) -> CheckResult:
         _ollama_port_guarded(ctx, address, f"[{address}]", unfiltered)
         served.append(address)
     return passed(f"TLS and the API over {', '.join(served)}; {s.ollama.listen_port} filtered there")
+
+
+def _no_route(exc: BaseException) -> bool:
+    """EHOSTUNREACH anywhere in the exception's chain (httpx wraps the socket's OSError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.EHOSTUNREACH:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "No route to host" in str(exc)
 
 
 def _is_ipv6(name: str) -> bool:
