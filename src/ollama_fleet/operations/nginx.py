@@ -90,6 +90,16 @@ def stage_script(paths: SitePaths, work_dir: str, with_keys: bool = True) -> str
     )
 
 
+def staging_commands(nginx_dir: str, work_dir: str) -> list[str]:
+    """A fresh root-only work directory with `new/` for the upload and a full copy of the live tree."""
+    q = shlex.quote
+    return [
+        f"rm -rf {q(work_dir)} && mkdir -p {q(posixpath.dirname(work_dir))}",
+        f"mkdir -m 700 {q(work_dir)} {q(work_dir + '/new')}",
+        f"cp -a {q(nginx_dir)} {q(work_dir + '/staging')}",
+    ]
+
+
 def validate_script(paths: SitePaths, work_dir: str) -> str:
     """`nginx -t` on the staging copy. On failure: quoted words of lines about the keys file are masked
     (nginx quotes the offending token, which there could be a key), the copy is removed, the host fails."""
@@ -151,9 +161,7 @@ def site_validated(
 
     q, new = shlex.quote, f"{work_dir}/new"
     # Root-only: the upload and the staged copy hold the keys.
-    yield f"rm -rf {q(work_dir)} && mkdir -p {q(posixpath.dirname(work_dir))}"
-    yield f"mkdir -m 700 {q(work_dir)} {q(new)}"
-    yield f"cp -a {q(nginx_dir)} {q(work_dir + '/staging')}"
+    yield from staging_commands(nginx_dir, work_dir)
     yield FileUploadCommand(BytesIO(site.encode()), f"{new}/site.conf")
     yield from secret_file._inner(api_keys, f"{new}/api-keys.conf", "root", keys_group, KEYS_MODE)
     yield stage_script(paths, work_dir)
@@ -207,9 +215,7 @@ def gateway_hosts_drained(
         host.noop(f"the gateway sends nothing to {', '.join(drained)}" if drained else "nothing is drained")
         return
     q, new = shlex.quote, f"{work_dir}/new"
-    yield f"rm -rf {q(work_dir)} && mkdir -p {q(posixpath.dirname(work_dir))}"
-    yield f"mkdir -m 700 {q(work_dir)} {q(new)}"
-    yield f"cp -a {q(nginx_dir)} {q(work_dir + '/staging')}"
+    yield from staging_commands(nginx_dir, work_dir)
     yield FileUploadCommand(BytesIO(site.encode()), f"{new}/site.conf")
     yield stage_script(paths, work_dir, with_keys=False)
     yield validate_script(paths, work_dir)
