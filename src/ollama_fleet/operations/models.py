@@ -21,15 +21,13 @@ from typing import Any
 from urllib.parse import quote
 
 from pyinfra import logger
-from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.facts import FactBase
-from pyinfra.api.host import Host as PyinfraHost
 from pyinfra.api.operation import operation
-from pyinfra.api.state import State
 from pyinfra.context import host
 
 from ollama_fleet.localfiles import sha256_of
-from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.operations.shell import fail_command, shown_command
 
 RECORDS_DIR = "/var/lib/ollama-fleet/models"
 STAGING_DIR = "/var/lib/ollama-fleet/models/staging"
@@ -207,12 +205,6 @@ def pull_command(api: str, model: str, insecure: bool = False) -> str:
     return f"curl -sSN --fail {stalled} {shlex.quote(api + '/api/pull')} -d {body} | {PULL_PROGRESS_AWK}"
 
 
-def _run_with_progress(state: State, host: PyinfraHost, command: str) -> bool:
-    """Run `command`, echoing its output as it comes, whatever pyinfra's verbosity."""
-    status, _ = host.run_shell_command(StringCommand(command), print_output=True)
-    return status
-
-
 def _hex(digest: str | None) -> str | None:
     return digest.removeprefix("sha256:") if digest else None
 
@@ -276,7 +268,7 @@ def pulled_model(
         )
         host.noop(f"model {model} is present (not refreshed)")
         return
-    yield FunctionCommand(_run_with_progress, (pull_command(api, model, insecure),), {})
+    yield shown_command(pull_command(api, model, insecure))
     yield from _verified_pin(model, pin, manifest_file)
 
 
@@ -332,7 +324,7 @@ def seeded_model(
         "does not match is named there)"
     )
     pull = f"{pull_command(api, source, insecure=True)} || {{ {failed}; }}"
-    yield FunctionCommand(_run_with_progress, (pull,), {})
+    yield shown_command(pull)
     yield renamed_command(api, source, model)
     yield from _verified_pin(model, pin, manifest_file)
 

@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.api.command import FileUploadCommand
 from pyinfra.api.facts import FactBase
-from pyinfra.api.host import Host as PyinfraHost
 from pyinfra.api.operation import operation
-from pyinfra.api.state import State
 from pyinfra.context import host
 from pyinfra.facts.files import Link
 
 from ollama_fleet.gateway import with_rollout_drain
 from ollama_fleet.operations.secrets import FileDigest, Secret, file_matches, secret_file
-from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.operations.shell import fail_command, shown_command
 
+# A configuration that fails `nginx -t` is never loaded: the running workers keep serving the old one.
+RELOAD = "nginx -t -q && systemctl reload-or-restart nginx.service"
 KEYS_MODE = 0o600  # nginx parses its config as root; workers never need the keys file
 
 
@@ -113,21 +113,23 @@ def validate_script(paths: SitePaths, work_dir: str) -> str:
     )
 
 
+def swap_script(src: str, dest: str, mode: str) -> str:
+    """Copy `src` beside `dest` with `mode`, then rename it over `dest` (never half-written)."""
+    q, temp = shlex.quote, posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.new")
+    return f"cp -p {q(src)} {q(temp)} && chmod {mode} {q(temp)} && mv -f {q(temp)} {q(dest)}"
+
+
 def go_live_script(paths: SitePaths, work_dir: str) -> str:
     """Each file replaced by a rename (never half-written); the default site is disabled."""
     q = shlex.quote
     new = f"{work_dir}/new"
 
-    def swap(src: str, dest: str, mode: str) -> str:
-        temp = posixpath.join(posixpath.dirname(dest), f".{posixpath.basename(dest)}.new")
-        return f"cp -p {q(src)} {q(temp)} && chmod {mode} {q(temp)} && mv -f {q(temp)} {q(dest)}"
-
     enabled_temp = posixpath.join(posixpath.dirname(paths.enabled), f".{paths.name}.conf.new")
     return " && ".join(
         [
             "mkdir -p " + " ".join(q(posixpath.dirname(p)) for p in (paths.site, paths.enabled, paths.keys)),
-            swap(f"{new}/api-keys.conf", paths.keys, f"{KEYS_MODE:o}"),
-            swap(f"{new}/site.conf", paths.site, "644"),
+            swap_script(f"{new}/api-keys.conf", paths.keys, f"{KEYS_MODE:o}"),
+            swap_script(f"{new}/site.conf", paths.site, "644"),
             f"ln -sfn {q(paths.site)} {q(enabled_temp)} && mv -Tf {q(enabled_temp)} {q(paths.enabled)}",
             f"rm -f {q(paths.default_site)}",
         ]
@@ -176,7 +178,7 @@ def reloaded_after_config_test() -> Generator[str, None, None]:
     Reload nginx only when the live configuration (site, keys, certificate and key together) passes
     `nginx -t`; otherwise fail with nginx's words while the running workers keep serving the old one.
     """
-    yield "nginx -t -q && systemctl reload-or-restart nginx.service"
+    yield RELOAD
 
 
 class SiteText(FactBase[str | None]):
@@ -219,8 +221,7 @@ def gateway_hosts_drained(
     yield FileUploadCommand(BytesIO(site.encode()), f"{new}/site.conf")
     yield stage_script(paths, work_dir, with_keys=False)
     yield validate_script(paths, work_dir)
-    temp = posixpath.join(posixpath.dirname(paths.site), f".{posixpath.basename(paths.site)}.new")
-    yield f"cp {q(new)}/site.conf {q(temp)} && chmod 644 {q(temp)} && mv -f {q(temp)} {q(paths.site)}"
+    yield swap_script(f"{new}/site.conf", paths.site, "644")
     yield f"rm -rf {q(work_dir)}"
 
 
@@ -247,13 +248,7 @@ def drain_reload_script(seconds: int) -> str:
     """Reload nginx (after `nginx -t`), then wait for the workers it had before (in_flight_wait_script):
     listed first, as `systemctl reload` returns before the old workers are told to finish."""
     old = f"old=$(pgrep -f {shlex.quote(WORKERS)} | tr '\\n' ' ')"
-    reload = "nginx -t -q && systemctl reload-or-restart nginx.service"
-    return f"{old}; {reload} && {{ {in_flight_wait_script(seconds)}; }}"
-
-
-def _run_and_show(state: State, host: PyinfraHost, command: str) -> bool:
-    status, _ = host.run_shell_command(StringCommand(command), print_output=True)
-    return status
+    return f"{old}; {RELOAD} && {{ {in_flight_wait_script(seconds)}; }}"
 
 
 @operation(is_idempotent=False)
@@ -264,4 +259,4 @@ def reloaded_and_drained(seconds: int) -> Generator[Any, None, None]:
 
     + seconds: the longest wait before going on
     """
-    yield FunctionCommand(_run_and_show, (drain_reload_script(seconds),), {})
+    yield shown_command(drain_reload_script(seconds))
