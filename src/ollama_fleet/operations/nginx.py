@@ -232,12 +232,14 @@ WORKERS = "nginx: worker proces[s]"
 def in_flight_wait_script(seconds: int) -> str:
     """Wait for the workers listed in $old (those before a reload: they finish the requests they had, then
     exit) and say how long that took; after `seconds`, go on and say how many are still busy."""
-    # A worker that exited but is not reaped yet (state Z) is done.
+    # A worker that exited but is not reaped yet (state Z) is done. No wait at all says 0 s, even when the
+    # clock's second turned while the workers were listed.
     alive = 's=$(ps -o stat= -p "$p") && case "$s" in Z*) ;; *) n=$((n + 1));; esac'
     busy = f"n=0; for p in $old; do {alive}; done; echo $n"
     return (
-        f'start=$(date +%s); while [ "$({busy})" -gt 0 ] && [ $(($(date +%s) - start)) -lt {seconds} ]; '
-        "do sleep 0.5; done; left=$(" + busy + "); waited=$(($(date +%s) - start)); "
+        f"start=$(date +%s); waited=0; "
+        f'while [ "$({busy})" -gt 0 ] && [ $(($(date +%s) - start)) -lt {seconds} ]; '
+        "do sleep 0.5; waited=$(($(date +%s) - start)); done; left=$(" + busy + "); "
         'if [ "$left" -eq 0 ]; then echo "gateway: the requests in flight before the drain finished '
         'after ${waited} s"; else echo "gateway: ${left} old nginx worker(s) still busy after ${waited} s '
         '(gateway drain timeout); going on"; fi'
