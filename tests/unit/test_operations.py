@@ -8,14 +8,16 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import tarfile
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from ollama_fleet.operations import accounts, models, nginx, release, secrets, ufw
+from ollama_fleet.operations import accounts, connection, models, nginx, release, secrets, ufw
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 
 pytestmark = pytest.mark.unit
@@ -521,3 +523,21 @@ def test_the_system_account_is_made_or_fixed_with_one_command_and_left_alone_whe
     assert commands(wrong) == [
         "usermod --gid ollama --home /usr/share/ollama --shell /bin/false --append --groups render ollama"
     ]
+
+
+def _host_with_socket(sock: object) -> object:
+    transport = SimpleNamespace(sock=sock)
+    client = SimpleNamespace(get_transport=lambda: transport)
+    return SimpleNamespace(connector=SimpleNamespace(client=client))
+
+
+def test_commands_go_out_at_once_on_the_hosts_ssh_socket() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv, socket.create_connection(srv.getsockname()) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        assert connection.without_nagle(_host_with_socket(sock))  # type: ignore[arg-type]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_a_connection_without_a_tcp_socket_is_left_as_it_is() -> None:
+    assert not connection.without_nagle(_host_with_socket(object()))  # type: ignore[arg-type]  # ProxyJump
+    assert not connection.without_nagle(SimpleNamespace(connector=object()))  # type: ignore[arg-type]  # @local

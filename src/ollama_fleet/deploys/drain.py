@@ -14,7 +14,7 @@ from pyinfra.context import host
 
 from ollama_fleet.deploys.fleet import settings_for
 from ollama_fleet.deploys.proxy import NGINX_DIR, SITE_NAME
-from ollama_fleet.operations import lock, nginx
+from ollama_fleet.operations import connection, lock, nginx
 
 DRAIN_KEY = "rollout_drain"  # inventory names of the hosts to drain ([] puts every drained host back)
 WAIT_KEY = "rollout_drain_wait"  # seconds to wait for the requests in flight
@@ -31,6 +31,7 @@ def drained_hosts(value: object) -> list[str]:
 @deploy("Drain hosts at the gateway")
 def drain_at_gateway() -> None:
     s = settings_for(host.state, host.name)
+    connection.without_nagle(host)
     if not s.is_gateway:
         logger.info(f"{host.print_prefix}not a gateway host: nothing to drain")
         return

@@ -9,7 +9,7 @@ from pyinfra.operations import systemd
 
 from ollama_fleet.deploys.fleet import settings_for
 from ollama_fleet.deploys.service import api_base
-from ollama_fleet.operations import lock, release
+from ollama_fleet.operations import connection, lock, release
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
 
@@ -60,6 +60,7 @@ def roll_back(s: FleetSettings) -> None:
 
 def roll_back_one_release() -> None:
     s = settings_for(host.state, host.name)
+    connection.without_nagle(host)
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
     roll_back(s=s)
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())

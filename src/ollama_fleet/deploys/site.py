@@ -13,7 +13,7 @@ from ollama_fleet.deploys.models import ollama_models
 from ollama_fleet.deploys.proxy import nginx_proxy
 from ollama_fleet.deploys.service import api_base, ollama_service, rollback_target_for
 from ollama_fleet.deploys.tls import tls_material
-from ollama_fleet.operations import lock, release
+from ollama_fleet.operations import connection, lock, release
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
@@ -23,6 +23,7 @@ from ollama_fleet.verify.targets import gateway_target, target_for_settings
 def deploy_site() -> None:
     """Validate every host's settings (raises before any operation exists), then deploy this host."""
     s = settings_for(host.state, host.name)
+    connection.without_nagle(host)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
     if s.firewall.enabled:
