@@ -197,3 +197,9 @@ gateway_keepalive_timeout = 10
 gateway_cap_at_num_parallel = True
 # Set on a fleet host (not on the gateway): the gateways send it nothing (`down`); it still serves directly.
 gateway_drain = False
+
+# --- deploy_*: how a run goes about a host --------------------------------------------------------------
+# A host exactly as its last verified deploy left it (one state read, compared with what that deploy
+# recorded), given the same settings, code and certificate, gets only the quick client check; anything else
+# (a file edited, a service stopped, a setting changed) and it gets the whole deploy. False: always the whole.
+deploy_fast_rerun = True

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.e2e
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 BASE, UPGRADE = "0.24.0", "0.24.1"
 LOCK = "/run/ollama-fleet/deploy.lock"
+FAST_RERUN = "Host as its last verified deploy left it (one state read)"
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +93,38 @@ def deploy_killed_after(fleet: DeployedFleet, operation: str, *args: str) -> str
     return "".join(lines)
 
 
+def fast_rerun_hosts(stdout: str) -> list[str]:
+    """The hosts that took the fast re-run (as their last verified deploy left them)."""
+    operations = json.loads(stdout)["results"]["operations"]
+    return sorted(h for op in operations if op["name"] == FAST_RERUN for h in op["no_change"])
+
+
 def test_a_no_change_rerun_changes_nothing_its_check_included(fleet: DeployedFleet) -> None:
+    fleet.deploy()  # records each host as verified, whatever ran before on this lab
     done = fleet.deploy("--json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert changed_operations(done.stdout) == {}
+    assert fast_rerun_hosts(done.stdout) == sorted(fleet.hosts)  # one state read, not forty operations
     assert "quick client check (0 operation(s) changed this host)" in done.stderr
     for host in fleet.hosts:
         assert fleet.ssh(host, f"test -e {LOCK}").returncode == 1, f"{host}: the lock was not released"
+
+
+def test_a_host_changed_by_hand_gets_the_whole_deploy_and_the_others_the_fast_rerun(
+    fleet: DeployedFleet,
+) -> None:
+    edited, dropin = fleet.hosts[1], "/etc/systemd/system/ollama.service.d/override.conf"
+    fleet.ssh_ok(edited, f"echo '# edited by hand' >> {dropin}")
+    done = fleet.deploy("--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    changed = changed_operations(done.stdout)
+    assert changed[f"Ollama service | Install {dropin}"] == [edited]
+    assert changed["Ollama service | Restart ollama after a change"] == [edited]
+    assert all(hosts == [edited] for hosts in changed.values()), changed
+    assert fast_rerun_hosts(done.stdout) == sorted(h for h in fleet.hosts if h != edited)
+    assert "edited by hand" not in fleet.ssh_ok(edited, f"cat {dropin}")
+    again = fleet.deploy("--json")
+    assert changed_operations(again.stdout) == {} and fast_rerun_hosts(again.stdout) == sorted(fleet.hosts)
 
 
 def test_verify_quick_leaves_out_generation_and_firewall_probes(fleet: DeployedFleet) -> None:

@@ -126,8 +126,9 @@ def first(fleet: Fleet) -> Run:
 
 @pytest.fixture(scope="module")
 def second(fleet: Fleet, first: Run) -> Run:
-    run = fleet.deploy("--json")
-    print(f"\nsecond deploy (no change): {run.seconds:.1f} s")
+    # Every operation asked again (not the fast re-run): each must find nothing to do.
+    run = fleet.deploy("--json", "--data", "deploy_fast_rerun=false")
+    print(f"\nsecond deploy (no change, whole): {run.seconds:.1f} s")
     return run
 
 

@@ -227,7 +227,7 @@ def test_status_shows_each_hosts_last_health_result(health_results: DeployedFlee
 
 
 def test_a_second_deploy_changes_no_health_unit_and_verifies_again(fleet: DeployedFleet) -> None:
-    done = fleet.deploy("--json")
+    done = fleet.deploy("--json", "--data", "deploy_fast_rerun=false")  # every operation asked again
     assert done.returncode == 0, done.stderr[-3000:]
     operations = json.loads(done.stdout)["results"]["operations"]
     health = [op for op in operations if op["name"].startswith("Ollama health timer |")]

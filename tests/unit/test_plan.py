@@ -371,9 +371,10 @@ def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_che
     operations = plan(tmp_path, fleet(tmp_path))
     names = [op["name"].split(" | ")[-1] for op in operations]
     assert names[0] == "Take the deploy lock"
-    assert names[-3:] == [
+    assert names[-4:] == [
         "Check the host like a client (ollama-fleet verify)",
         "Keep 2 Ollama versions",
+        "Record the verified state for the next run",
         "Release the deploy lock",
     ]
     assert names.index("Restart ollama after a change") < names.index(

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 
-from ollama_fleet.deploys.firewall import firewall
+from ollama_fleet.deploys.fast_rerun import (
+    as_last_verified,
+    desired_if_fast,
+    record_verified,
+    still_as_verified,
+)
+from ollama_fleet.deploys.firewall import firewall, foreign_rules_too_wide
 from ollama_fleet.deploys.fleet import fleet_settings, host_data, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
@@ -21,25 +27,22 @@ from ollama_fleet.verify.targets import gateway_target, target_for_settings
 
 
 def deploy_site() -> None:
-    """Validate every host's settings (raises before any operation exists), then deploy this host."""
+    """Validate every host's settings (raises before any operation exists), then deploy this host: whole,
+    or, when it is exactly as its last verified deploy of the same desired state left it, only checked."""
     s = settings_for(host.state, host.name)
     connection.without_nagle(host)
+    desired = desired_if_fast(s)
+    fast = desired is not None and as_last_verified(s, desired)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
-    if s.firewall.enabled:
-        # First: the SSH rule is in place and ufw is on before any port starts listening.
-        firewall(s=s)
-    # Read before anything is switched: the release serving now is the one to roll back to.
-    rollback_to = rollback_target_for(s)
-    restart_ollama_on: list[OperationMeta] = []
-    install_ollama(s=s, restart_triggers=restart_ollama_on)
-    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
-    if s.nginx.enabled:
-        reload_nginx_on: list[OperationMeta] = []
-        tls_material(s=s, reload_triggers=reload_nginx_on)
-        nginx_proxy(s=s, reload_triggers=reload_nginx_on)
-    ollama_models(s=s)
-    health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
+    rollback_to = None
+    if fast:
+        assert desired is not None
+        if s.firewall.enabled:
+            foreign_rules_too_wide(s)  # warned about on every run, as the whole deploy does
+        still_as_verified(s, desired)
+    else:
+        rollback_to = whole_deploy(s)
     # Check the host from the controller as a client would; a host that does not work fails the run
     # (and goes back to the release it served before, when this run changed it).
     checked_like_a_client(
@@ -54,9 +57,31 @@ def deploy_site() -> None:
             target=gateway_target(s, host.name, host_data(host), fleet_settings(host.state).values()),
             on_failure=fail_command,
         )
-    # Only a verified release may make the previous one go.
-    prune_old_releases(s=s)
+    if not fast:
+        # Only a verified release may make the previous one go.
+        prune_old_releases(s=s)
+        if desired is not None:
+            record_verified(s, desired)
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
+
+
+def whole_deploy(s: FleetSettings) -> str | None:
+    """Every operation, in dependency order; returns the release to roll back to if the check fails."""
+    if s.firewall.enabled:
+        # First: the SSH rule is in place and ufw is on before any port starts listening.
+        firewall(s=s)
+    # Read before anything is switched: the release serving now is the one to roll back to.
+    rollback_to = rollback_target_for(s)
+    restart_ollama_on: list[OperationMeta] = []
+    install_ollama(s=s, restart_triggers=restart_ollama_on)
+    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
+    if s.nginx.enabled:
+        reload_nginx_on: list[OperationMeta] = []
+        tls_material(s=s, reload_triggers=reload_nginx_on)
+        nginx_proxy(s=s, reload_triggers=reload_nginx_on)
+    ollama_models(s=s)
+    health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
+    return rollback_to
 
 
 def failure_command(s: FleetSettings, rollback_to: str | None) -> FailureCommand:

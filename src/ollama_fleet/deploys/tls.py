@@ -10,6 +10,7 @@ shown).
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -75,26 +76,27 @@ def _write(path: Path, text: str, mode: int) -> None:
     temp.replace(path)
 
 
-@deploy("TLS certificate")
-def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None:
-    """Appends to `reload_triggers` the operations whose change means nginx must reload."""
-    paths = tls_paths(s)
-    files.directory(name=f"Create {s.tls.remote_dir}", path=str(s.tls.remote_dir), mode="755")
+@dataclass(frozen=True)
+class TlsPair:
+    cert: str
+    key: Secret
+    ca_pem: str | None  # the fleet CA's certificate; None with provided files
+
+
+def tls_pair(s: FleetSettings) -> TlsPair:
+    """The certificate and key this host gets (issued again first when needed), checked as a pair."""
     if s.tls.mode == "provided":
         assert s.tls.cert_file is not None and s.tls.key_file is not None  # checked by settings
-        cert = Path(s.tls.cert_file).read_text()
-        key = Secret(Path(s.tls.key_file).read_text())
+        pair = TlsPair(Path(s.tls.cert_file).read_text(), Secret(Path(s.tls.key_file).read_text()), None)
     else:
         try:
             ca = FleetCA.load_or_create(Path(s.tls.ca_dir))
             cert, key = issued_certificate(s, ca, host_sans(s, host_addresses(s)))
         except PkiError as exc:
             raise FleetError(f"{s.host}: TLS certificate: {exc}") from None
-        reload_triggers.append(
-            textfile.text_file(name=f"Install {paths.ca}", text=ca.cert_pem, dest=str(paths.ca))
-        )
+        pair = TlsPair(cert, key, ca.cert_pem)
     # nginx would refuse to start on a mismatched pair: say so before anything changes on any host.
-    problem = pair_problem(cert, key.reveal())
+    problem = pair_problem(pair.cert, pair.key.reveal())
     if problem:
         where = (
             f"tls_cert_file {s.tls.cert_file} / tls_key_file {s.tls.key_file}"
@@ -102,11 +104,24 @@ def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None
             else f"the issued pair in {s.tls.ca_dir}/hosts (remove it to reissue)"
         )
         raise FleetError(f"{s.host}: TLS: {where}: {problem}")
+    return pair
+
+
+@deploy("TLS certificate")
+def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None:
+    """Appends to `reload_triggers` the operations whose change means nginx must reload."""
+    paths = tls_paths(s)
+    files.directory(name=f"Create {s.tls.remote_dir}", path=str(s.tls.remote_dir), mode="755")
+    pair = tls_pair(s)
+    if pair.ca_pem is not None:
+        reload_triggers.append(
+            textfile.text_file(name=f"Install {paths.ca}", text=pair.ca_pem, dest=str(paths.ca))
+        )
     reload_triggers.append(
         certificate_and_key(
             name=f"Install {paths.cert} and {paths.key} (secret) together",
-            cert=cert,
-            key=key,
+            cert=pair.cert,
+            key=pair.key,
             cert_path=str(paths.cert),
             key_path=str(paths.key),
         )

@@ -22,6 +22,7 @@ from ollama_fleet.settings.gateway import GatewaySettings
 from ollama_fleet.settings.models import CustomModel, ModelsSettings
 from ollama_fleet.settings.rules import listed_name, timespan_seconds
 from ollama_fleet.settings.sections import (
+    DeploySettings,
     FirewallSettings,
     HealthSettings,
     NginxSettings,
@@ -51,6 +52,7 @@ SECTIONS: dict[str, type[Section]] = {
     "models": ModelsSettings,
     "health": HealthSettings,
     "gateway": GatewaySettings,
+    "deploy": DeploySettings,
 }
 
 
@@ -66,6 +68,7 @@ class FleetSettings(BaseModel):
     models: ModelsSettings
     health: HealthSettings
     gateway: GatewaySettings
+    deploy: DeploySettings
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSettings:

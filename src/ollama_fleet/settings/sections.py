@@ -267,3 +267,11 @@ class HealthSettings(Section):
     def _interval_is_a_timespan(cls, value: str) -> str:
         timespan_seconds(value)
         return value
+
+
+class DeploySettings(Section):
+    """How a deploy run goes about a host."""
+
+    # A host exactly as its last verified deploy left it, with the same settings, gets only the quick client
+    # check (see ollama_fleet.state_probe); false: every run asks every operation, as on a changed host.
+    fast_rerun: bool = True

@@ -1,0 +1,79 @@
+"""The fast re-run: a host exactly as its last verified deploy left it, for the same desired state, gets the
+deploy lock, one state read and the quick client check, instead of the deploy's forty operations."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from pyinfra import logger
+from pyinfra.context import host
+
+from ollama_fleet.deploys.fleet import fleet_settings, inventory_address
+from ollama_fleet.deploys.proxy import fleet_gateway_plan
+from ollama_fleet.deploys.tls import tls_pair
+from ollama_fleet.operations import converged, models
+from ollama_fleet.render import builtin_templates_dir
+from ollama_fleet.settings import FleetSettings
+from ollama_fleet.state_probe import (
+    RECORD_PATH,
+    code_digest,
+    desired_digest,
+    fast_rerun_blocker,
+    probe_script,
+    settings_text,
+)
+
+
+def desired_state(s: FleetSettings) -> str:
+    """The digest of what a full deploy would put on this host: every host's settings and address (a
+    gateway's upstreams, a seed's hosts), the certificate and key, the GGUF files, this code."""
+    parts = [
+        code_digest(builtin_templates_dir(), *s.nginx.template_dirs),
+        f"pyinfra {version('pyinfra')}",
+    ]
+    fleet = fleet_settings(host.state)
+    parts += [
+        f"{name} {inventory_address(host, name)} {settings_text(fleet[name])}" for name in sorted(fleet)
+    ]
+    if s.nginx.enabled:
+        pair = tls_pair(s)
+        parts += [pair.cert, pair.key.reveal(), pair.ca_pem or ""]
+        if s.is_gateway:
+            parts.append(repr(fleet_gateway_plan()))
+    parts += [f"{name} {models.file_sha256(path)}" for name, path in sorted(s.models.gguf.items())]
+    return desired_digest(parts)
+
+
+def desired_if_fast(s: FleetSettings) -> str | None:
+    """The desired digest, or None for a host that always gets the whole deploy (fast_rerun_blocker)."""
+    blocker = fast_rerun_blocker(s)
+    if blocker:
+        logger.debug(f"{host.print_prefix}whole deploy: {blocker}")
+        return None
+    return desired_state(s)
+
+
+def as_last_verified(s: FleetSettings, desired: str) -> bool:
+    """The host is as its last verified deploy of `desired` left it (one state read)."""
+    found = host.get_fact(converged.VerifiedState, record=RECORD_PATH, probe=probe_script(s))
+    return found.matches(desired)
+
+
+def still_as_verified(s: FleetSettings, desired: str) -> None:
+    """After the lock: the host is still as planned (else it fails and the next run deploys it whole)."""
+    converged.unchanged_since_verified(
+        name="Host as its last verified deploy left it (one state read)",
+        desired=desired,
+        record=RECORD_PATH,
+        probe=probe_script(s),
+    )
+
+
+def record_verified(s: FleetSettings, desired: str) -> None:
+    """Last, after the checks: what the next run compares this host with."""
+    converged.verified_state_recorded(
+        name="Record the verified state for the next run",
+        desired=desired,
+        record=RECORD_PATH,
+        probe=probe_script(s),
+    )

@@ -1,0 +1,92 @@
+"""The record of a host's last verified deploy, and the fast re-run's checks against it.
+
+Like the deploy lock, the record is bookkeeping read and written through facts: writing it is not a change
+of the host's configuration, so a no-change run still reports no change. It holds two digests (see
+ollama_fleet.state_probe), never a setting or a secret.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra.api.facts import FactBase
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+
+from ollama_fleet.operations.shell import fail_command
+
+
+@dataclass(frozen=True)
+class HostState:
+    recorded_desired: str  # "" when no verified deploy recorded one
+    recorded_state: str
+    state: str
+
+    def matches(self, desired: str) -> bool:
+        """The host is as its last verified deploy of `desired` left it."""
+        return bool(self.recorded_state) and (self.recorded_desired, self.recorded_state) == (
+            desired,
+            self.state,
+        )
+
+
+class VerifiedState(FactBase[HostState]):
+    """The record of the last verified deploy and the host's state digest now, in one command."""
+
+    @staticmethod
+    def default() -> HostState:
+        return HostState("", "", "")  # the command failed (no such host yet under --dry): a whole deploy
+
+    def command(self, record: str, probe: str) -> str:
+        return f'echo "recorded $(head -1 {shlex.quote(record)} 2>/dev/null)"; echo "state $({probe})"'
+
+    def process(self, output: list[str]) -> HostState:
+        lines = {line.split(" ", 1)[0]: line.split()[1:] for line in output if line.strip()}
+        recorded = [*lines.get("recorded", []), "", ""]
+        return HostState(recorded[0], recorded[1], "".join(lines.get("state", [])[:1]))
+
+
+class VerifiedStateRecorded(FactBase[str]):
+    """Write `desired` and the host's state digest now as its last verified deploy (atomically)."""
+
+    def command(self, record: str, desired: str, probe: str) -> str:
+        path = shlex.quote(record)
+        return (
+            f"mkdir -p $(dirname {path}) && state=$({probe}) && "
+            f'printf "%s %s\\n" {shlex.quote(desired)} "$state" > {path}.new && mv {path}.new {path} && '
+            'echo "$state"'
+        )
+
+    def process(self, output: list[str]) -> str:
+        return output[-1].strip() if output else ""
+
+
+@operation(is_idempotent=False)
+def unchanged_since_verified(desired: str, record: str, probe: str) -> Generator[Any, None, None]:
+    """
+    Fail the host when it changed since this run found it as its last verified deploy left it (a run in
+    between, or a hand): then this run's plan, made without the deploy's operations, no longer holds.
+
+    + desired: the desired digest this run computed
+    + record, probe: the record's path and the state probe command
+    """
+    now = host.get_fact(VerifiedState, record=record, probe=probe)
+    if not now.matches(desired):
+        yield fail_command(
+            "the host changed after this run planned its fast re-run (as its last verified deploy left it); "
+            "run the deploy again"
+        )
+
+
+@operation(is_idempotent=False)
+def verified_state_recorded(desired: str, record: str, probe: str) -> Generator[Any, None, None]:
+    """
+    Record this host as verified for `desired`, with its state digest now (call last, after the checks).
+
+    + desired, record, probe: as for unchanged_since_verified
+    """
+    if not host.get_fact(VerifiedStateRecorded, record=record, desired=desired, probe=probe):
+        yield fail_command(f"could not write {record}")
