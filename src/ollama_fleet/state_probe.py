@@ -42,8 +42,9 @@ CONTENT_PATHS = (
     "/etc/default/ufw",
     "/etc/ufw",
 )
+# Not SubState: a timer is "running" while the health check it started runs.
 UNIT_PROPERTIES = (
-    "Id,LoadState,ActiveState,SubState,UnitFileState,MainPID,ExecMainStartTimestampMonotonic,"
+    "Id,LoadState,ActiveState,UnitFileState,MainPID,ExecMainStartTimestampMonotonic,"
     "ActiveEnterTimestampMonotonic,NeedDaemonReload,FragmentPath,DropInPaths"
 )
 
@@ -70,8 +71,7 @@ def probe_script(s: FleetSettings) -> str:
         shlex.quote(p)
         for p in (*CONTENT_PATHS, str(o.install_dir), "/usr/local/bin/ollama", str(o.home / ".ollama"))
     )
-    content = " ".join(shlex.quote(p) for p in CONTENT_PATHS)
-    api = f"http://127.0.0.1:{o.listen_port}/api/tags"
+    content = " ".join([*(shlex.quote(p) for p in CONTENT_PATHS), f"{models}/manifests"])
     parts = [
         f"find {listed} {models}/manifests {models}/blobs -xdev -printf '%p %y %m %u %g %s %T@ %l\\n' 2>&1 "
         "| LC_ALL=C sort",
@@ -81,10 +81,10 @@ def probe_script(s: FleetSettings) -> str:
         f"dpkg-query -W -f='${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' {' '.join(PACKAGES)}",
         f"systemctl show -p {UNIT_PROPERTIES} {' '.join(UNITS)}",
         "readlink /proc/$(systemctl show -p MainPID --value ollama.service)/exe",
-        "ps -C nginx -o pid=,lstart=,args=",
+        # master and workers; not the old workers a reload left finishing their requests
+        "ps -C nginx -o pid=,lstart=,args= | grep -v 'is shutting down'",
         "iptables -w -S ufw-user-input; ip6tables -w -S ufw6-user-input; iptables -w -S INPUT; "
         "ip6tables -w -S INPUT",
-        f"curl -sS -m 5 {api}",
     ]
     # Each part's errors are part of the state too (a missing file, a stopped service).
     each = "; ".join(f"echo '## {i}'; {{ {part}; }} 2>&1" for i, part in enumerate(parts))

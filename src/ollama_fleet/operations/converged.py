@@ -73,6 +73,8 @@ def unchanged_since_verified(desired: str, record: str, probe: str) -> Generator
     + desired: the desired digest this run computed
     + record, probe: the record's path and the state probe command
     """
+    if not host.state.is_executing:
+        return
     now = host.get_fact(VerifiedState, record=record, probe=probe)
     if not now.matches(desired):
         yield fail_command(
@@ -88,5 +90,7 @@ def verified_state_recorded(desired: str, record: str, probe: str) -> Generator[
 
     + desired, record, probe: as for unchanged_since_verified
     """
+    if not host.state.is_executing:
+        return  # pyinfra's change detection (a run without -y) calls this while planning
     if not host.get_fact(VerifiedStateRecorded, record=record, desired=desired, probe=probe):
         yield fail_command(f"could not write {record}")
