@@ -79,8 +79,9 @@ def probe_script(s: FleetSettings) -> str:
         f"getent passwd {shlex.quote(o.user)}; getent group {shlex.quote(o.group)} render video; "
         f"id {shlex.quote(o.user)}",
         f"dpkg-query -W -f='${{Package}} ${{Version}} ${{db:Status-Abbrev}}\\n' {' '.join(PACKAGES)}",
-        f"systemctl show -p {UNIT_PROPERTIES} {' '.join(UNITS)}",
-        "readlink /proc/$(systemctl show -p MainPID --value ollama.service)/exe",
+        # the units, then the binary Ollama runs (the first MainPID is ollama.service's)
+        f'units=$(systemctl show -p {UNIT_PROPERTIES} {" ".join(UNITS)}); echo "$units"; '
+        "readlink /proc/$(echo \"$units\" | sed -n 's/^MainPID=//p' | head -1)/exe",
         # master and workers; not the old workers a reload left finishing their requests
         "ps -C nginx -o pid=,lstart=,args= | grep -v 'is shutting down'",
         "iptables -w -S ufw-user-input; ip6tables -w -S ufw6-user-input; iptables -w -S INPUT; "

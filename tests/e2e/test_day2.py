@@ -36,7 +36,7 @@ pytestmark = pytest.mark.e2e
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 BASE, UPGRADE = "0.24.0", "0.24.1"
 LOCK = "/run/ollama-fleet/deploy.lock"
-FAST_RERUN = "Host as its last verified deploy left it (one state read)"
+FAST_RERUN = "Host as its last verified deploy left it (found while planning)"
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from ollama_fleet.state_probe import (
     settings_text,
 )
 
+FAST_RERUN = "Host as its last verified deploy left it (found while planning)"
+
 
 def desired_state(s: FleetSettings) -> str:
     """The digest of what a full deploy would put on this host: every host's settings and address (a
@@ -59,14 +61,8 @@ def as_last_verified(s: FleetSettings, desired: str) -> bool:
     return found.matches(desired)
 
 
-def still_as_verified(s: FleetSettings, desired: str) -> None:
-    """After the lock: the host is still as planned (else it fails and the next run deploys it whole)."""
-    converged.unchanged_since_verified(
-        name="Host as its last verified deploy left it (one state read)",
-        desired=desired,
-        record=RECORD_PATH,
-        probe=probe_script(s),
-    )
+def found_as_verified() -> None:
+    converged.found_as_verified(name=FAST_RERUN)
 
 
 def record_verified(s: FleetSettings, desired: str) -> None:

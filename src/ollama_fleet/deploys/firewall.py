@@ -91,7 +91,8 @@ def check_ssh_client_allowed(s: FleetSettings) -> None:
 
 
 @deploy("ufw firewall")
-def firewall(s: FleetSettings) -> None:
+def firewall(s: FleetSettings, too_wide: list[ufw.ForeignAllow]) -> None:
+    """Appends to `too_wide` the rules not made by ollama-fleet that open more than the settings."""
     packages.packages_installed(name="Install ufw", packages=["ufw"])
     check_ssh_client_allowed(s)
     ufw.ipv6_filtered(name="Filter IPv6 too (IPV6=yes)")
@@ -101,6 +102,7 @@ def firewall(s: FleetSettings) -> None:
         rules=wanted_rules(s),
     )
     foreign = foreign_rules_too_wide(s)
+    too_wide.extend(foreign)
     if s.firewall.remove_foreign_rules:
         ufw.foreign_rules_removed(
             name="Delete rules not made by ollama-fleet that open more than the settings", rules=foreign

@@ -8,10 +8,10 @@ from pyinfra.context import host
 from ollama_fleet.deploys.fast_rerun import (
     as_last_verified,
     desired_if_fast,
+    found_as_verified,
     record_verified,
-    still_as_verified,
 )
-from ollama_fleet.deploys.firewall import firewall, foreign_rules_too_wide
+from ollama_fleet.deploys.firewall import firewall
 from ollama_fleet.deploys.fleet import fleet_settings, host_data, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
@@ -19,7 +19,7 @@ from ollama_fleet.deploys.models import ollama_models
 from ollama_fleet.deploys.proxy import nginx_proxy
 from ollama_fleet.deploys.service import api_base, ollama_service, rollback_target_for
 from ollama_fleet.deploys.tls import tls_material
-from ollama_fleet.operations import connection, lock, release
+from ollama_fleet.operations import connection, lock, release, ufw
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
@@ -35,14 +35,12 @@ def deploy_site() -> None:
     fast = desired is not None and as_last_verified(s, desired)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
-    rollback_to = None
+    rollback_to: str | None = None
+    too_wide: list[ufw.ForeignAllow] = []
     if fast:
-        assert desired is not None
-        if s.firewall.enabled:
-            foreign_rules_too_wide(s)  # warned about on every run, as the whole deploy does
-        still_as_verified(s, desired)
+        found_as_verified()
     else:
-        rollback_to = whole_deploy(s)
+        rollback_to, too_wide = whole_deploy(s)
     # Check the host from the controller as a client would; a host that does not work fails the run
     # (and goes back to the release it served before, when this run changed it).
     checked_like_a_client(
@@ -60,16 +58,19 @@ def deploy_site() -> None:
     if not fast:
         # Only a verified release may make the previous one go.
         prune_old_releases(s=s)
-        if desired is not None:
+        # A host with a foreign rule to warn about is not recorded: each run warns again.
+        if desired is not None and not too_wide:
             record_verified(s, desired)
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
 
 
-def whole_deploy(s: FleetSettings) -> str | None:
-    """Every operation, in dependency order; returns the release to roll back to if the check fails."""
+def whole_deploy(s: FleetSettings) -> tuple[str | None, list[ufw.ForeignAllow]]:
+    """Every operation, in dependency order; returns the release to roll back to if the check fails, and
+    the ufw rules not made by ollama-fleet that open more than the settings (each warned about)."""
+    too_wide: list[ufw.ForeignAllow] = []
     if s.firewall.enabled:
         # First: the SSH rule is in place and ufw is on before any port starts listening.
-        firewall(s=s)
+        firewall(s=s, too_wide=too_wide)
     # Read before anything is switched: the release serving now is the one to roll back to.
     rollback_to = rollback_target_for(s)
     restart_ollama_on: list[OperationMeta] = []
@@ -81,7 +82,7 @@ def whole_deploy(s: FleetSettings) -> str | None:
         nginx_proxy(s=s, reload_triggers=reload_nginx_on)
     ollama_models(s=s)
     health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
-    return rollback_to
+    return rollback_to, too_wide
 
 
 def failure_command(s: FleetSettings, rollback_to: str | None) -> FailureCommand:
