@@ -294,7 +294,11 @@ def long_stream(gateway: Gateway, model: str, stream: Stream) -> None:
     headers = {"Authorization": f"Bearer {gateway.fleet.keys['ci']}"}
     try:
         with (
-            httpx.Client(verify=str(gateway.fleet.ca_file), trust_env=False, timeout=300) as client,
+            httpx.Client(
+                verify=ssl.create_default_context(cafile=str(gateway.fleet.ca_file)),
+                trust_env=False,
+                timeout=300,
+            ) as client,
             client.stream("POST", f"{gateway.url}/api/chat", json=body, headers=headers) as response,
         ):
             if response.status_code != 200:
@@ -313,7 +317,9 @@ def long_stream(gateway: Gateway, model: str, stream: Stream) -> None:
 def steady_small_completions(gateway: Gateway, stop: threading.Event, statuses: list[int]) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     headers = {"Authorization": f"Bearer {gateway.fleet.keys['ci']}"}
-    with httpx.Client(verify=str(gateway.fleet.ca_file), trust_env=False, timeout=120) as client:
+    with httpx.Client(
+        verify=ssl.create_default_context(cafile=str(gateway.fleet.ca_file)), trust_env=False, timeout=120
+    ) as client:
         while not stop.is_set():
             try:
                 statuses.append(
