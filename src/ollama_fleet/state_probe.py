@@ -23,17 +23,19 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from ollama_fleet.health import SERVICE, TIMER, UNIT_DIR
+from ollama_fleet.render import OLLAMA_BIN
 from ollama_fleet.settings import FleetSettings
 
 RECORD_PATH = "/var/lib/ollama-fleet/verified-state"
-UNITS = ("ollama.service", "nginx.service", "ollama-fleet-health.timer")
+UNITS = ("ollama.service", "nginx.service", TIMER)
 PACKAGES = ("ufw", "curl", "ca-certificates", "zstd", "nginx", "libnginx-mod-http-js", "python3")
 # Whose every file is read (sha256) besides its metadata: small configuration trees.
 CONTENT_PATHS = (
     "/etc/systemd/system/ollama.service",
     "/etc/systemd/system/ollama.service.d",
-    "/etc/systemd/system/ollama-fleet-health.service",
-    "/etc/systemd/system/ollama-fleet-health.timer",
+    str(UNIT_DIR / SERVICE),
+    str(UNIT_DIR / TIMER),
     "/etc/nginx",
     "/etc/ollama-fleet",
     "/usr/share/ollama-fleet",
@@ -68,8 +70,7 @@ def probe_script(s: FleetSettings) -> str:
     o = s.ollama
     models = shlex.quote(str(o.models_dir))
     listed = " ".join(
-        shlex.quote(p)
-        for p in (*CONTENT_PATHS, str(o.install_dir), "/usr/local/bin/ollama", str(o.home / ".ollama"))
+        shlex.quote(p) for p in (*CONTENT_PATHS, str(o.install_dir), str(OLLAMA_BIN), str(o.home / ".ollama"))
     )
     content = " ".join([*(shlex.quote(p) for p in CONTENT_PATHS), f"{models}/manifests"])
     parts = [

@@ -9,8 +9,8 @@ from pyinfra import logger
 from pyinfra.context import host
 
 from ollama_fleet.deploys.fleet import fleet_settings, inventory_address
-from ollama_fleet.deploys.proxy import fleet_gateway_plan
-from ollama_fleet.deploys.tls import tls_pair
+from ollama_fleet.deploys.tls import TlsPair
+from ollama_fleet.gateway import GatewayPlan
 from ollama_fleet.operations import converged, models
 from ollama_fleet.render import builtin_templates_dir
 from ollama_fleet.settings import FleetSettings
@@ -26,9 +26,9 @@ from ollama_fleet.state_probe import (
 FAST_RERUN = "Host as its last verified deploy left it (found while planning)"
 
 
-def desired_state(s: FleetSettings) -> str:
+def desired_state(s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None) -> str:
     """The digest of what a full deploy would put on this host: every host's settings and address (a
-    gateway's upstreams, a seed's hosts), the certificate and key, the GGUF files, this code."""
+    seed's hosts), the certificate and key (`pair`), the gateway's plan, the GGUF files, this code."""
     parts = [
         code_digest(builtin_templates_dir(), *s.nginx.template_dirs),
         f"pyinfra {version('pyinfra')}",
@@ -37,22 +37,21 @@ def desired_state(s: FleetSettings) -> str:
     parts += [
         f"{name} {inventory_address(host, name)} {settings_text(fleet[name])}" for name in sorted(fleet)
     ]
-    if s.nginx.enabled:
-        pair = tls_pair(s)
+    if pair is not None:
         parts += [pair.cert, pair.key.reveal(), pair.ca_pem or ""]
-        if s.is_gateway:
-            parts.append(repr(fleet_gateway_plan()))
+    if plan is not None:
+        parts.append(repr(plan))
     parts += [f"{name} {models.file_sha256(path)}" for name, path in sorted(s.models.gguf.items())]
     return desired_digest(parts)
 
 
-def desired_if_fast(s: FleetSettings) -> str | None:
+def desired_if_fast(s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None) -> str | None:
     """The desired digest, or None for a host that always gets the whole deploy (fast_rerun_blocker)."""
     blocker = fast_rerun_blocker(s)
     if blocker:
         logger.debug(f"{host.print_prefix}whole deploy: {blocker}")
         return None
-    return desired_state(s)
+    return desired_state(s, pair, plan)
 
 
 def as_last_verified(s: FleetSettings, desired: str) -> bool:

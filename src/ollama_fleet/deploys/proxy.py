@@ -56,7 +56,8 @@ def fleet_gateway_plan() -> GatewayPlan:
 
 
 @deploy("nginx proxy")
-def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> None:
+def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Sequence[OperationMeta]) -> None:
+    """`plan`: the fleet's gateway on a gateway host (fleet_gateway_plan), else None."""
     paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
     # The site template and the keys include must agree on where the include lives.
     assert str(API_KEYS_PATH) == paths.keys
@@ -83,7 +84,6 @@ def nginx_proxy(s: FleetSettings, reload_triggers: Sequence[OperationMeta]) -> N
     stale = nginx_reload_reason(loaded)
     if stale:
         logger.info(f"{host.print_prefix}nginx must reload: {stale}")
-    plan = fleet_gateway_plan() if s.is_gateway else None
     if plan:
         logger.info(
             f"{host.print_prefix}gateway on port {s.gateway.port}: {len(plan.members)} host(s), "

@@ -16,9 +16,10 @@ from ollama_fleet.deploys.fleet import fleet_settings, host_data, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
-from ollama_fleet.deploys.proxy import nginx_proxy
+from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy
 from ollama_fleet.deploys.service import api_base, ollama_service, rollback_target_for
-from ollama_fleet.deploys.tls import tls_material
+from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
+from ollama_fleet.gateway import GatewayPlan
 from ollama_fleet.operations import connection, lock, release, ufw
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
@@ -31,7 +32,10 @@ def deploy_site() -> None:
     or, when it is exactly as its last verified deploy of the same desired state left it, only checked."""
     s = settings_for(host.state, host.name)
     connection.without_nagle(host)
-    desired = desired_if_fast(s)
+    # Read once, for the desired digest and for the whole deploy's operations.
+    pair = tls_pair(s) if s.nginx.enabled else None
+    plan = fleet_gateway_plan() if s.is_gateway else None
+    desired = desired_if_fast(s, pair, plan)
     fast = desired is not None and as_last_verified(s, desired)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
@@ -40,7 +44,7 @@ def deploy_site() -> None:
     if fast:
         found_as_verified()
     else:
-        rollback_to, too_wide = whole_deploy(s)
+        rollback_to, too_wide = whole_deploy(s, pair, plan)
     # Check the host from the controller as a client would; a host that does not work fails the run
     # (and goes back to the release it served before, when this run changed it).
     checked_like_a_client(
@@ -64,7 +68,9 @@ def deploy_site() -> None:
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
 
 
-def whole_deploy(s: FleetSettings) -> tuple[str | None, list[ufw.ForeignAllow]]:
+def whole_deploy(
+    s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None
+) -> tuple[str | None, list[ufw.ForeignAllow]]:
     """Every operation, in dependency order; returns the release to roll back to if the check fails, and
     the ufw rules not made by ollama-fleet that open more than the settings (each warned about)."""
     too_wide: list[ufw.ForeignAllow] = []
@@ -76,10 +82,10 @@ def whole_deploy(s: FleetSettings) -> tuple[str | None, list[ufw.ForeignAllow]]:
     restart_ollama_on: list[OperationMeta] = []
     install_ollama(s=s, restart_triggers=restart_ollama_on)
     ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
-    if s.nginx.enabled:
+    if pair is not None:  # nginx is enabled
         reload_nginx_on: list[OperationMeta] = []
-        tls_material(s=s, reload_triggers=reload_nginx_on)
-        nginx_proxy(s=s, reload_triggers=reload_nginx_on)
+        tls_material(s=s, pair=pair, reload_triggers=reload_nginx_on)
+        nginx_proxy(s=s, plan=plan, reload_triggers=reload_nginx_on)
     ollama_models(s=s)
     health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
     return rollback_to, too_wide

@@ -108,11 +108,11 @@ def tls_pair(s: FleetSettings) -> TlsPair:
 
 
 @deploy("TLS certificate")
-def tls_material(s: FleetSettings, reload_triggers: list[OperationMeta]) -> None:
-    """Appends to `reload_triggers` the operations whose change means nginx must reload."""
+def tls_material(s: FleetSettings, pair: TlsPair, reload_triggers: list[OperationMeta]) -> None:
+    """Install `pair` (see tls_pair); appends to `reload_triggers` the operations whose change means nginx
+    must reload."""
     paths = tls_paths(s)
     files.directory(name=f"Create {s.tls.remote_dir}", path=str(s.tls.remote_dir), mode="755")
-    pair = tls_pair(s)
     if pair.ca_pem is not None:
         reload_triggers.append(
             textfile.text_file(name=f"Install {paths.ca}", text=pair.ca_pem, dest=str(paths.ca))

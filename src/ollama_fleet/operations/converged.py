@@ -27,9 +27,10 @@ class HostState:
 
     def matches(self, desired: str) -> bool:
         """The host is as its last verified deploy of `desired` left it."""
-        return bool(self.recorded_state) and (self.recorded_desired, self.recorded_state) == (
-            desired,
-            self.state,
+        return (
+            bool(self.recorded_state)
+            and self.recorded_state == self.state
+            and self.recorded_desired == desired
         )
 
 
@@ -81,7 +82,8 @@ def verified_state_recorded(desired: str, record: str, probe: str) -> Generator[
     """
     Record this host as verified for `desired`, with its state digest now (call last, after the checks).
 
-    + desired, record, probe: as for unchanged_since_verified
+    + desired: the desired digest of this run (ollama_fleet.state_probe.desired_digest)
+    + record, probe: the record's path and the state probe command
     """
     if not host.state.is_executing:
         return  # pyinfra's change detection (a run without -y) calls this while planning
