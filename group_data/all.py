@@ -186,14 +186,15 @@ gateway_connect_timeout = 5
 # take a host out of rotation for gateway_fail_timeout seconds (passive health); 0: never.
 gateway_max_fails = 2
 gateway_fail_timeout = 30
-# Idle TLS connections each gateway keeps open to the hosts of one model pool.
+# Idle TLS connections each gateway keeps open to the hosts of one model (a pool per model).
 gateway_keepalive = 8
 # Seconds such a connection stays idle before it is closed (< 65, the hosts' own). A request that reuses one
 # to a host gone silent (powered off) waits until TCP gives up on it; new connections fail over after
 # gateway_connect_timeout.
 gateway_keepalive_timeout = 10
-# Send each host at most OLLAMA_NUM_PARALLEL requests at once (1 when unset); with every host of a model
-# busy the client gets 503 (retry). False: no cap, Ollama queues (OLLAMA_MAX_QUEUE).
+# Send each host at most OLLAMA_NUM_PARALLEL requests at once for each model (1 when unset; Ollama's own
+# limit is per model too); with every host of a model busy the client gets 503 (retry). False: no cap,
+# Ollama queues (OLLAMA_MAX_QUEUE).
 gateway_cap_at_num_parallel = True
 # Set on a fleet host (not on the gateway): the gateways send it nothing (`down`); it still serves directly.
 gateway_drain = False

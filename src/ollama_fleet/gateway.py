@@ -1,8 +1,10 @@
 """The gateway's plan (pure): which hosts serve which model, grouped into pools nginx balances over.
 
-A pool is one nginx upstream: the hosts that serve a model (models served by the same hosts share one).
-Every model maps to its pool, so nginx never sends a request for a model to a host without it. One more
-pool holds every host, for requests that name no model (/api/version, /api/ps).
+A pool is one nginx upstream: the hosts that serve one model, so nginx never sends a request for a model
+to a host without it. One pool per model, because nginx counts a host's requests in flight per upstream
+and Ollama's OLLAMA_NUM_PARALLEL is per model: each pool caps a host at that many requests for its model,
+the cap Ollama itself has (two models sharing one pool would share one host's cap and get 503 while
+Ollama had room). One more pool holds every host, for requests that name no model (/api/version, /api/ps).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Member:
 class Pool:
     name: str  # the nginx upstream
     members: tuple[Member, ...]
-    models: tuple[str, ...]  # as /api/tags lists them; empty for the all-hosts pool
+    models: tuple[str, ...]  # as /api/tags lists them: one; none for the all-hosts pool
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,9 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
             served.setdefault(model, []).append(name)
     if not members:
         raise GatewayError("no host of the inventory has nginx_enabled: the gateway has nothing to balance")
-    by_hosts: dict[tuple[str, ...], list[str]] = {}
-    for model in sorted(served):
-        by_hosts.setdefault(tuple(served[model]), []).append(model)
     pools = [Pool("ollama_fleet_gw_all", tuple(members.values()), ())]
-    for index, (hosts, models) in enumerate(sorted(by_hosts.items(), key=lambda item: item[1]), start=1):
-        pools.append(Pool(f"ollama_fleet_gw_{index}", tuple(members[h] for h in hosts), tuple(models)))
+    for index, model in enumerate(sorted(served), start=1):
+        pools.append(Pool(f"ollama_fleet_gw_{index}", tuple(members[h] for h in served[model]), (model,)))
     return GatewayPlan(tuple(pools), tuple(sorted(served)))
 
 

@@ -52,8 +52,8 @@ pytestmark = pytest.mark.unit
 KIOSK_KEY = "kiosk-Key_0123456789abcdefXYZ"
 # host -> (loopback address, models_pull)
 HOSTS = {
-    "alpha": ("127.0.0.2", ["tiny"]),
-    "beta": ("127.0.0.3", ["tiny", "library/big:latest"]),
+    "alpha": ("127.0.0.2", ["tiny", "small"]),
+    "beta": ("127.0.0.3", ["tiny", "library/big:latest", "small"]),
     "busy": ("127.0.0.5", ["big", "only-busy"]),  # answers 503 to everything
 }
 
@@ -89,9 +89,13 @@ def addresses(gw: str = "127.0.0.6") -> dict[str, str]:
 
 def test_models_go_to_pools_of_the_hosts_serving_them(tmp_path: Path) -> None:
     plan = gateway_plan(fleet_of(tmp_path, 443), addresses())
-    assert plan.models == ("big:latest", "only-busy:latest", "tiny:latest")
+    assert plan.models == ("big:latest", "only-busy:latest", "small:latest", "tiny:latest")
     assert [m.name for m in plan.any_pool.members] == ["alpha", "beta", "busy", "gw"]
     assert [m.name for m in plan.pool_of("tiny:latest").members] == ["alpha", "beta"]
+    assert [m.name for m in plan.pool_of("small:latest").members] == ["alpha", "beta"]
+    # One pool per model, even on the same hosts: nginx caps a host per pool, Ollama per model.
+    assert plan.pool_of("small:latest") != plan.pool_of("tiny:latest")
+    assert [pool.models for pool in plan.pools[1:]] == [(m,) for m in plan.models]
     assert [m.name for m in plan.pool_of("big:latest").members] == ["beta", "busy"]
     assert [m.name for m in plan.pool_of("only-busy:latest").members] == ["busy"]
     assert {m.peer for m in plan.members} == {
@@ -374,9 +378,10 @@ def test_the_model_lists_are_every_hosts_models(gateway: Gateway) -> None:
     with gateway.client() as client:
         listed = client.get("/v1/models", headers=_bearer(ALICE_KEY)).json()
         tags = client.get("/api/tags", headers=_bearer(ALICE_KEY)).json()
-    assert [m["id"] for m in listed["data"]] == ["big:latest", "only-busy:latest", "tiny:latest"]
+    every = ["big:latest", "only-busy:latest", "small:latest", "tiny:latest"]
+    assert [m["id"] for m in listed["data"]] == every
     assert listed["object"] == "list" and listed["data"][0]["object"] == "model"
-    assert [m["name"] for m in tags["models"]] == ["big:latest", "only-busy:latest", "tiny:latest"]
+    assert [m["name"] for m in tags["models"]] == every
 
 
 def test_a_request_naming_no_model_goes_to_any_host(gateway: Gateway) -> None:
@@ -424,7 +429,8 @@ def test_a_stream_through_the_gateway_is_not_buffered(gateway: Gateway) -> None:
 
 def test_each_host_takes_its_num_parallel_and_then_the_client_hears_to_retry(gateway: Gateway) -> None:
     """tiny's two hosts run OLLAMA_NUM_PARALLEL=1 (unset): with a stream held open on each, a third
-    request finds no host free and gets 503 with Retry-After, without reaching any host."""
+    request finds no host free and gets 503 with Retry-After, without reaching any host. Ollama's limit is
+    per model, and so is the gateway's: the same hosts still take a request for small."""
     body = _chat("tiny", stream=True)
     with gateway.client() as one, gateway.client() as two, gateway.client() as three:
         with (
@@ -437,12 +443,14 @@ def test_each_host_takes_its_num_parallel_and_then_the_client_hears_to_retry(gat
             assert next(line for line in second_lines if line).startswith("data: {")
             start = len(gateway.ollama.seen)
             busy = three.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
+            other_model = three.post("/v1/chat/completions", json=_chat("small"), headers=_bearer(ALICE_KEY))
             gateway.ollama.first_chunk_read.set()
         gateway.ollama.first_chunk_read.clear()
     assert busy.status_code == 503, busy.text
     assert busy.headers["retry-after"] == "1"
     assert busy.json()["error"]["code"] == "no_host_available"
-    assert len(gateway.ollama.seen) == start
+    assert other_model.status_code == 200, other_model.text
+    assert gateway.hosts_seen(start) in (["alpha"], ["beta"])  # small only: tiny's third never left
     with gateway.client() as client:  # both free again
         assert client.post("/api/chat", json=_chat("tiny"), headers=_bearer(ALICE_KEY)).status_code == 200
 

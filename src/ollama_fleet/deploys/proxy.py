@@ -87,7 +87,7 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
     if plan:
         logger.info(
             f"{host.print_prefix}gateway on port {s.gateway.port}: {len(plan.members)} host(s), "
-            f"{len(plan.models)} model(s) in {len(plan.pools) - 1} pool(s)"
+            f"{len(plan.models)} model(s), a pool each"
         )
     site = nginx.site_validated(
         name=f"Install the {SITE_NAME} site{' and gateway' if plan else ''} after nginx -t on a staging copy",
