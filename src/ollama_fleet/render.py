@@ -117,6 +117,7 @@ def render_nginx_site(
     if s.is_gateway and gateway is None:
         raise ValueError(f"{s.host} is a gateway (gateway_enabled): render its site with the fleet's plan")
     model_allow_list_js = allow_list_js_path if needs_njs(s) else None
+    policies = [(name, s.auth.policy(name)) for name in s.auth.key_names]
     return _render(
         s,
         s.nginx.site_template,
@@ -128,7 +129,8 @@ def render_nginx_site(
         upstream_host=f"localhost:{s.ollama.listen_port}",
         origin_patterns=[origin_regex(origin) for origin in s.ollama.origins],
         inference_paths=INFERENCE_PATHS,
-        policies=[(name, s.auth.policy(name)) for name in s.auth.key_names],
+        policies=policies,
+        limited=[(name, policy) for name, policy in policies if policy.rate or policy.concurrency],
         json_errors=JSON_ERRORS,
         model_allow_list_js=model_allow_list_js,
         lan_models=lan_models(s),

@@ -210,8 +210,14 @@ def _backends(tmp: Path, ca: FleetCA, port: int, ollama: FakeOllama, names: dict
 
 @contextlib.contextmanager
 def running_gateway(
-    tmp: Path, ca: FleetCA, names: dict[str, str] | None = None, drained: tuple[str, ...] = ()
+    tmp: Path,
+    ca: FleetCA,
+    names: dict[str, str] | None = None,
+    drained: tuple[str, ...] = (),
+    gw_address: str = "127.0.0.6",
+    **gw_data: Any,
 ) -> Iterator[Gateway]:
+    """The gateway host's site (its own API on 127.0.0.1, its gateway) and the other hosts' servers."""
     ollama = _fake_ollama()
     port, gateway_port = _free_port(), _free_port()
     fleet = fleet_of(
@@ -220,8 +226,9 @@ def running_gateway(
         gateway_port=gateway_port,
         ollama_listen=f"127.0.0.1:{ollama.port}",
         gateway_server_names=["localhost"],
+        **gw_data,
     )
-    plan = gateway_plan(fleet, addresses())
+    plan = gateway_plan(fleet, addresses(gw_address))
     s = fleet["gw"]
     conf = _gateway_prefix(tmp, s, ca, plan, _backends(tmp, ca, port, ollama, names or {}), drained)
     process = subprocess.Popen(
@@ -453,6 +460,42 @@ def test_each_host_takes_its_num_parallel_and_then_the_client_hears_to_retry(gat
     assert gateway.hosts_seen(start) in (["alpha"], ["beta"])  # small only: tiny's third never left
     with gateway.client() as client:  # both free again
         assert client.post("/api/chat", json=_chat("tiny"), headers=_bearer(ALICE_KEY)).status_code == 200
+
+
+def test_a_request_the_gateway_sends_its_own_host_counts_once_against_the_keys_limits(
+    tmp_path: Path, ca: FleetCA
+) -> None:
+    """The gateway host serves `own` too: the gateway dials its own API (on its own address), and both
+    servers count the key in the same zones. alice may have one request in flight and three in a minute
+    (one and a burst of two): each of three through the gateway is counted there, not again by the API it
+    was sent to (counted twice, the first would take the concurrency and the second the burst). Her
+    request straight to that API, from another address, counts: it is the fourth, refused."""
+    with running_gateway(
+        tmp_path,
+        ca,
+        gw_address="127.0.0.1",  # where the test runs the gateway host's own API
+        nginx_server_names=["localhost"],  # the name its certificate carries here
+        models_pull=["own"],
+        auth_key_policies={"alice": {"concurrency": 1, "rate": "1r/m", "burst": 2}},
+    ) as gateway:
+        with gateway.client() as client:
+            for _ in range(3):
+                response = client.post("/api/chat", json=_chat("own"), headers=_bearer(ALICE_KEY))
+                assert response.status_code == 200, response.text
+        lines = logged_lines(tmp_path / "ollama-fleet.access.log", "POST /api/chat")
+        assert len(lines) == 3 and all(line.startswith("127.0.0.1 - key=alice") for line in lines), lines
+        api_port = re.search(
+            r"listen 127\.0\.0\.1:(\d+) ssl default_server;", (tmp_path / "site.conf").read_text()
+        )
+        assert api_port is not None
+        elsewhere = httpx.HTTPTransport(verify=_strict_context(gateway.ca_file), local_address="127.0.0.7")
+        with httpx.Client(transport=elsewhere, timeout=20) as direct:
+            url = f"https://localhost:{api_port[1]}/api/chat"
+            refused = direct.post(url, json=_chat("own"), headers=_bearer(ALICE_KEY))
+    assert refused.status_code == 429, refused.text
+    assert re.search(
+        r"limiting requests, excess: 3\.000 .* client: 127\.0\.0\.7", (tmp_path / "error.log").read_text()
+    )
 
 
 def test_a_host_whose_certificate_does_not_name_it_gets_nothing(tmp_path: Path, ca: FleetCA) -> None:
