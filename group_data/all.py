@@ -198,6 +198,9 @@ gateway_keepalive_timeout = 10
 gateway_cap_at_num_parallel = True
 # Set on a fleet host (not on the gateway): the gateways send it nothing (`down`); it still serves directly.
 gateway_drain = False
+# Set on a gateway host that should serve the gateway only: no Ollama (stopped and disabled if installed,
+# its releases and models left on disk), no API port of its own, no models_*, no health timer.
+gateway_only = False
 
 # --- deploy_*: how a run goes about a host --------------------------------------------------------------
 # A host exactly as its last verified deploy left it (one state read, compared with what that deploy

@@ -81,8 +81,8 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
     members: dict[str, Member] = {}
     served: dict[str, list[str]] = {}
     for name, s in fleet.items():
-        if not s.nginx.enabled:
-            continue  # no TLS endpoint to balance over
+        if not s.is_gateway_member:
+            continue  # no API behind TLS to balance over
         address = addresses.get(name)
         try:
             ipaddress.ip_address(address or "")
@@ -103,7 +103,10 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
         for model in dict.fromkeys(s.models.names()):
             served.setdefault(model, []).append(name)
     if not members:
-        raise GatewayError("no host of the inventory has nginx_enabled: the gateway has nothing to balance")
+        raise GatewayError(
+            "no host of the inventory serves its API through nginx (nginx_enabled, not gateway_only): the "
+            "gateway has nothing to balance"
+        )
     pools = [Pool("ollama_fleet_gw_all", tuple(members.values()), ())]
     for index, model in enumerate(sorted(served), start=1):
         pools.append(Pool(f"ollama_fleet_gw_{index}", tuple(members[h] for h in served[model]), (model,)))

@@ -89,9 +89,14 @@ class Gateway:
 
 
 def write_inventory(
-    fleet: DeployedFleet, path: Path, drained: str | None = None, gateways: tuple[str, ...] = ()
+    fleet: DeployedFleet,
+    path: Path,
+    drained: str | None = None,
+    gateways: tuple[str, ...] = (),
+    gateway_only: str | None = None,
 ) -> Path:
-    """The lab's inventory with lab-1 (or `gateways`) in the group `gateway` and the model lists above."""
+    """The lab's inventory with lab-1 (or `gateways`) in the group `gateway` and the model lists above
+    (none on a `gateway_only` host)."""
     two, three = fleet.hosts[1], fleet.hosts[2]
     path.write_text(
         Path(fleet.lab.inventory_path).read_text()
@@ -103,6 +108,8 @@ def write_inventory(
         + "        data = {**data, 'models_custom': []}\n"
         + f"    if name == {drained!r}:\n"
         + "        data = {**data, 'gateway_drain': True}\n"
+        + f"    if name == {gateway_only!r}:\n"
+        + "        data = {**data, 'gateway_only': True, 'models_gguf': {}, 'models_custom': []}\n"
         + "    return name, data\n"
         + "lab_rest = [_models(n, d) for n, d in lab_rest]\n"
         + "lab_hosts = lab_canary + lab_rest\n"
@@ -418,3 +425,48 @@ def test_a_second_gateway_serves_the_same_fleet_and_goes_when_the_group_drops_it
         assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     assert gateway.fleet.ssh_ok(three, f"ss -Htln 'sport = :{PORT}'").strip() == ""  # nothing listens
     assert f"{PORT}/tcp" not in gateway.fleet.ssh_ok(three, "ufw status")  # and ufw no longer opens it
+
+
+def test_a_gateway_only_host_serves_the_fleet_with_no_ollama_of_its_own(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """lab-3 as the fleet's one gateway and nothing else (gateway_only): its Ollama stopped and disabled,
+    its own API port closed; the openai client through it answers every model of lab-1 and lab-2, streamed
+    and not; every operation of a second deploy finds nothing to do; verify checks it as its gateway.
+    Deployed as before, it serves again."""
+    three = gateway.fleet.hosts[2]
+    only = write_inventory(gateway.fleet, tmp_path / "fleet.py", gateways=(three,), gateway_only=three)
+    try:
+        done = gateway.deploy(only)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert gateway.fleet.ssh_ok(three, "systemctl is-active ollama || true").strip() == "inactive"
+        assert gateway.fleet.ssh_ok(three, "systemctl is-enabled ollama || true").strip() == "disabled"
+        assert gateway.fleet.ssh_ok(three, "ss -Htln 'sport = :443'").strip() == ""  # no API of its own
+        assert "443/tcp" not in gateway.fleet.ssh_ok(three, "ufw status")
+        only_gateway = Gateway(gateway.fleet, only, host_index=2)
+        with only_gateway.openai() as client:
+            assert sorted(m.id for m in client.models.list()) == MODELS
+            for model in MODELS:
+                reply = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
+                assert reply.choices[0].message.content, model
+                stream = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+                )
+                assert [c for c in stream if c.choices and c.choices[0].delta.content], model
+        again = gateway.deploy(only, "--data", "deploy_fast_rerun=false")
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert changed(again.stdout) == {}
+        verified = gateway.fleet.run(
+            [sys.executable, "-m", "ollama_fleet.cli", "verify", str(only), "--json", "--quick"]
+        )
+        assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+        checked = statuses(json.loads(verified.stdout))
+        assert f"{three}/gateway" in checked and three not in checked, sorted(checked)
+        assert set(checked[f"{three}/gateway"].values()) == {"pass"}, checked
+    finally:
+        restored = gateway.deploy()
+        assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert gateway.fleet.ssh_ok(three, "systemctl is-active ollama").strip() == "active"
+    assert gateway.fleet.ssh_ok(three, f"ss -Htln 'sport = :{PORT}'").strip() == ""

@@ -18,8 +18,9 @@ from ollama_fleet.settings import FleetSettings
 
 def wanted_rules(s: FleetSettings) -> list[ufw.Rule]:
     f = s.firewall
-    client_ports = [s.nginx.https_port] if s.nginx.enabled else []
-    if s.nginx.enabled and s.nginx.http_redirect:
+    api = s.nginx.enabled and s.serves_api  # a gateway_only host has no API port of its own
+    client_ports = [s.nginx.https_port] if api else []
+    if api and s.nginx.http_redirect:
         client_ports.append(s.nginx.http_port)
     if s.is_gateway:
         client_ports.append(s.gateway.port)
@@ -32,10 +33,9 @@ def guarded_ports(s: FleetSettings) -> dict[int, tuple[str, list[ufw.IPNetwork]]
     f, nginx = s.firewall, s.nginx
     guarded: dict[int, tuple[str, list[ufw.IPNetwork]]] = {s.ollama.listen_port: ("ollama_listen", [])}
     if nginx.enabled:
-        guarded[nginx.https_port] = ("firewall_client_subnets", list(f.client_subnets))
-        guarded[nginx.http_port] = (
-            ("firewall_client_subnets", list(f.client_subnets)) if nginx.http_redirect else ("", [])
-        )
+        api = ("firewall_client_subnets", list(f.client_subnets)) if s.serves_api else ("", [])
+        guarded[nginx.https_port] = api
+        guarded[nginx.http_port] = api if nginx.http_redirect else ("", [])
     if s.is_gateway:
         guarded[s.gateway.port] = ("firewall_client_subnets", list(f.client_subnets))
     guarded[f.ssh_port] = ("firewall_admin_subnets", list(f.admin_subnets))

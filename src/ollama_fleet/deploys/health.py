@@ -17,8 +17,8 @@ from ollama_fleet.settings import FleetSettings
 
 @deploy("Ollama health timer")
 def health_monitoring(s: FleetSettings) -> None:
-    """Install (or, when health_enabled is false, remove) the health check timer."""
-    if not s.health.enabled:
+    """Install (or, when health_enabled is false or there is no Ollama to check, remove) the health timer."""
+    if not (s.health.enabled and s.serves_api):
         _remove_health_monitoring()
         return
     packages.packages_installed(name="Install python3 for the health check", packages=["python3"])

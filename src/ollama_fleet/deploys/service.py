@@ -111,3 +111,12 @@ def ollama_service(
         install_dir=str(o.install_dir),
         rollback_to=rollback_to,
     )
+
+
+@deploy("Ollama stopped")
+def ollama_stopped() -> None:
+    """A gateway_only host runs no Ollama: stopped and disabled if an earlier deploy installed it (no change
+    where it never was). Its releases and models stay on disk for a deploy that makes it serve again."""
+    systemd.service(
+        name="Stop and disable Ollama (gateway_only)", service="ollama.service", running=False, enabled=False
+    )

@@ -17,7 +17,7 @@ from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
 from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy
-from ollama_fleet.deploys.service import api_base, ollama_service, rollback_target_for
+from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stopped, rollback_target_for
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
 from ollama_fleet.gateway import GatewayPlan
 from ollama_fleet.operations import connection, lock, release, ufw
@@ -46,10 +46,12 @@ def deploy_site() -> None:
     else:
         rollback_to, too_wide = whole_deploy(s, pair, plan)
     # Check the host from the controller as a client would; a host that does not work fails the run
-    # (and goes back to the release it served before, when this run changed it).
+    # (and goes back to the release it served before, when this run changed it). A gateway_only host has no
+    # API to check, but makes the call all the same: pyinfra orders operations by their place in each
+    # host's sequence, so its gateway's check below still comes after every host's own check.
     checked_like_a_client(
         name="Check the host like a client (ollama-fleet verify)",
-        target=target_for_settings(s, host.name, host_data(host)),
+        target=target_for_settings(s, host.name, host_data(host)) if s.serves_api else None,
         on_failure=failure_command(s, rollback_to),
     )
     if s.is_gateway:
@@ -60,8 +62,9 @@ def deploy_site() -> None:
             on_failure=fail_command,
         )
     if not fast:
-        # Only a verified release may make the previous one go.
-        prune_old_releases(s=s)
+        if s.serves_api:
+            # Only a verified release may make the previous one go.
+            prune_old_releases(s=s)
         # A host with a foreign rule to warn about is not recorded: each run warns again.
         if desired is not None and not too_wide:
             record_verified(s, desired)
@@ -77,17 +80,22 @@ def whole_deploy(
     if s.firewall.enabled:
         # First: the SSH rule is in place and ufw is on before any port starts listening.
         firewall(s=s, too_wide=too_wide)
-    # Read before anything is switched: the release serving now is the one to roll back to.
-    rollback_to = rollback_target_for(s)
-    restart_ollama_on: list[OperationMeta] = []
-    install_ollama(s=s, restart_triggers=restart_ollama_on)
-    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
+    rollback_to: str | None = None
+    if s.serves_api:
+        # Read before anything is switched: the release serving now is the one to roll back to.
+        rollback_to = rollback_target_for(s)
+        restart_ollama_on: list[OperationMeta] = []
+        install_ollama(s=s, restart_triggers=restart_ollama_on)
+        ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
+    else:
+        ollama_stopped()
     if pair is not None:  # nginx is enabled
         reload_nginx_on: list[OperationMeta] = []
         tls_material(s=s, pair=pair, reload_triggers=reload_nginx_on)
         nginx_proxy(s=s, plan=plan, reload_triggers=reload_nginx_on)
-    ollama_models(s=s)
-    health_monitoring(s=s)  # installs the timer, or removes it when health_enabled is false
+    if s.serves_api:
+        ollama_models(s=s)
+    health_monitoring(s=s)  # installs the timer, or removes it (health_enabled false, or gateway_only)
     return rollback_to, too_wide
 
 

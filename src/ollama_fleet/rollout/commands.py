@@ -98,7 +98,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     group_data = tuple(args.group_data or ())
     try:
         batch_size(args.batch, 1)  # a bad --batch is refused before the inventory is read
-        targets = {t.name: t for t in load_targets(args.inventory, None, group_data)}
+        targets = {t.settings.host: t for t in load_targets(args.inventory, None, group_data)}
         groups = load_groups(args.inventory, group_data)
         gateways = [] if args.no_drain else gateway_hosts(args.inventory, group_data)
         path = args.state or st.default_state_path(args.inventory)
@@ -173,10 +173,15 @@ def render_table(state: st.RolloutState) -> str:
 def run_rollback_command(args: argparse.Namespace) -> int:
     group_data = tuple(args.group_data or ())
     try:
-        targets = {t.name: t for t in load_targets(args.inventory, None, group_data)}
+        targets = {t.settings.host: t for t in load_targets(args.inventory, None, group_data)}
         chosen = select(targets, args.hosts)
     except (InventoryError, FleetSettingsError) as exc:
         _err(f"ollama-fleet rollback: {exc}")
+        return EXIT_BAD_INPUT
+    no_ollama = [host for host in chosen if not targets[host].settings.serves_api]
+    if no_ollama:
+        names = ", ".join(no_ollama)
+        _err(f"ollama-fleet rollback: {names} run no Ollama (gateway_only): nothing to roll back")
         return EXIT_BAD_INPUT
     deploy = str(resources.files("ollama_fleet") / "pyinfra_files" / "rollback.py")
     options = RolloutOptions(

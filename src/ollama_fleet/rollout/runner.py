@@ -61,7 +61,10 @@ def ssh_reachable(target: Target, timeout: float = SSH_TIMEOUT) -> str | None:
 
 
 def serving_version(target: Target, timeout: float) -> str:
-    """The version the host reports through its proxy, as a client sees it ("" when it does not answer)."""
+    """The version the host reports through its proxy, as a client sees it ("" when it does not answer, and
+    for a gateway_only host, which runs no Ollama: its gateway would answer for another host)."""
+    if target.is_gateway:
+        return ""
     key = target.settings.auth.keys[0].key.get_secret_value() if target.settings.auth.keys else None
     try:
         with make_client(target, timeout) as client:
@@ -138,7 +141,9 @@ def verify_batch(targets: Sequence[Target], timeout: float) -> dict[str, str]:
     """Host -> failure summary, for the hosts that fail the full client check (hosts checked at once)."""
     report = verify_fleet(targets, timeout=timeout)
     by_name = {t.name: t for t in targets}
-    failures = {h.host: failure_summary(by_name[h.host], list(h.results)) for h in report.hosts}
+    failures = {
+        by_name[h.host].settings.host: failure_summary(by_name[h.host], list(h.results)) for h in report.hosts
+    }
     return {host: f"verify failed: {summary}" for host, summary in failures.items() if summary}
 
 

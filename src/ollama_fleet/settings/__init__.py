@@ -100,6 +100,8 @@ class FleetSettings(BaseModel):
             self._check_seed()
         if self.gateway.enabled:
             self._check_gateway()
+        if self.gateway.only:
+            self._check_gateway_only()
         known = set(self.models.names())
         for custom in self.models.custom:
             base = listed_name(custom.base)
@@ -132,6 +134,31 @@ class FleetSettings(BaseModel):
                 "gateway_enabled: the gateway checks the hosts' certificates against the fleet CA; set "
                 "tls_mode to 'fleet_ca' on the gateway host"
             )
+
+    def _check_gateway_only(self) -> None:
+        if not self.is_gateway:
+            raise ValueError(
+                f"gateway_only: {self.host} is not a gateway; put it in the inventory group `gateway` (or "
+                "set gateway_enabled true), or drop gateway_only"
+            )
+        models = [f"models_{key}" for key in ("pull", "gguf", "custom") if getattr(self.models, key)]
+        if models:
+            raise ValueError(
+                f"gateway_only: this host runs no Ollama, so it serves no models; empty {', '.join(models)} "
+                "for it (the gateway routes each model to the hosts that list it)"
+            )
+        if self.is_model_seed:
+            raise ValueError("gateway_only: the models seed serves models from its Ollama; name another host")
+
+    @property
+    def serves_api(self) -> bool:
+        """This host runs Ollama behind its own API (every host but a gateway_only one)."""
+        return not (self.is_gateway and self.gateway.only)
+
+    @property
+    def is_gateway_member(self) -> bool:
+        """The fleet's gateways balance over this host: it serves its own API through nginx."""
+        return self.serves_api and self.nginx.enabled
 
     @property
     def is_gateway(self) -> bool:

@@ -30,6 +30,8 @@ class GatewaySettings(Section):
     # host is tried, and with all busy the client gets 503. False: no cap (Ollama queues).
     cap_at_num_parallel: bool = True
     drain: bool = False  # on a fleet host: the gateways send it nothing (`down`); it keeps serving directly
+    # On a gateway host: it serves the gateway only (no Ollama, no API of its own, no models).
+    only: bool = False
 
     @field_validator("server_names")
     @classmethod

@@ -39,18 +39,18 @@ def changed_operations(state: object, on: Host) -> list[str]:
 
 @operation()
 def checked_like_a_client(
-    target: Target,
+    target: Target | None,
     on_failure: FailureCommand,
     timeout: float = AFTER_DEPLOY_TIMEOUT,
 ) -> Generator[str, None, None]:
     """
     Check the host like a client (the full check if this run changed it, else the quick one).
 
-    + target: the host as `ollama-fleet verify` sees it
+    + target: the host as `ollama-fleet verify` sees it (None: nothing to check on this host)
     + on_failure: builds the command that fails the host from the failure text
     + timeout: seconds per request
     """
-    if not host.state.is_executing:
+    if target is None or not host.state.is_executing:
         return  # reads the host from outside: nothing to plan
     changed = changed_operations(host.state, host)
     depth = "full" if changed else "quick"

@@ -101,7 +101,9 @@ def _targets(args: argparse.Namespace, gateways: bool = False) -> list[Target] |
     try:
         targets = load_targets(args.inventory, args.hosts, args.group_data or ())
         if gateways:
-            targets += load_gateway_targets(args.inventory, args.hosts, args.group_data or ())
+            checked = {t.name for t in targets}  # a gateway_only host's target is its gateway already
+            more = load_gateway_targets(args.inventory, args.hosts, args.group_data or ())
+            targets += [g for g in more if g.name not in checked]
         return targets
     except (InventoryError, FleetSettingsError) as exc:
         print(f"ollama-fleet: {exc}", file=sys.stderr)

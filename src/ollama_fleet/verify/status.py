@@ -95,6 +95,8 @@ def read_status(target: Target) -> HealthStatus:
     health = target.settings.health
     if not health.enabled:
         return HealthStatus(target.name, "ok", "health timer disabled by settings (health_enabled false)")
+    if not target.settings.serves_api:
+        return HealthStatus(target.name, "ok", "no health timer: gateway_only, no Ollama to check")
     try:
         done = subprocess.run(
             ssh_argv(target, REMOTE_COMMAND), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False

@@ -138,7 +138,8 @@ def load_targets(
     group_data: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
 ) -> list[Target]:
-    """Every selected host of the inventory with its settings; all settings problems are raised at once."""
+    """Every selected host of the inventory with its settings; all settings problems are raised at once.
+    A gateway_only host has no API of its own: a client checks its gateway (`<host>/gateway`)."""
     environ = os.environ if environ is None else environ
     missing = [d for d in group_data if not Path(d).is_dir()]
     if missing:
@@ -152,7 +153,12 @@ def load_targets(
             errors.append(exc)
     if errors:
         raise FleetSettingsError(errors)
-    return targets
+    if all(t.settings.serves_api for t in targets):
+        return targets
+    fleet = _fleet_settings(hosts, environ).values()
+    return [
+        t if t.settings.serves_api else gateway_target(t.settings, t.name, t.data, fleet) for t in targets
+    ]
 
 
 def load_gateway_targets(
@@ -165,12 +171,7 @@ def load_gateway_targets(
     host of the whole inventory serves."""
     environ = os.environ if environ is None else environ
     hosts = load_inventory(inventory, group_data)
-    fleet = {}
-    for name, data in hosts.items():
-        try:
-            fleet[name] = settings_for_host(name, data, environ)
-        except SettingsError as exc:
-            raise FleetSettingsError([exc]) from None
+    fleet = _fleet_settings(hosts, environ)
     return [
         gateway_target(fleet[name], name, hosts[name], fleet.values())
         for name in select(hosts, wanted)
@@ -178,11 +179,24 @@ def load_gateway_targets(
     ]
 
 
+def _fleet_settings(
+    hosts: Mapping[str, Mapping[str, Any]], environ: Mapping[str, str]
+) -> dict[str, FleetSettings]:
+    """Every inventory host's settings (a gateway routes to all of them); the first problem is raised."""
+    fleet = {}
+    for name, data in hosts.items():
+        try:
+            fleet[name] = settings_for_host(name, data, environ)
+        except SettingsError as exc:
+            raise FleetSettingsError([exc]) from None
+    return fleet
+
+
 def gateway_target(
     settings: FleetSettings, name: str, data: Mapping[str, Any], fleet: Iterable[FleetSettings]
 ) -> Target:
     """The gateway on host `name`, which must route every model some host of `fleet` serves."""
-    models = sorted({m for s in fleet if s.nginx.enabled for m in s.models.names()})
+    models = sorted({m for s in fleet if s.is_gateway_member for m in s.models.names()})
     address = str(data.get("ssh_hostname") or name)
     return Target(f"{name}/gateway", address, settings, dict(data), gateway_models=tuple(models))
 
