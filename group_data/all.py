@@ -196,6 +196,11 @@ gateway_keepalive_timeout = 10
 # limit is per model too); with every host of a model busy the client gets 503 (retry). False: no cap,
 # Ollama queues (OLLAMA_MAX_QUEUE).
 gateway_cap_at_num_parallel = True
+# Send a request first to a host that has its model loaded (Ollama's /api/ps, which each host's nginx reads
+# when the gateway asks: a host without it answers 404 at once and the next is tried); with none loaded, to
+# any host (least_conn). Saves a model load (seconds, and evicting another model) on every cold host it
+# would have picked. False: least_conn alone.
+gateway_prefer_loaded = True
 # Set on a fleet host (not on the gateway): the gateways send it nothing (`down`); it still serves directly.
 gateway_drain = False
 # Set on a gateway host that should serve the gateway only: no Ollama (stopped and disabled if installed,

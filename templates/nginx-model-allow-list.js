@@ -1,5 +1,5 @@
 // ollama-fleet: a key's model allow-list, checked by nginx (njs) before the request reaches Ollama, and
-// the gateway's routing by model (route, below).
+// the gateway's routing by model (route, below), and a host's answer to a gateway's first try (ifLoaded).
 // nginx sends here only requests of keys that have a list ($ollama_fleet_key_models: the names, space
 // separated, as /api/tags lists them). A request naming another model, or no model, gets an OpenAI-shaped
 // 403 or 400; one naming an allowed model goes on to Ollama unchanged (body and streaming included).
@@ -72,9 +72,38 @@ function check(r) {
         r.internalRedirect("@ollama_fleet_upstream"); // nothing named: listing, version, ...
         return;
     }
-    if (keyAllows(r, model)) {
-        r.internalRedirect("@ollama_fleet_upstream");
+    if (!keyAllows(r, model)) {
+        return;
     }
+    if (r.headersIn["X-Ollama-Fleet-If-Loaded"]) {
+        ifLoaded(r);
+        return;
+    }
+    r.internalRedirect("@ollama_fleet_upstream");
+}
+
+function ifLoaded(r) {
+    // A fleet gateway's first try: the header names the model as /api/tags lists it. Taken only when this
+    // host's Ollama has it loaded (/api/ps); else 404 at once, and the gateway tries its next host.
+    var wanted = r.headersIn["X-Ollama-Fleet-If-Loaded"];
+    ngx.fetch(r.variables.ollama_fleet_ollama + "/api/ps")
+        .then(function (reply) {
+            return reply.json();
+        })
+        .then(function (ps) {
+            var loaded = (ps.models || []).map(function (m) {
+                return listedName(m.name || m.model || "");
+            });
+            if (loaded.indexOf(wanted) >= 0) {
+                r.internalRedirect("@ollama_fleet_upstream");
+            } else {
+                refuse(r, 404, "model_not_loaded", "The model '" + wanted + "' is not loaded on this host " +
+                    "(a fleet gateway asked for a host that has it loaded).");
+            }
+        })
+        .catch(function () {
+            r.internalRedirect("@ollama_fleet_upstream"); // cannot tell: Ollama answers for itself
+        });
 }
 
 function route(r) {
@@ -106,4 +135,4 @@ function route(r) {
     r.internalRedirect(pool);
 }
 
-export default {check: check, route: route, listedName: listedName};
+export default {check: check, ifLoaded: ifLoaded, route: route, listedName: listedName};

@@ -113,6 +113,16 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
     return GatewayPlan(tuple(pools), tuple(sorted(served)))
 
 
+IF_LOADED_HEADER = "X-Ollama-Fleet-If-Loaded"
+"""On a gateway's first try of a request: the model (as /api/tags lists it) the host must have loaded."""
+
+
+def answers_loaded_check(s: FleetSettings, fleet: Iterable[FleetSettings]) -> bool:
+    """Whether host `s` must answer a gateway's first try (a gateway that prefers loaded hosts balances
+    over it): its nginx then asks its Ollama's /api/ps, with njs."""
+    return s.is_gateway_member and any(g.is_gateway and g.gateway.prefer_loaded for g in fleet)
+
+
 def tags_json(plan: GatewayPlan) -> str:
     """/api/tags of the gateway: every model some host serves, in Ollama's shape (names only)."""
     models = [{"name": m, "model": m} for m in plan.models]

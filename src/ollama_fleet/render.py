@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from ollama_fleet.gateway import GatewayPlan, openai_models_json, tags_json
+from ollama_fleet.gateway import IF_LOADED_HEADER, GatewayPlan, openai_models_json, tags_json
 from ollama_fleet.settings import CustomModel, FleetSettings
 from ollama_fleet.settings.rules import ModelReference, model_reference
 
@@ -108,15 +108,17 @@ def render_nginx_site(
     api_keys_path: PurePosixPath = API_KEYS_PATH,
     allow_list_js_path: PurePosixPath = MODEL_ALLOW_LIST_JS_PATH,
     gateway: GatewayPlan | None = None,
+    loaded_check: bool = False,
 ) -> str:
     """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama;
     on a gateway host (`gateway`: the fleet's plan) also the gateway server, balancing over the hosts.
+    `loaded_check` (gateway.answers_loaded_check): a gateway's first try is taken only with the model loaded.
 
     `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there.
     """
     if s.is_gateway and gateway is None:
         raise ValueError(f"{s.host} is a gateway (gateway_enabled): render its site with the fleet's plan")
-    model_allow_list_js = allow_list_js_path if needs_njs(s) else None
+    model_allow_list_js = allow_list_js_path if needs_njs(s, loaded_check) else None
     policies = [(name, s.auth.policy(name)) for name in s.auth.key_names]
     return _render(
         s,
@@ -136,6 +138,8 @@ def render_nginx_site(
         lan_models=lan_models(s),
         lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
         gateway=gateway,
+        loaded_check=loaded_check,
+        if_loaded_header=IF_LOADED_HEADER,
         gateway_server_names=" ".join(dict.fromkeys([*s.server_names, *s.gateway.server_names])),
         gateway_errors=GATEWAY_ERRORS,
         tags_json=tags_json(gateway) if gateway else "",
@@ -150,9 +154,11 @@ def lan_models(s: FleetSettings) -> list[tuple[ModelReference, ModelReference]]:
     return [(model_reference(n).on_lan(local), model_reference(n)) for n, local in s.models.fanned_out()]
 
 
-def needs_njs(s: FleetSettings) -> bool:
-    """A key with a model allow-list, or the gateway: nginx needs njs to read the model from the body."""
-    return s.is_gateway or (s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names))
+def needs_njs(s: FleetSettings, loaded_check: bool = False) -> bool:
+    """A key with a model allow-list, or the gateway: nginx needs njs to read the model from the body; a
+    gateway's first try (`loaded_check`): to ask Ollama's /api/ps."""
+    allow_lists = s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)
+    return s.is_gateway or loaded_check or allow_lists
 
 
 def model_allow_list_js(s: FleetSettings) -> str:

@@ -167,7 +167,7 @@ def test_the_model_lists_are_the_union(tmp_path: Path) -> None:
     site = render.render_nginx_site(fleet_of(tmp_path, 443)["gw"], gateway=plan)
     assert '"tiny:latest" @ollama_fleet_gw_' in site
     assert "server 127.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s;  # alpha" in site
-    assert '"~(^|, )127[.]0[.]0[.]2:443$" "alpha";' in site
+    assert '"~(^|, | : )127[.]0[.]0[.]2:443$" "alpha";' in site
 
 
 # --- the gateway under a real nginx ---
@@ -187,8 +187,17 @@ class Gateway:
         return [str(seen["headers"].get("X-Test-Host")) for seen in self.ollama.seen[start:]]
 
 
-def _backends(tmp: Path, ca: FleetCA, port: int, ollama: FakeOllama, names: dict[str, str]) -> str:
-    """One TLS server per host; `names`: the name each one's certificate carries."""
+def _backends(
+    tmp: Path,
+    ca: FleetCA,
+    port: int,
+    ollama: FakeOllama,
+    names: dict[str, str],
+    loaded: dict[str, list[str]] | None = None,
+) -> str:
+    """One TLS server per host; `names`: the name each one's certificate carries. With `loaded` (host ->
+    the models it has loaded), a host answers a gateway's first try for another model with 404, as a
+    fleet host's nginx does (test_render tests that side)."""
     blocks = []
     for host, (ip, _) in HOSTS.items():
         cert, key = ca.issue(names.get(host, host), [names.get(host, host)])
@@ -200,6 +209,12 @@ def _backends(tmp: Path, ca: FleetCA, port: int, ollama: FakeOllama, names: dict
             else f"proxy_pass http://127.0.0.1:{ollama.port}; proxy_buffering off; "
             f"proxy_set_header X-Test-Host {host};"
         )
+        if loaded is not None and host in loaded:
+            models = "|".join(loaded[host])
+            answer = (
+                f'if ($http_x_ollama_fleet_if_loaded ~ "^(?!(?:{models})$).") '
+                '{ return 404 \'{"error": {"code": "model_not_loaded"}}\'; } ' + answer
+            )
         blocks.append(
             f"server {{ listen {ip}:{port} ssl; ssl_certificate {tmp}/{host}.crt; "
             f"ssl_certificate_key {tmp}/{host}.key; access_log {tmp}/{host}.access.log; "
@@ -215,6 +230,7 @@ def running_gateway(
     names: dict[str, str] | None = None,
     drained: tuple[str, ...] = (),
     gw_address: str = "127.0.0.6",
+    loaded: dict[str, list[str]] | None = None,
     **gw_data: Any,
 ) -> Iterator[Gateway]:
     """The gateway host's site (its own API on 127.0.0.1, its gateway) and the other hosts' servers."""
@@ -230,7 +246,8 @@ def running_gateway(
     )
     plan = gateway_plan(fleet, addresses(gw_address))
     s = fleet["gw"]
-    conf = _gateway_prefix(tmp, s, ca, plan, _backends(tmp, ca, port, ollama, names or {}), drained)
+    backends = _backends(tmp, ca, port, ollama, names or {}, loaded)
+    conf = _gateway_prefix(tmp, s, ca, plan, backends, drained)
     process = subprocess.Popen(
         [_binary("nginx"), "-p", str(tmp), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -506,3 +523,47 @@ def test_a_host_whose_certificate_does_not_name_it_gets_nothing(tmp_path: Path, 
             assert response.status_code == 200, response.text
         assert set(gateway.hosts_seen()) == {"beta"}
         assert 'upstream SSL certificate does not match "alpha"' in (tmp_path / "error.log").read_text()
+
+
+def test_a_model_goes_first_to_a_host_that_has_it_loaded(tmp_path: Path, ca: FleetCA) -> None:
+    """beta has tiny loaded, alpha nothing: every tiny request ends on beta (alpha, when least_conn picks it
+    first, answers 404 and beta is tried next). small is loaded nowhere: both answer the first try with 404,
+    and the second goes to any host (least_conn)."""
+    with running_gateway(tmp_path, ca, loaded={"alpha": [], "beta": ["tiny:latest"]}) as gateway:
+        with gateway.client() as client:
+            for model in ("tiny", "small"):
+                start = len(gateway.ollama.seen)
+                for _ in range(6):
+                    response = client.post("/api/chat", json=_chat(model), headers=_bearer(ALICE_KEY))
+                    assert response.status_code == 200, response.text
+                seen = gateway.hosts_seen(start)
+                assert len(seen) == 6 and (model == "small" or set(seen) == {"beta"}), (model, seen)
+        log = gateway.prefix / "ollama-fleet-gateway.access.log"
+        tiny = logged_lines(log, 'model="tiny:latest"')
+        small = logged_lines(log, 'model="small:latest"')
+    assert len(tiny) == 6 and all(" 200 " in line for line in tiny), tiny
+    assert any('upstream_status="404, 200"' in line for line in tiny), tiny  # alpha first, then beta
+    assert all('upstream_status="404, 404 : 200"' in line for line in small), small  # both, then any
+
+
+def test_with_the_loaded_host_busy_the_next_request_goes_to_one_without_it(
+    tmp_path: Path, ca: FleetCA
+) -> None:
+    """beta (tiny loaded) holds a stream at its OLLAMA_NUM_PARALLEL (1): the next tiny request is not kept
+    waiting for it but served by alpha, which has to load tiny."""
+    with running_gateway(tmp_path, ca, loaded={"alpha": [], "beta": ["tiny:latest"]}) as gateway:
+        body = _chat("tiny", stream=True)
+        with (
+            gateway.client() as one,
+            gateway.client() as two,
+            one.stream("POST", "/v1/chat/completions", json=body, headers=_bearer(ALICE_KEY)) as held,
+        ):
+            held_lines = held.iter_lines()  # stays referenced: a dropped iterator closes its connection
+            assert next(line for line in held_lines if line).startswith("data: {")
+            start = len(gateway.ollama.seen)
+            response = two.post("/api/chat", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
+            gateway.ollama.first_chunk_read.set()
+        gateway.ollama.first_chunk_read.clear()
+        assert gateway.hosts_seen(0)[0] == "beta"  # the stream
+    assert response.status_code == 200, response.text
+    assert gateway.hosts_seen(start) == ["alpha"]

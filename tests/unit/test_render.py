@@ -214,6 +214,7 @@ class FakeOllama:
     seen: list[dict[str, Any]] = field(default_factory=list)
     first_chunk_read: threading.Event = field(default_factory=threading.Event)
     streamed_before_finish: list[bool] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)  # what /api/ps lists
 
     @property
     def port(self) -> int:
@@ -237,7 +238,10 @@ def _fake_ollama() -> FakeOllama:
             )
             if self.path == "/v1/chat/completions" and b'"stream"' in body:
                 return self._stream()
-            text = b"Ollama is running" if self.path == "/" else json.dumps({"path": self.path}).encode()
+            answer: dict[str, Any] = {"path": self.path}
+            if self.path == "/api/ps":
+                answer["models"] = [{"name": name, "model": name} for name in fake.loaded]
+            text = b"Ollama is running" if self.path == "/" else json.dumps(answer).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(text)))
@@ -300,7 +304,7 @@ def _binary(name: str) -> str:
     return found
 
 
-def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
+def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, loaded_check: bool = False) -> Path:
     """A self-contained nginx prefix holding the rendered site, its keys include and a host certificate."""
     tls = render.tls_paths(s)
     Path(tls.cert).parent.mkdir(parents=True)
@@ -311,7 +315,10 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA) -> Path:
     keys.write_text(render.render_api_keys(s))
     allow_list_js = render.builtin_templates_dir() / render.MODEL_ALLOW_LIST_JS
     site = render.render_nginx_site(
-        s, api_keys_path=PurePosixPath(keys), allow_list_js_path=PurePosixPath(allow_list_js)
+        s,
+        api_keys_path=PurePosixPath(keys),
+        allow_list_js_path=PurePosixPath(allow_list_js),
+        loaded_check=loaded_check,
     )
     # The lab and real hosts listen on every address; the test listens on loopback only.
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
@@ -339,7 +346,7 @@ def nginx_config_test(conf: Path) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def running_nginx(tmp: Path, ca: FleetCA, **data: Any) -> Iterator[Proxy]:
+def running_nginx(tmp: Path, ca: FleetCA, loaded_check: bool = False, **data: Any) -> Iterator[Proxy]:
     """nginx serving the rendered site on loopback in front of a fake Ollama, for the `with` block."""
     upstream = _fake_ollama()
     https_port, http_port = _free_port(), _free_port()
@@ -356,7 +363,7 @@ def running_nginx(tmp: Path, ca: FleetCA, **data: Any) -> Iterator[Proxy]:
             **data,
         },
     )
-    conf = _nginx_prefix(tmp, s, ca)
+    conf = _nginx_prefix(tmp, s, ca, loaded_check)
     process = subprocess.Popen(
         [_binary("nginx"), "-p", str(tmp), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -828,9 +835,11 @@ def allow_listed(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Itera
         yield running
 
 
-def _chat(client: httpx.Client, key: str, body: object) -> httpx.Response:
+def _chat(
+    client: httpx.Client, key: str, body: object, headers: dict[str, str] | None = None
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.post("/v1/chat/completions", content=content, headers=_bearer(key))
+    return client.post("/v1/chat/completions", content=content, headers={**_bearer(key), **(headers or {})})
 
 
 @pytest.mark.parametrize(
@@ -896,3 +905,75 @@ def test_the_model_check_is_left_out_when_no_key_has_a_list(tmp_path: Path) -> N
     assert "js_import" not in site and "418" not in site
     assert not render.needs_njs(fleet_settings(tmp_path))
     assert render.needs_njs(fleet_settings(tmp_path, **ALLOW_LISTED))
+
+
+# --- a fleet gateway's first try: only a host that has the model loaded takes it ---
+
+IF_LOADED = "X-Ollama-Fleet-If-Loaded"
+
+
+@pytest.fixture(scope="module")
+def behind_gateway(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Proxy]:
+    tmp = tmp_path_factory.mktemp("nginx-loaded")
+    with running_nginx(tmp, ca, loaded_check=True, **ALLOW_LISTED) as running:
+        running.upstream.loaded.append("tiny:latest")
+        yield running
+
+
+@pytest.mark.parametrize("key", [CI_KEY, ALICE_KEY], ids=["any-model", "allow-listed"])
+def test_a_gateways_first_try_is_taken_only_with_the_model_loaded(behind_gateway: Proxy, key: str) -> None:
+    """Ollama's /api/ps lists tiny: a first try for tiny reaches Ollama; one for vehicle-assistant gets 404
+    model_not_loaded without reaching it; a request without the header is served as always."""
+    vehicle = {"model": "vehicle-assistant", "messages": []}
+    before = len(behind_gateway.upstream.seen)
+    with behind_gateway.client() as client:
+        loaded = _chat(client, key, {"model": "tiny", "messages": []}, {IF_LOADED: "tiny:latest"})
+        not_loaded = _chat(client, key, vehicle, {IF_LOADED: "vehicle-assistant:latest"})
+        plain = _chat(client, key, vehicle)
+    assert loaded.status_code == 200, loaded.text
+    assert _error_code(not_loaded, 404) == "model_not_loaded"
+    assert "'vehicle-assistant:latest' is not loaded on this host" in not_loaded.json()["error"]["message"]
+    assert plain.status_code == 200, plain.text
+    seen = behind_gateway.upstream.seen[before:]
+    assert [s["path"] for s in seen] == ["/api/ps", "/v1/chat/completions", "/api/ps", "/v1/chat/completions"]
+    assert json.loads(seen[1]["body"])["model"] == "tiny" and json.loads(seen[3]["body"]) == vehicle
+
+
+def test_a_first_try_keeps_the_allow_list_and_streams_unbuffered(behind_gateway: Proxy) -> None:
+    with behind_gateway.client(timeout=20) as client:
+        refused = _chat(client, ALICE_KEY, {"model": "llama3.2:1b"}, {IF_LOADED: "llama3.2:1b"})
+        with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "tiny", "stream": True},
+            headers={**_bearer(ALICE_KEY), IF_LOADED: "tiny:latest"},
+        ) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: {")
+            behind_gateway.upstream.first_chunk_read.set()
+            rest = [line for line in lines if line]
+    behind_gateway.upstream.first_chunk_read.clear()
+    assert _error_code(refused, 403) == "model_not_allowed"
+    assert rest == ["data: [DONE]"]
+    assert behind_gateway.upstream.streamed_before_finish[-1] is True
+
+
+def test_a_first_try_goes_on_to_ollama_when_it_cannot_tell(tmp_path: Path, ca: FleetCA) -> None:
+    """/api/ps unreadable (Ollama down): the request is not refused as not loaded; Ollama's own state
+    answers it (here nginx's 502, which the gateway skips like any failing host)."""
+    with running_nginx(tmp_path, ca, loaded_check=True) as proxy:
+        proxy.upstream.server.shutdown()
+        proxy.upstream.server.server_close()
+        with proxy.client() as client:
+            response = _chat(client, CI_KEY, {"model": "tiny"}, {IF_LOADED: "tiny:latest"})
+    assert _error_code(response, 502) == "upstream_unavailable"
+
+
+def test_the_loaded_check_is_there_only_for_a_gateways_hosts(tmp_path: Path) -> None:
+    s = fleet_settings(tmp_path)
+    assert "419" not in render.render_nginx_site(s) and not render.needs_njs(s)
+    site = render.render_nginx_site(s, loaded_check=True)
+    assert (
+        "if ($http_x_ollama_fleet_if_loaded) {" in site and "js_content ollama_fleet_models.ifLoaded;" in site
+    )
+    assert render.needs_njs(s, loaded_check=True)

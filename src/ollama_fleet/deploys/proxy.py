@@ -15,7 +15,7 @@ from pyinfra.operations import files, systemd
 
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, inventory_address
 from ollama_fleet.deploys.service import any_changed
-from ollama_fleet.gateway import GatewayError, GatewayPlan, gateway_plan
+from ollama_fleet.gateway import GatewayError, GatewayPlan, answers_loaded_check, gateway_plan
 from ollama_fleet.operations import nginx, packages, textfile
 from ollama_fleet.operations.addresses import ResolvedAddress
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
@@ -61,7 +61,8 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
     paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
     # The site template and the keys include must agree on where the include lives.
     assert str(API_KEYS_PATH) == paths.keys
-    njs = needs_njs(s)
+    loaded_check = answers_loaded_check(s, fleet_settings(host.state).values())
+    njs = needs_njs(s, loaded_check)
     packages.packages_installed(
         name="Install nginx" + (f" and {NJS_PACKAGE}" if njs else ""),
         packages=["nginx", *([NJS_PACKAGE] if njs else [])],
@@ -91,7 +92,7 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
         )
     site = nginx.site_validated(
         name=f"Install the {SITE_NAME} site{' and gateway' if plan else ''} after nginx -t on a staging copy",
-        site=render_nginx_site(s, gateway=plan),
+        site=render_nginx_site(s, gateway=plan, loaded_check=loaded_check),
         api_keys=Secret(render_api_keys(s)),
         nginx_dir=NGINX_DIR,
     )

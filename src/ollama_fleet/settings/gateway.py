@@ -29,6 +29,9 @@ class GatewaySettings(Section):
     # Cap the requests in flight to each host at its OLLAMA_NUM_PARALLEL (1 when unset); over it the next
     # host is tried, and with all busy the client gets 503. False: no cap (Ollama queues).
     cap_at_num_parallel: bool = True
+    # Send a request first to a host that has its model loaded (Ollama's /api/ps, asked by each host's nginx
+    # when the gateway asks); none has: to any host. False: least_conn alone.
+    prefer_loaded: bool = True
     drain: bool = False  # on a fleet host: the gateways send it nothing (`down`); it keeps serving directly
     # On a gateway host: it serves the gateway only (no Ollama, no API of its own, no models).
     only: bool = False
