@@ -62,3 +62,18 @@ cpu_servers = (
 
 # Rollouts reach this group first (README: "Roll a change out"); it stays a member of its group above.
 canary = ["cpu-1.example.lan"]
+
+# One endpoint for the whole fleet (README: "One endpoint for the fleet"): a small box in the group
+# `gateway` that runs the gateway only (no Ollama, no models of its own) and balances over every host
+# above by model. Apps use https://llm.example.lan:8443/v1.
+gateway_boxes = (
+    [("gw-1.example.lan", {"ssh_hostname": "192.168.10.10"})],
+    {
+        **_fleet,
+        "gateway_only": True,
+        "gateway_server_names": ["llm.example.lan"],
+        "models_pull": [],
+        "models_custom": [],
+    },
+)
+gateway = ["gw-1.example.lan"]
