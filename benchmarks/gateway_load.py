@@ -13,11 +13,16 @@ no_host_available beyond it), each worker one keep-alive client like an app's po
    nginx and Ollama are stopped on that host (not the gateway: it refuses connections from then on).
    Printed: failed requests among those started after the stop finished (target 0), among those in
    flight while it happened, and the slowest request after it. The host is started again at the end.
+3. cold starts: the model unloaded on every host, then loaded on one (a completion straight to it), then
+   --cold-requests completions through the gateway one after another: wall time, and how many hosts ended
+   up loading the model. With gateway_prefer_loaded (as deployed) against the gateway redeployed with it
+   off (least_conn alone), in alternating rounds; the gateway is redeployed as it was at the end.
 
 Brings up its own lab slot (default 11: nobody else's lab is touched) with the first host in the group
 `gateway`, and leaves it down.
 
-    python benchmarks/gateway_load.py [--hosts 3] [--requests 600] [--slot 11]
+    python benchmarks/gateway_load.py [--hosts 3] [--requests 600] [--cold-requests 6] [--slot 11]
+                                      [--parts throughput,failover,cold]
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from ollama_fleet.verify.targets import Target, load_gateway_targets, load_targe
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 ONE_THREAD = {"name": "tiny-1t", "base": "tiny", "parameters": {"num_thread": 1}}
+OLLAMA = "http://127.0.0.1:11434"  # on a lab host
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,76 @@ def failover(lab: LabState, gateway: Target, victim: str, model: str, requests: 
         print(f"    e.g. {outcome.error}")
 
 
+def loaded_hosts(lab: LabState, model: str) -> list[str]:
+    """The lab hosts whose Ollama has `model` loaded (its /api/ps, read on the host)."""
+    found = []
+    for host in lab.hosts:
+        done = subprocess.run(
+            lab.ssh_command(host.name, f"curl -sf {OLLAMA}/api/ps"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if f'"name":"{model}:latest"' in done.stdout.replace(" ", ""):
+            found.append(host.name)
+    return found
+
+
+def unload_everywhere(lab: LabState, model: str) -> None:
+    body = f'{{"model": "{model}", "keep_alive": 0}}'
+    for host in lab.hosts:
+        ssh(lab, host.name, f"curl -sf {OLLAMA}/api/generate -d '{body}'")
+    deadline = time.monotonic() + 60
+    while loaded_hosts(lab, model):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{model} still loaded on {loaded_hosts(lab, model)}")
+        time.sleep(0.5)
+
+
+def cold_round(lab: LabState, gateway: Target, warm: Target, model: str, requests: int) -> tuple[float, int]:
+    """(seconds for `requests` completions through the gateway one after another, hosts that loaded the
+    model) after it was unloaded everywhere and loaded on `warm` alone."""
+    unload_everywhere(lab, model)
+    outcome = steady_load(warm, model, 1, 1)
+    if outcome[0].error:
+        raise SystemExit(f"{warm.name}: {outcome[0].error}")
+    outcomes = steady_load(gateway, model, requests, 1)
+    failed = [o.error for o in outcomes if o.error]
+    if failed:
+        raise SystemExit(f"{len(failed)} completion(s) failed, e.g. {failed[0]}")
+    return max(o.ended for o in outcomes) - min(o.started for o in outcomes), len(loaded_hosts(lab, model))
+
+
+def redeploy_gateway(inventory: str, gateway: Target, *data: str) -> None:
+    argv = [PYINFRA, "-y", inventory, "deploys/ollama.py", "--limit", gateway.settings.host]
+    argv += [arg for item in data for arg in ("--data", item)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit("redeploy of the gateway failed:\n" + done.stderr[-3000:])
+
+
+def cold_starts(
+    lab: LabState, inventory: str, gateway: Target, warm: Target, model: str, requests: int, rounds: int = 3
+) -> None:
+    prefer: list[tuple[float, int]] = []
+    alone: list[tuple[float, int]] = []
+    try:
+        for _ in range(rounds):  # alternating, each side with the gateway deployed its way
+            prefer.append(cold_round(lab, gateway, warm, model, requests))
+            redeploy_gateway(inventory, gateway, "gateway_prefer_loaded=false")
+            alone.append(cold_round(lab, gateway, warm, model, requests))
+            redeploy_gateway(inventory, gateway)
+    finally:
+        redeploy_gateway(inventory, gateway)
+    p, a = (statistics.median(seconds for seconds, _ in runs) for runs in (prefer, alone))
+    print(
+        f"  cold starts: {model} loaded on {warm.name} alone, then {requests} completions one after another "
+        f"through the gateway: preferring loaded hosts {p:.2f} s ({sorted(n for _, n in prefer)} host(s) "
+        f"loaded it) vs least_conn alone {a:.2f} s ({sorted(n for _, n in alone)} host(s)) = {p / a:.2f} x "
+        f"(median of {rounds} rounds each)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,7 +255,10 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--slot", type=int, default=11)
+    parser.add_argument("--cold-requests", type=int, default=6)
+    parser.add_argument("--parts", default="throughput,failover,cold")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     artifacts.ensure_ollama_release()
     lab = lifecycle.up(args.hosts, args.slot, log=False)
     try:
@@ -199,9 +278,13 @@ def main() -> int:
                 f"gateway {gateway.name}, {len(hosts)} hosts (lab slot {args.slot}, {os.cpu_count()} cores)"
             )
             one = str(ONE_THREAD["name"])
-            throughput(gateway, hosts[-1], one, args.requests, slots(hosts))
-            throughput(gateway, hosts[-1], "tiny", args.requests // 2, slots(hosts))
-            failover(lab, gateway, hosts[-1].name, one, args.requests, slots(hosts[:-1]))
+            if "throughput" in parts:
+                throughput(gateway, hosts[-1], one, args.requests, slots(hosts))
+                throughput(gateway, hosts[-1], "tiny", args.requests // 2, slots(hosts))
+            if "failover" in parts:
+                failover(lab, gateway, hosts[-1].name, one, args.requests, slots(hosts[:-1]))
+            if "cold" in parts:
+                cold_starts(lab, inventory, gateway, hosts[-1], "tiny", args.cold_requests)
     finally:
         lifecycle.down(args.slot, log=False)
     return 0
