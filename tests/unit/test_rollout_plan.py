@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,11 +113,12 @@ def test_the_table_shows_versions_and_the_halt(tmp_path: Path) -> None:
     assert table.endswith("HALTED: batch 1 failed on h1")
 
 
-def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+def cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI in its own process: loading an inventory imports pyinfra, which monkey-patches with gevent."""
     return subprocess.run(
         [sys.executable, "-m", "ollama_fleet.cli", *argv],
         cwd=REPO,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         check=False,
@@ -131,6 +133,17 @@ def test_rollout_cli_refuses_bad_input_with_exit_2() -> None:
     assert done.returncode == 2 and "inventory 'no-such-inventory.py' not found" in done.stderr
     done = cli("rollout", "inventories/lan.py", "--batch", "0")
     assert done.returncode == 2 and "--batch '0': give a host count" in done.stderr
+
+
+def test_rollback_refuses_a_gateway_only_host_before_touching_any() -> None:
+    keys = {
+        "OLLAMA_FLEET_API_KEY_TEAM": "exampleTEAMkey0123456789",
+        "OLLAMA_FLEET_API_KEY_CI": "exampleCIkey012345",
+    }
+    done = cli("rollback", "inventories/lan.py", "--hosts", "cpu-1.example.lan,gw-1.example.lan", env=keys)
+    assert done.returncode == 2, done.stderr
+    assert "gw-1.example.lan run no Ollama (gateway_only): nothing to roll back" in done.stderr
+    assert "rolling back" not in done.stderr
 
 
 def test_rollback_goes_one_release_back_never_forward() -> None:
