@@ -295,7 +295,8 @@ def check_stream(ctx: HostContext) -> CheckResult:
 
 
 def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
-    """Stream one completion, noting when each read arrived; returns the chunk timing and the total time."""
+    """Stream one completion, noting when each read arrived after the response's headers (Ollama sends them
+    once generation starts, so a model load is not in the timing); returns it and the total time."""
     body = {"model": model, "messages": PROMPT, "max_tokens": STREAM_MAX_TOKENS, "stream": True}
     what = "POST /v1/chat/completions (stream)"
     reads: list[tuple[float, bytes]] = []
@@ -304,6 +305,7 @@ def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
         with ctx.client.stream(
             "POST", "/v1/chat/completions", json=body, headers=ctx.auth_header(ctx.key)
         ) as response:
+            answered = time.perf_counter()
             if response.status_code != 200:
                 response.read()
                 raise CheckFailed(explain_status(response.status_code, response.text, what))
@@ -311,7 +313,7 @@ def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
             if not content_type.startswith("text/event-stream"):
                 raise CheckFailed(f"{what} answered {content_type!r}, not text/event-stream")
             for data in response.iter_bytes():
-                reads.append((time.perf_counter() - started, data))
+                reads.append((time.perf_counter() - answered, data))
     except httpx.HTTPError as exc:
         raise CheckFailed(explain_transport(exc, ctx.target.address, ctx.target.port, what)) from None
     total = time.perf_counter() - started

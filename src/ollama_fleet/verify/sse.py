@@ -121,7 +121,10 @@ def judge_stream(timing: StreamTiming) -> str | None:
     on this machine with the tiny model: buffered, 1 burst of 64 (or 69 + 59 of 128), first chunk at the same
     millisecond as the last; unbuffered, 23-71 bursts, first chunk at 0.1-30 % of the time to the last.
     So a stream passes when both hold, each far from both measurements:
-      (a) the first chunk arrived in the first half of the time to the last one;
+      (a) the first chunk arrived in the first half of the time to the last one, both counted from the
+          response's headers: Ollama sends them only once generation starts, so a model load (seconds,
+          before any token) cannot make a stream look late (a buffering proxy that holds the headers
+          back with the body still fails (b));
       (b) there are at least chunks/8 bursts (blockwise release gives a handful however big the reply).
     The size of the largest burst is reported but not judged: when the controller is busy, the client
     reads late and finds many chunks waiting at once (seen in CI: 44 of 64 in one read, with 14 bursts and
