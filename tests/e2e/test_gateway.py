@@ -90,6 +90,24 @@ class Gateway:
             found[host] = [status for status in logged if status != 404]
         return found
 
+    def answers_every_model(self) -> None:
+        """The openai client through this gateway lists every model, and each answers, whole and streamed."""
+        with self.openai() as client:
+            assert sorted(model.id for model in client.models.list()) == MODELS
+            for model in MODELS:
+                reply = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Hello, gateway."}], max_tokens=8
+                )
+                assert reply.choices[0].message.content, model
+                assert reply.usage is not None and reply.usage.completion_tokens == 8
+                stream = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Hi."}], max_tokens=16, stream=True
+                )
+                chunks = [
+                    c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content
+                ]
+                assert len(chunks) >= 8, (model, chunks)
+
     def loaded(self, host: str) -> list[str]:
         """The models the host's Ollama has loaded (its /api/ps, read on the host)."""
         ps = json.loads(self.fleet.ssh_ok(host, f"curl -sf {OLLAMA}/api/ps"))
@@ -161,19 +179,7 @@ def test_a_second_deploy_of_the_gateway_changes_nothing(gateway: Gateway) -> Non
 
 
 def test_the_openai_client_answers_for_every_model_through_the_gateway(gateway: Gateway) -> None:
-    with gateway.openai() as client:
-        assert sorted(model.id for model in client.models.list()) == MODELS
-        for model in MODELS:
-            reply = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "Hello, gateway."}], max_tokens=8
-            )
-            assert reply.choices[0].message.content, model
-            assert reply.usage is not None and reply.usage.completion_tokens == 8
-            stream = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "Hi."}], max_tokens=16, stream=True
-            )
-            chunks = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
-            assert len(chunks) >= 8, (model, chunks)
+    gateway.answers_every_model()
 
 
 def test_a_model_no_host_serves_is_a_404_naming_it(gateway: Gateway) -> None:
@@ -479,18 +485,7 @@ def test_a_gateway_only_host_serves_the_fleet_with_no_ollama_of_its_own(
         assert gateway.fleet.ssh_ok(three, "systemctl is-enabled ollama || true").strip() == "disabled"
         assert gateway.fleet.ssh_ok(three, "ss -Htln 'sport = :443'").strip() == ""  # no API of its own
         assert not re.search(r"^443/tcp", gateway.fleet.ssh_ok(three, "ufw status"), re.MULTILINE)
-        only_gateway = Gateway(gateway.fleet, only, host_index=2)
-        with only_gateway.openai() as client:
-            assert sorted(m.id for m in client.models.list()) == MODELS
-            for model in MODELS:
-                reply = client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
-                )
-                assert reply.choices[0].message.content, model
-                stream = client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
-                )
-                assert [c for c in stream if c.choices and c.choices[0].delta.content], model
+        Gateway(gateway.fleet, only, host_index=2).answers_every_model()
         again = gateway.deploy(only, "--data", "deploy_fast_rerun=false")
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert changed(again.stdout) == {}
