@@ -567,3 +567,13 @@ def test_with_the_loaded_host_busy_the_next_request_goes_to_one_without_it(
         assert gateway.hosts_seen(0)[0] == "beta"  # the stream
     assert response.status_code == 200, response.text
     assert gateway.hosts_seen(start) == ["alpha"]
+
+
+def test_a_model_on_one_host_gets_no_first_try(tmp_path: Path) -> None:
+    """Declining a first try only helps where another host could take it."""
+    fleet = fleet_of(tmp_path, 443)
+    plan = gateway_plan(fleet, addresses())
+    site = render.render_nginx_site(fleet["gw"], gateway=plan)
+    single, shared = plan.pool_of("only-busy:latest").name, plan.pool_of("tiny:latest").name
+    assert f"location @{single}_any" not in site and f"location @{shared}_any" in site
+    assert site.count("_any {") == len(plan.pools) - 2  # the all-hosts pool and only-busy's have none
