@@ -84,8 +84,10 @@ function check(r) {
 
 function ifLoaded(r) {
     // A fleet gateway's first try: the header names the model as /api/tags lists it. Taken only when this
-    // host's Ollama has it loaded (/api/ps); else 404 at once, and the gateway tries its next host.
+    // host's Ollama has it loaded (/api/ps), or a model on the same weights ($ollama_fleet_runner_mates);
+    // else 404 at once, and the gateway tries its next host.
     var wanted = r.headersIn["X-Ollama-Fleet-If-Loaded"];
+    var enough = (r.variables.ollama_fleet_runner_mates || wanted).split(" ");
     ngx.fetch(r.variables.ollama_fleet_ollama + "/api/ps")
         .then(function (reply) {
             return reply.json();
@@ -94,7 +96,7 @@ function ifLoaded(r) {
             var loaded = (ps.models || []).map(function (m) {
                 return listedName(m.name || m.model || "");
             });
-            if (loaded.indexOf(wanted) >= 0) {
+            if (loaded.some(function (name) { return enough.indexOf(name) >= 0; })) {
                 r.internalRedirect("@ollama_fleet_upstream");
             } else {
                 refuse(r, 404, "model_not_loaded", "The model '" + wanted + "' is not loaded on this host " +

@@ -139,6 +139,7 @@ def render_nginx_site(
         lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
         gateway=gateway,
         loaded_check=loaded_check,
+        runner_mates=s.models.runner_mates() if loaded_check else {},
         if_loaded_header=IF_LOADED_HEADER,
         gateway_server_names=" ".join(dict.fromkeys([*s.server_names, *s.gateway.server_names])),
         gateway_errors=GATEWAY_ERRORS,

@@ -910,12 +910,27 @@ def test_the_model_check_is_left_out_when_no_key_has_a_list(tmp_path: Path) -> N
 # --- a fleet gateway's first try: only a host that has the model loaded takes it ---
 
 IF_LOADED = "X-Ollama-Fleet-If-Loaded"
+ON_TINYS_WEIGHTS = {
+    "models_pull": ["tiny", "vehicle-assistant"],
+    "models_custom": [
+        {"name": "tiny-chat", "base": "tiny", "system": "Be brief."},  # runs on tiny's runner
+        {"name": "tiny-1t", "base": "tiny", "parameters": {"num_thread": 1}},  # loads a runner of its own
+    ],
+}
+
+
+def test_models_on_the_same_weights_are_runner_mates(tmp_path: Path) -> None:
+    mates = fleet_settings(tmp_path, **ON_TINYS_WEIGHTS).models.runner_mates()
+    assert mates == {
+        "tiny:latest": ["tiny-chat:latest", "tiny:latest"],
+        "tiny-chat:latest": ["tiny-chat:latest", "tiny:latest"],
+    }
 
 
 @pytest.fixture(scope="module")
 def behind_gateway(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("nginx-loaded")
-    with running_nginx(tmp, ca, loaded_check=True, **ALLOW_LISTED) as running:
+    with running_nginx(tmp, ca, loaded_check=True, **ALLOW_LISTED, **ON_TINYS_WEIGHTS) as running:
         running.upstream.loaded.append("tiny:latest")
         yield running
 
@@ -937,6 +952,16 @@ def test_a_gateways_first_try_is_taken_only_with_the_model_loaded(behind_gateway
     seen = behind_gateway.upstream.seen[before:]
     assert [s["path"] for s in seen] == ["/api/ps", "/v1/chat/completions", "/api/ps", "/v1/chat/completions"]
     assert json.loads(seen[1]["body"])["model"] == "tiny" and json.loads(seen[3]["body"]) == vehicle
+
+
+def test_a_first_try_counts_a_model_on_the_same_weights_as_loaded(behind_gateway: Proxy) -> None:
+    """/api/ps lists tiny only (Ollama names the runner after the model that loaded it): tiny-chat runs on
+    it and is taken; tiny-1t would load a runner of its own and is declined."""
+    with behind_gateway.client() as client:
+        mate = _chat(client, CI_KEY, {"model": "tiny-chat"}, {IF_LOADED: "tiny-chat:latest"})
+        own_runner = _chat(client, CI_KEY, {"model": "tiny-1t"}, {IF_LOADED: "tiny-1t:latest"})
+    assert mate.status_code == 200, mate.text
+    assert _error_code(own_runner, 404) == "model_not_loaded"
 
 
 def test_a_first_try_keeps_the_allow_list_and_streams_unbuffered(behind_gateway: Proxy) -> None:

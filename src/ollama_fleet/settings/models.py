@@ -10,6 +10,9 @@ from pydantic import Field, field_validator
 from ollama_fleet.settings.base import IPNetwork, Section
 from ollama_fleet.settings.rules import MODEL_NAME, listed_name, model_reference, split_pin
 
+# Modelfile parameters that change how Ollama loads weights: a model setting one gets a runner of its own.
+RUNNER_PARAMETERS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
+
 
 class CustomModel(Section):
     """A model built from a Modelfile template (FROM a base, SYSTEM, PARAMETER...)."""
@@ -98,6 +101,22 @@ class ModelsSettings(Section):
     def names(self) -> list[str]:
         """Every model the host must serve, as Ollama lists them."""
         return [listed_name(n) for n in [*self.pull, *self.gguf, *(c.name for c in self.custom)]]
+
+    def runner_mates(self) -> dict[str, list[str]]:
+        """Listed name -> the listed names Ollama runs on the same loaded weights, for each name that has
+        mates: a models_custom on a base (and none of RUNNER_PARAMETERS) shares its base's runner, and
+        /api/ps names only the model that loaded it."""
+        customs = {listed_name(c.name): c for c in self.custom}
+        groups: dict[str, set[str]] = {}
+        for name in self.names():
+            root, seen = name, set()
+            while root in customs and root not in seen:
+                if RUNNER_PARAMETERS & set(customs[root].parameters):
+                    break  # a runner of its own
+                seen.add(root)
+                root = listed_name(customs[root].base)
+            groups.setdefault(root, {root}).add(name)
+        return {name: sorted(group) for group in groups.values() if len(group) > 1 for name in sorted(group)}
 
     def pin(self, name: str) -> str | None:
         """The manifest digest a pulled model must have, by its listed name."""
