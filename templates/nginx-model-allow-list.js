@@ -4,6 +4,9 @@
 // separated, as /api/tags lists them). A request naming another model, or no model, gets an OpenAI-shaped
 // 403 or 400; one naming an allowed model goes on to Ollama unchanged (body and streaming included).
 
+// A gateway's first try names the model the host must have loaded (gateway.IF_LOADED_HEADER).
+var IF_LOADED = "X-Ollama-Fleet-If-Loaded";
+
 function listedName(name) {
     // Like ollama_fleet.settings.rules.listed_name: tagged, no scheme, no default registry or library/.
     var last = name.split("/").pop();
@@ -75,7 +78,7 @@ function check(r) {
     if (!keyAllows(r, model)) {
         return;
     }
-    if (r.headersIn["X-Ollama-Fleet-If-Loaded"]) {
+    if (r.headersIn[IF_LOADED]) {
         ifLoaded(r);
         return;
     }
@@ -86,7 +89,7 @@ function ifLoaded(r) {
     // A fleet gateway's first try: the header names the model as /api/tags lists it. Taken only when this
     // host's Ollama has it loaded (/api/ps), or a model on the same weights ($ollama_fleet_runner_mates);
     // else 404 at once, and the gateway tries its next host.
-    var wanted = r.headersIn["X-Ollama-Fleet-If-Loaded"];
+    var wanted = r.headersIn[IF_LOADED];
     var enough = (r.variables.ollama_fleet_runner_mates || wanted).split(" ");
     ngx.fetch(r.variables.ollama_fleet_ollama + "/api/ps")
         .then(function (reply) {

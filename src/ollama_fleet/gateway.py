@@ -81,7 +81,7 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
     members: dict[str, Member] = {}
     served: dict[str, list[str]] = {}
     for name, s in fleet.items():
-        if not s.is_gateway_member:
+        if not s.serves_api_through_nginx:
             continue  # no API behind TLS to balance over
         address = addresses.get(name)
         try:
@@ -120,7 +120,7 @@ IF_LOADED_HEADER = "X-Ollama-Fleet-If-Loaded"
 def answers_loaded_check(s: FleetSettings, fleet: Iterable[FleetSettings]) -> bool:
     """Whether host `s` must answer a gateway's first try (a gateway that prefers loaded hosts balances
     over it): its nginx then asks its Ollama's /api/ps, with njs."""
-    return s.is_gateway_member and any(g.is_gateway and g.gateway.prefer_loaded for g in fleet)
+    return s.serves_api_through_nginx and any(g.is_gateway and g.gateway.prefer_loaded for g in fleet)
 
 
 def tags_json(plan: GatewayPlan) -> str:

@@ -141,6 +141,7 @@ def render_nginx_site(
         loaded_check=loaded_check,
         runner_mates=s.models.runner_mates() if loaded_check else {},
         if_loaded_header=IF_LOADED_HEADER,
+        if_loaded_variable="$http_" + IF_LOADED_HEADER.lower().replace("-", "_"),
         gateway_server_names=" ".join(dict.fromkeys([*s.server_names, *s.gateway.server_names])),
         gateway_errors=GATEWAY_ERRORS,
         tags_json=tags_json(gateway) if gateway else "",

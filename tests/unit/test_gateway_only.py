@@ -33,7 +33,7 @@ def only(tmp: Path, **data: Any) -> FleetSettings:
 
 def test_gateway_only_is_for_a_gateway_that_serves_no_models(tmp_path: Path) -> None:
     s = only(tmp_path)
-    assert s.is_gateway and not s.serves_api and not s.is_gateway_member
+    assert s.is_gateway and not s.serves_api and not s.serves_api_through_nginx
     with pytest.raises(SettingsError, match=r"gateway_only: alpha is not a gateway; put it in the inventory"):
         host_settings("alpha", tmp_path, gateway_only=True)
     with pytest.raises(SettingsError, match=r"empty models_pull, models_custom for it"):

@@ -18,7 +18,7 @@ from ollama_fleet.settings import FleetSettings
 
 def wanted_rules(s: FleetSettings) -> list[ufw.Rule]:
     f = s.firewall
-    api = s.nginx.enabled and s.serves_api  # a gateway_only host has no API port of its own
+    api = s.serves_api_through_nginx  # a gateway_only host has no API port of its own
     client_ports = [s.nginx.https_port] if api else []
     if api and s.nginx.http_redirect:
         client_ports.append(s.nginx.http_port)

@@ -103,7 +103,7 @@ def gateway_problems(settings: dict[str, FleetSettings]) -> list[str]:
         if not s.is_gateway:
             continue
         for other, o in settings.items():
-            if not o.is_gateway_member or other == name:
+            if not o.serves_api_through_nginx or other == name:
                 continue
             if o.tls.mode != "fleet_ca" or o.tls.ca_dir != s.tls.ca_dir:
                 problems.append(

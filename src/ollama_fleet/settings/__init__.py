@@ -156,8 +156,9 @@ class FleetSettings(BaseModel):
         return not (self.is_gateway and self.gateway.only)
 
     @property
-    def is_gateway_member(self) -> bool:
-        """The fleet's gateways balance over this host: it serves its own API through nginx."""
+    def serves_api_through_nginx(self) -> bool:
+        """Its own API on nginx_https_port: what clients call there, and what the fleet's gateways balance
+        over."""
         return self.serves_api and self.nginx.enabled
 
     @property

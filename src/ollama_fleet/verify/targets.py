@@ -196,7 +196,7 @@ def gateway_target(
     settings: FleetSettings, name: str, data: Mapping[str, Any], fleet: Iterable[FleetSettings]
 ) -> Target:
     """The gateway on host `name`, which must route every model some host of `fleet` serves."""
-    models = sorted({m for s in fleet if s.is_gateway_member for m in s.models.names()})
+    models = sorted({m for s in fleet if s.serves_api_through_nginx for m in s.models.names()})
     address = str(data.get("ssh_hostname") or name)
     return Target(f"{name}/gateway", address, settings, dict(data), gateway_models=tuple(models))
 
