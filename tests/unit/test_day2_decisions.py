@@ -7,7 +7,9 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,10 +259,10 @@ def test_ungranted_and_revoked_keys_are_known_as_refused(tmp_path: Path) -> None
 
 
 @contextlib.contextmanager
-def _old_worker(seconds: float) -> Iterator[int]:
+def _old_worker(seconds: float, title: str = "nginx: worker process") -> Iterator[int]:
     """The pid of a process titled like an nginx worker (one from before a reload, finishing its requests);
     not our child, so it is reaped when it ends, as nginx's master reaps its workers."""
-    title = shlex.quote("nginx: worker process")
+    title = shlex.quote(title)
     started = subprocess.run(
         ["bash", "-c", f"(exec -a {title} sleep {seconds}) >/dev/null 2>&1 & echo $!"],
         capture_output=True,
@@ -299,3 +301,56 @@ def test_the_drain_lists_the_workers_before_it_reloads() -> None:
 def _wait(seconds: int, pids: list[int]) -> str:
     script = f"old='{' '.join(map(str, pids))}'; " + nginx.in_flight_wait_script(seconds)
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+
+def test_a_reload_returns_once_the_old_workers_take_no_more_connections(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"worker_processes 2; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; daemon off;\n"
+        "events {}\n"
+        f"http {{ access_log off; server {{ listen 127.0.0.1:{_free_port()}; return 200; }} }}\n"
+    )
+    master = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        old = _workers_of(master.pid, count=2)
+        script = f"old='{' '.join(old)}'; kill -HUP {master.pid}; " + nginx.workers_replaced_wait_script(10)
+        subprocess.run(["sh", "-c", script], check=True, timeout=20)
+        titles = [_title(pid) for pid in old]  # "" once a worker has exited
+        assert all(t in ("", "nginx: worker process is shutting down") for t in titles), titles
+    finally:
+        master.terminate()
+        master.wait(timeout=10)
+
+
+def test_a_reload_that_kept_its_old_workers_fails_saying_so() -> None:
+    with _old_worker(30) as pid:
+        done = _replaced([pid], seconds=1)
+    assert done.returncode == 1
+    assert "nginx still serves with its workers from before the reload after 1 s" in done.stderr
+    with _old_worker(30, "nginx: worker process is shutting down") as pid:
+        assert _replaced([pid], seconds=1).returncode == 0  # finishing its requests: it takes no new ones
+    assert _replaced([], seconds=1).returncode == 0  # nginx was started, not reloaded
+
+
+def _replaced(pids: list[int], seconds: int) -> subprocess.CompletedProcess[str]:
+    script = f"old='{' '.join(map(str, pids))}'; " + nginx.workers_replaced_wait_script(seconds)
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=seconds + 10)
+
+
+def _workers_of(master: int, count: int) -> list[str]:
+    for _ in range(100):
+        found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+        if len(found) == count and all(_title(p) == "nginx: worker process" for p in found):
+            return found
+        time.sleep(0.05)
+    pytest.fail(f"nginx {master} did not start {count} workers")
+
+
+def _title(pid: str) -> str:
+    return subprocess.run(["ps", "-o", "args=", "-p", pid], capture_output=True, text=True).stdout.strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -26,8 +26,7 @@ from ollama_fleet.gateway import with_rollout_drain
 from ollama_fleet.operations.secrets import FileDigest, Secret, file_matches, secret_file
 from ollama_fleet.operations.shell import fail_command, shown_command
 
-# A configuration that fails `nginx -t` is never loaded: the running workers keep serving the old one.
-RELOAD = "nginx -t -q && systemctl reload-or-restart nginx.service"
+RELOAD_WAIT_S = 15  # for the master to replace its workers; it takes well under a second
 KEYS_MODE = 0o600  # nginx parses its config as root; workers never need the keys file
 
 
@@ -177,8 +176,9 @@ def reloaded_after_config_test() -> Generator[str, None, None]:
     """
     Reload nginx only when the live configuration (site, keys, certificate and key together) passes
     `nginx -t`; otherwise fail with nginx's words while the running workers keep serving the old one.
+    Returns once the workers from before no longer take connections (reload_script).
     """
-    yield RELOAD
+    yield reload_script()
 
 
 class SiteText(FactBase[str | None]):
@@ -229,6 +229,36 @@ def gateway_hosts_drained(
 WORKERS = "nginx: worker proces[s]"
 
 
+def workers_replaced_wait_script(seconds: int) -> str:
+    """Wait until none of the workers listed in $old takes new connections (each has exited, or is titled
+    "is shutting down": it closed its listening sockets and idle keepalive connections). `systemctl reload`
+    returns when the master has the signal, before it starts new workers, so a client right after would be
+    served by an old worker and cut off mid-connection. Old workers still taking connections after `seconds`
+    mean the master did not load the new config (`nginx -t` passed, but e.g. a port failed to bind): fail."""
+    taking = (
+        'n=0; for p in $old; do case "$(ps -o args= -p "$p")" in '
+        '"nginx: worker process is shutting down"*) ;; "nginx: worker process"*) n=$((n + 1));; '
+        "esac; done; echo $n"
+    )
+    failed = shlex.quote(
+        f"ollama-fleet: nginx still serves with its workers from before the reload after {seconds} s: "
+        "the new configuration was not loaded (see journalctl -u nginx and /var/log/nginx/error.log)"
+    )
+    return (
+        f'i=0; while [ "$({taking})" -gt 0 ]; do '
+        f"if [ $i -ge {seconds * 10} ]; then echo {failed} >&2; exit 1; fi; "
+        "sleep 0.1; i=$((i + 1)); done"
+    )
+
+
+def reload_script() -> str:
+    """List the workers, reload nginx when its configuration passes `nginx -t` (a configuration that fails is
+    never loaded: the running workers keep serving the old one), then wait for the workers to be replaced."""
+    old = f"old=$(pgrep -f {shlex.quote(WORKERS)} | tr '\\n' ' ')"
+    reload = "nginx -t -q && systemctl reload-or-restart nginx.service"
+    return f"{old}; {reload} && {{ {workers_replaced_wait_script(RELOAD_WAIT_S)}; }}"
+
+
 def in_flight_wait_script(seconds: int) -> str:
     """Wait for the workers listed in $old (those before a reload: they finish the requests they had, then
     exit) and say how long that took; after `seconds`, go on and say how many are still busy."""
@@ -247,10 +277,9 @@ def in_flight_wait_script(seconds: int) -> str:
 
 
 def drain_reload_script(seconds: int) -> str:
-    """Reload nginx (after `nginx -t`), then wait for the workers it had before (in_flight_wait_script):
-    listed first, as `systemctl reload` returns before the old workers are told to finish."""
-    old = f"old=$(pgrep -f {shlex.quote(WORKERS)} | tr '\\n' ' ')"
-    return f"{old}; {RELOAD} && {{ {in_flight_wait_script(seconds)}; }}"
+    """Reload nginx (reload_script), then wait for the workers it had before to finish their requests
+    (in_flight_wait_script)."""
+    return f"{reload_script()} && {{ {in_flight_wait_script(seconds)}; }}"
 
 
 @operation(is_idempotent=False)
