@@ -16,11 +16,14 @@ import pytest
 from verify_fleet import API_KEYS, SITE, DeployedFleet, deploy_fleet, reasons, statuses
 
 from ollama_fleet.lab.state import LabState
+from ollama_fleet.operations.nginx import reload_script
 from ollama_fleet.render import builtin_templates_dir
 from ollama_fleet.verify.checks import CHECK_NAMES
 
 pytestmark = pytest.mark.e2e
 
+# Returns once the old workers take no new connections: a verify right after is served by the new config.
+RELOAD_NGINX = f"{{ {reload_script()}; }}"
 WAIT_FOR_OLLAMA = (
     "for i in $(seq 100); do curl -sf http://127.0.0.1:11434/ >/dev/null && exit 0; sleep 0.2; done; exit 1"
 )
@@ -74,8 +77,8 @@ FAULTS = [
     Fault(
         "proxy buffering on",
         f"sed -i 's/proxy_buffering off;/proxy_buffering on;/' {SITE} "
-        f"&& grep -q 'proxy_buffering on;' {SITE} && nginx -t -q && systemctl reload nginx",
-        f"sed -i 's/proxy_buffering on;/proxy_buffering off;/' {SITE} && systemctl reload nginx",
+        f"&& grep -q 'proxy_buffering on;' {SITE} && {RELOAD_NGINX}",
+        f"sed -i 's/proxy_buffering on;/proxy_buffering off;/' {SITE} && {RELOAD_NGINX}",
         fails="stream",
         blocked=frozenset(),
         fix="set `proxy_buffering off`",
@@ -99,8 +102,8 @@ FAULTS = [
     Fault(
         "scopes not enforced",
         f'sed -i \'s/^    "inference:inference" 0;$/&\\n    "inference:admin" 0;/\' {SITE} '
-        f"&& grep -q 'inference:admin' {SITE} && nginx -t -q && systemctl reload nginx",
-        f"sed -i '/inference:admin/d' {SITE} && systemctl reload nginx",
+        f"&& grep -q 'inference:admin' {SITE} && {RELOAD_NGINX}",
+        f"sed -i '/inference:admin/d' {SITE} && {RELOAD_NGINX}",
         fails="scopes",
         blocked=frozenset(),
         fix="nginx does not enforce scopes",
@@ -108,8 +111,8 @@ FAULTS = [
     Fault(
         "plain http served",
         f"sed -i 's/^    listen 443 ssl default_server;$/&\\n    listen 80;/' {SITE} "
-        f"&& nginx -t -q && systemctl reload nginx && ufw allow 80/tcp",
-        f"ufw delete allow 80/tcp && sed -i '/^    listen 80;$/d' {SITE} && systemctl reload nginx",
+        f"&& {RELOAD_NGINX} && ufw allow 80/tcp",
+        f"ufw delete allow 80/tcp && sed -i '/^    listen 80;$/d' {SITE} && {RELOAD_NGINX}",
         fails="plain_http",
         blocked=frozenset(),
         fix="sends its key in clear",
@@ -117,7 +120,7 @@ FAULTS = [
     Fault(
         "nginx not on ipv6",
         f"sed -i '/^    listen \\[::\\]:443 ssl default_server;$/d' {SITE} "
-        f"&& ! grep -q 'listen \\[::\\]' {SITE} && nginx -t -q && systemctl reload nginx",
+        f"&& ! grep -q 'listen \\[::\\]' {SITE} && {RELOAD_NGINX}",
         None,
         fails="ipv6",
         blocked=frozenset(),
@@ -135,8 +138,8 @@ FAULTS = [
     Fault(
         "key list changed",
         f"cp -p {API_KEYS} /root/api-keys.verify-backup && sed -i '/^# key: ops$/,+1d' {API_KEYS} "
-        f"&& ! grep -q 'key: ops' {API_KEYS} && grep -q 'key: ci' {API_KEYS} && systemctl reload nginx",
-        f"mv /root/api-keys.verify-backup {API_KEYS} && systemctl reload nginx",
+        f"&& ! grep -q 'key: ops' {API_KEYS} && grep -q 'key: ci' {API_KEYS} && {RELOAD_NGINX}",
+        f"mv /root/api-keys.verify-backup {API_KEYS} && {RELOAD_NGINX}",
         fails="auth",
         blocked=frozenset(),
         fix="401 with the configured key(s) ops: the key list on the host is stale; re-run the deploy",
