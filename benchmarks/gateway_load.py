@@ -41,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from ollama_fleet.gateway import LOADED_CACHE_VALID_S
 from ollama_fleet.lab import artifacts, lifecycle
 from ollama_fleet.lab.state import LabState
 from ollama_fleet.verify.context import make_client
@@ -211,6 +212,7 @@ def cold_round(lab: LabState, gateway: Target, warm: Target, model: str, request
     outcome = steady_load(warm, model, 1, 1)
     if outcome[0].error:
         raise SystemExit(f"{warm.name}: {outcome[0].error}")
+    time.sleep(LOADED_CACHE_VALID_S + 1)  # the hosts' loaded checks see /api/ps as it is now
     outcomes = steady_load(gateway, model, requests, 1)
     failed = [o.error for o in outcomes if o.error]
     if failed:

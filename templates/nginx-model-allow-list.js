@@ -6,6 +6,8 @@
 
 // A gateway's first try names the model the host must have loaded (gateway.IF_LOADED_HEADER).
 var IF_LOADED = "X-Ollama-Fleet-If-Loaded";
+// The site's internal location answering Ollama's /api/ps (cached for a second or two).
+var LOADED_URI = "/_ollama_fleet/loaded";
 
 function listedName(name) {
     // Like ollama_fleet.settings.rules.listed_name: tagged, no scheme, no default registry or library/.
@@ -87,13 +89,16 @@ function check(r) {
 
 function ifLoaded(r) {
     // A fleet gateway's first try: the header names the model as /api/tags lists it. Taken only when this
-    // host's Ollama has it loaded (/api/ps), or a model on the same weights ($ollama_fleet_runner_mates);
-    // else 404 at once, and the gateway tries its next host.
+    // host's Ollama has it loaded (/api/ps, under two seconds old), or a model on the same weights
+    // ($ollama_fleet_runner_mates); else 404 at once, and the gateway tries its next host.
     var wanted = r.headersIn[IF_LOADED];
     var enough = (r.variables.ollama_fleet_runner_mates || wanted).split(" ");
-    ngx.fetch(r.variables.ollama_fleet_ollama + "/api/ps")
+    r.subrequest(LOADED_URI)
         .then(function (reply) {
-            return reply.json();
+            if (reply.status !== 200) {
+                throw new Error("/api/ps: " + reply.status);
+            }
+            return JSON.parse(reply.responseText);
         })
         .then(function (ps) {
             var loaded = (ps.models || []).map(function (m) {

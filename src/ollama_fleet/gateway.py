@@ -115,6 +115,9 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
 
 IF_LOADED_HEADER = "X-Ollama-Fleet-If-Loaded"
 """On a gateway's first try of a request: the model (as /api/tags lists it) the host must have loaded."""
+LOADED_CACHE_VALID_S = 1
+"""How long a host's nginx keeps Ollama's /api/ps for the loaded check. nginx counts whole seconds, so
+what the check sees is under LOADED_CACHE_VALID_S + 1 seconds old."""
 
 
 def answers_loaded_check(s: FleetSettings, fleet: Iterable[FleetSettings]) -> bool:

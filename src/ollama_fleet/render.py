@@ -16,7 +16,13 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from ollama_fleet.gateway import IF_LOADED_HEADER, GatewayPlan, openai_models_json, tags_json
+from ollama_fleet.gateway import (
+    IF_LOADED_HEADER,
+    LOADED_CACHE_VALID_S,
+    GatewayPlan,
+    openai_models_json,
+    tags_json,
+)
 from ollama_fleet.settings import CustomModel, FleetSettings
 from ollama_fleet.settings.rules import ModelReference, model_reference
 
@@ -24,6 +30,8 @@ API_KEYS_PATH = PurePosixPath("/etc/nginx/ollama-fleet/api-keys.conf")
 MODEL_ALLOW_LIST_JS = "nginx-model-allow-list.js"
 MODEL_ALLOW_LIST_JS_PATH = PurePosixPath("/usr/share/ollama-fleet/nginx-model-allow-list.js")
 """Static (the lists are in the site's map), outside /etc/nginx so a staged copy validates against it."""
+LOADED_CACHE_DIR = PurePosixPath("/var/lib/nginx/ollama-fleet-loaded")
+"""The loaded check's cache of /api/ps; nginx makes it (its parent comes with Debian's nginx)."""
 NJS_PACKAGE = "libnginx-mod-http-js"
 OLLAMA_BIN = PurePosixPath("/usr/local/bin/ollama")
 # install.sh bakes the installing shell's $PATH into the unit; a fixed, standard one keeps hosts identical.
@@ -107,6 +115,7 @@ def render_nginx_site(
     *,
     api_keys_path: PurePosixPath = API_KEYS_PATH,
     allow_list_js_path: PurePosixPath = MODEL_ALLOW_LIST_JS_PATH,
+    loaded_cache_dir: PurePosixPath = LOADED_CACHE_DIR,
     gateway: GatewayPlan | None = None,
     loaded_check: bool = False,
 ) -> str:
@@ -139,6 +148,8 @@ def render_nginx_site(
         lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
         gateway=gateway,
         loaded_check=loaded_check,
+        loaded_cache_dir=loaded_cache_dir,
+        loaded_cache_valid_s=LOADED_CACHE_VALID_S,
         runner_mates=s.models.runner_mates() if loaded_check else {},
         if_loaded_header=IF_LOADED_HEADER,
         if_loaded_variable="$http_" + IF_LOADED_HEADER.lower().replace("-", "_"),

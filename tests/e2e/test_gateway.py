@@ -26,6 +26,7 @@ import openai
 import pytest
 from verify_fleet import DeployedFleet, deploy_fleet, statuses
 
+from ollama_fleet.gateway import LOADED_CACHE_VALID_S
 from ollama_fleet.lab.inventory import VEHICLE_ASSISTANT
 from ollama_fleet.lab.state import LabState
 
@@ -212,6 +213,7 @@ def test_a_request_goes_to_a_host_that_has_its_model_loaded(gateway: Gateway, ma
         gateway.unload(host, "tiny")
     assert gateway.fleet.chat(two, "tiny").status_code == 200
     assert "tiny:latest" in gateway.loaded(two)
+    time.sleep(LOADED_CACHE_VALID_S + 1)  # every host's loaded check sees /api/ps as it is now
     with gateway.openai(marker) as client:
         for _ in range(6):
             reply = client.chat.completions.create(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import shutil
 import socket
@@ -318,6 +319,7 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, loaded_check: bool =
         s,
         api_keys_path=PurePosixPath(keys),
         allow_list_js_path=PurePosixPath(allow_list_js),
+        loaded_cache_dir=PurePosixPath(tmp / "loaded-cache"),
         loaded_check=loaded_check,
     )
     # The lab and real hosts listen on every address; the test listens on loopback only.
@@ -949,9 +951,24 @@ def test_a_gateways_first_try_is_taken_only_with_the_model_loaded(behind_gateway
     assert _error_code(not_loaded, 404) == "model_not_loaded"
     assert "'vehicle-assistant:latest' is not loaded on this host" in not_loaded.json()["error"]["message"]
     assert plain.status_code == 200, plain.text
-    seen = behind_gateway.upstream.seen[before:]
-    assert [s["path"] for s in seen] == ["/api/ps", "/v1/chat/completions", "/api/ps", "/v1/chat/completions"]
-    assert json.loads(seen[1]["body"])["model"] == "tiny" and json.loads(seen[3]["body"]) == vehicle
+    chats = [s for s in behind_gateway.upstream.seen[before:] if s["path"] != "/api/ps"]
+    assert [s["path"] for s in chats] == ["/v1/chat/completions", "/v1/chat/completions"]
+    assert json.loads(chats[0]["body"])["model"] == "tiny" and json.loads(chats[1]["body"]) == vehicle
+
+
+def test_a_first_try_looks_at_api_ps_once_for_a_burst(tmp_path: Path, ca: FleetCA) -> None:
+    """A burst of first tries costs Ollama one look at /api/ps; a model loaded since is seen 2 s later."""
+    with running_nginx(tmp_path, ca, loaded_check=True) as proxy, proxy.client() as client:
+        started = time.monotonic()
+        burst = [_chat(client, CI_KEY, {"model": "tiny"}, {IF_LOADED: "tiny:latest"}) for _ in range(10)]
+        looks = math.ceil(time.monotonic() - started) + 1  # the most a one-second cache can need
+        asked = sum(s["path"] == "/api/ps" for s in proxy.upstream.seen)
+        assert [_error_code(r, 404) for r in burst] == ["model_not_loaded"] * 10
+        assert 1 <= asked <= min(looks, 9), asked
+        proxy.upstream.loaded.append("tiny:latest")
+        time.sleep(2.1)  # nginx keeps it to the end of the next whole second
+        loaded = _chat(client, CI_KEY, {"model": "tiny"}, {IF_LOADED: "tiny:latest"})
+    assert loaded.status_code == 200, loaded.text
 
 
 def test_a_first_try_counts_a_model_on_the_same_weights_as_loaded(behind_gateway: Proxy) -> None:
