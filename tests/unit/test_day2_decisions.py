@@ -291,11 +291,22 @@ def test_the_drain_goes_on_after_its_wait_naming_the_busy_workers() -> None:
     assert said.startswith("gateway: 1 old nginx worker(s) still busy after "), said
 
 
-def test_the_drain_lists_the_workers_before_it_reloads() -> None:
+def test_a_reload_lists_the_workers_of_nginx_services_master_first() -> None:
+    """Not another nginx's workers (one in a container shows in ps too): it would never be replaced."""
     listed = nginx.drain_reload_script(1).split("; nginx -t -q")[0] + '; echo "$old"'
-    with _old_worker(30) as pid:
-        found = subprocess.run(["sh", "-c", listed], capture_output=True, text=True, check=True).stdout
-    assert str(pid) in found.split()
+    title = shlex.quote("nginx: worker process")
+    master = subprocess.Popen(["bash", "-c", f"(exec -a {title} sleep 30) & wait"])
+    try:
+        ours = _workers_of(str(master.pid), count=1, title="nginx: worker process 30")
+        script = listed.replace("systemctl show nginx.service -p MainPID --value", f"echo {master.pid}")
+        with _old_worker(30) as foreign:
+            found = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run(["pkill", "-P", str(master.pid)], check=False)
+        master.wait(timeout=10)
+    assert found.split() == ours and str(foreign) not in found.split()
+    stopped = listed.replace("systemctl show nginx.service -p MainPID --value", "echo 0")
+    assert subprocess.run(["sh", "-c", stopped], capture_output=True, text=True).stdout.strip() == ""
 
 
 def _wait(seconds: int, pids: list[int]) -> str:
@@ -312,7 +323,7 @@ def test_a_reload_returns_once_the_old_workers_take_no_more_connections(tmp_path
     )
     master = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf)], stderr=subprocess.DEVNULL)
     try:
-        old = _workers_of(master.pid, count=2)
+        old = _workers_of(str(master.pid), count=2)
         script = f"old='{' '.join(old)}'; kill -HUP {master.pid}; " + nginx.workers_replaced_wait_script(10)
         subprocess.run(["sh", "-c", script], check=True, timeout=20)
         titles = [_title(pid) for pid in old]  # "" once a worker has exited
@@ -337,10 +348,10 @@ def _replaced(pids: list[int], seconds: int) -> subprocess.CompletedProcess[str]
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=seconds + 10)
 
 
-def _workers_of(master: int, count: int) -> list[str]:
+def _workers_of(master: str, count: int, title: str = "nginx: worker process") -> list[str]:
     for _ in range(100):
-        found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
-        if len(found) == count and all(_title(p) == "nginx: worker process" for p in found):
+        found = subprocess.run(["pgrep", "-P", master], capture_output=True, text=True).stdout.split()
+        if len(found) == count and all(_title(p) == title for p in found):
             return found
         time.sleep(0.05)
     pytest.fail(f"nginx {master} did not start {count} workers")

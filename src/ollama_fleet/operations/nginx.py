@@ -225,8 +225,13 @@ def gateway_hosts_drained(
     yield f"rm -rf {q(work_dir)}"
 
 
-# As pgrep -f's pattern: "proces[s]" matches nginx's workers but not the shell running this script.
-WORKERS = "nginx: worker proces[s]"
+# $old: the workers of nginx.service's master, not those of another nginx (one in a container shows here
+# too). As pgrep -f's pattern, "proces[s]" matches nginx's workers but not the shell running this script.
+LIST_WORKERS = (
+    'master=$(systemctl show nginx.service -p MainPID --value 2>/dev/null); old=""; '
+    'if [ -n "$master" ] && [ "$master" != 0 ]; then '
+    "old=$(pgrep -P \"$master\" -f 'nginx: worker proces[s]' | tr '\\n' ' '); fi"
+)
 
 
 def workers_replaced_wait_script(seconds: int) -> str:
@@ -254,9 +259,8 @@ def workers_replaced_wait_script(seconds: int) -> str:
 def reload_script() -> str:
     """List the workers, reload nginx when its configuration passes `nginx -t` (a configuration that fails is
     never loaded: the running workers keep serving the old one), then wait for the workers to be replaced."""
-    old = f"old=$(pgrep -f {shlex.quote(WORKERS)} | tr '\\n' ' ')"
     reload = "nginx -t -q && systemctl reload-or-restart nginx.service"
-    return f"{old}; {reload} && {{ {workers_replaced_wait_script(RELOAD_WAIT_S)}; }}"
+    return f"{LIST_WORKERS}; {reload} && {{ {workers_replaced_wait_script(RELOAD_WAIT_S)}; }}"
 
 
 def in_flight_wait_script(seconds: int) -> str:
