@@ -965,6 +965,10 @@ def test_a_first_try_looks_at_api_ps_once_for_a_burst(tmp_path: Path, ca: FleetC
         asked = sum(s["path"] == "/api/ps" for s in proxy.upstream.seen)
         assert [_error_code(r, 404) for r in burst] == ["model_not_loaded"] * 10
         assert 1 <= asked <= min(looks, 9), asked
+        look = next(s for s in proxy.upstream.seen if s["path"] == "/api/ps")
+        assert look["method"] == "GET" and look["body"] == b""
+        assert look["headers"]["Host"] == f"localhost:{proxy.upstream.port}"  # Ollama's own name
+        assert "Authorization" not in look["headers"]  # the key stays at nginx
         proxy.upstream.loaded.append("tiny:latest")
         time.sleep(2.1)  # nginx keeps it to the end of the next whole second
         loaded = _chat(client, CI_KEY, {"model": "tiny"}, {IF_LOADED: "tiny:latest"})
