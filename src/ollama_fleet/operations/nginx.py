@@ -23,6 +23,7 @@ from pyinfra.context import host
 from pyinfra.facts.files import Link
 
 from ollama_fleet.gateway import with_rollout_drain
+from ollama_fleet.operations.running import with_nginx_master
 from ollama_fleet.operations.secrets import FileDigest, Secret, file_matches, secret_file
 from ollama_fleet.operations.shell import fail_command, shown_command
 
@@ -225,12 +226,10 @@ def gateway_hosts_drained(
     yield f"rm -rf {q(work_dir)}"
 
 
-# $old: the workers of nginx.service's master, not those of another nginx (one in a container shows here
-# too). As pgrep -f's pattern, "proces[s]" matches nginx's workers but not the shell running this script.
-LIST_WORKERS = (
-    'master=$(systemctl show nginx.service -p MainPID --value 2>/dev/null); old=""; '
-    'if [ -n "$master" ] && [ "$master" != 0 ]; then '
-    "old=$(pgrep -P \"$master\" -f 'nginx: worker proces[s]' | tr '\\n' ' '); fi"
+# $old: the workers of nginx.service's master. As pgrep -f's pattern, "proces[s]" matches nginx's workers
+# but not the shell running this script.
+LIST_WORKERS = 'old=""; ' + with_nginx_master(
+    "old=$(pgrep -P \"$master\" -f 'nginx: worker proces[s]' | tr '\\n' ' ')"
 )
 
 

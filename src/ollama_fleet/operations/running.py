@@ -110,6 +110,15 @@ class WorkerStarts(TypedDict):
     newest_path: str | None
 
 
+def with_nginx_master(script: str) -> str:
+    """Run `script` with $master set to nginx.service's main PID (its master), when nginx runs: not
+    another nginx on the host (one in a container shows in ps too)."""
+    return (
+        "master=$(systemctl show nginx.service -p MainPID --value 2>/dev/null); "
+        f'if [ -n "$master" ] && [ "$master" != 0 ]; then {script}; fi'
+    )
+
+
 class NginxWorkers(FactBase[WorkerStarts]):
     """When nginx last (re)loaded its config, read from its newest worker, and the age of the config files.
 
@@ -122,14 +131,12 @@ class NginxWorkers(FactBase[WorkerStarts]):
         return {"running": False, "newest_worker": None, "newest_file": None, "newest_path": None}
 
     def command(self, files: list[str]) -> str:
-        return (
-            "master=$(systemctl show nginx.service -p MainPID --value 2>/dev/null); "
-            'if [ -n "$master" ] && [ "$master" != 0 ]; then '
+        workers = (
             "for pid in $(cat /proc/$master/task/$master/children 2>/dev/null); do "
             + _start_time_script("$pid", "worker ")
-            + "; done; fi; "
-            + _newest_mtime_script(files)
+            + "; done"
         )
+        return f"{with_nginx_master(workers)}; {_newest_mtime_script(files)}"
 
     def process(self, output: list[str]) -> WorkerStarts:
         found = self.default()
