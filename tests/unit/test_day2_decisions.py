@@ -7,13 +7,13 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_render import _binary, _free_port
 
 from ollama_fleet.deploys.service import rollback_target
 from ollama_fleet.operations import lock, nginx, release
@@ -321,7 +321,9 @@ def test_a_reload_returns_once_the_old_workers_take_no_more_connections(tmp_path
         "events {}\n"
         f"http {{ access_log off; server {{ listen 127.0.0.1:{_free_port()}; return 200; }} }}\n"
     )
-    master = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    master = subprocess.Popen(
+        [_binary("nginx"), "-p", str(tmp_path), "-c", str(conf)], stderr=subprocess.DEVNULL
+    )
     try:
         old = _workers_of(str(master.pid), count=2)
         script = f"old='{' '.join(old)}'; kill -HUP {master.pid}; " + nginx.workers_replaced_wait_script(10)
@@ -359,9 +361,3 @@ def _workers_of(master: str, count: int, title: str = "nginx: worker process") -
 
 def _title(pid: str) -> str:
     return subprocess.run(["ps", "-o", "args=", "-p", pid], capture_output=True, text=True).stdout.strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
