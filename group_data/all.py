@@ -12,8 +12,12 @@ Every key is validated for every host before any host is changed.
 ollama_version = "0.24.0"
 # CPU architecture of the hosts: "amd64" or "arm64".
 ollama_arch = "amd64"
-# Archive format of the release: "tgz" (older releases) or "tar.zst" (newer ones; installs zstd on hosts).
-ollama_archive_format = "tgz"
+# Archive format of the release: "auto" (what the release page of ollama_version has: "tar.zst" from 0.14.0,
+# "tgz" before), or either of those; hosts get zstd when it is "tar.zst".
+ollama_archive_format = "auto"
+# Archives unpacked over the main one into the same release directory, each checked like it and rolled back
+# with it: "rocm" (AMD GPUs, amd64), "jetpack5"/"jetpack6" (Jetson, arm64), "mlx" (MLX's CUDA 13 runner).
+ollama_overlays = []
 # Where hosts get the archive and its sha256sum.txt: "release" (ollama_release_url), "mirror"
 # (ollama_mirror_url, same layout: <url>/v<version>/<archive>) or "controller" (uploaded from
 # ollama_controller_dir, for air-gapped LANs). The archive is always checked against sha256sum.txt first.
@@ -24,11 +28,18 @@ ollama_release_url = "https://github.com/ollama/ollama/releases/download"
 ollama_mirror_url = None
 # Directory on the controller holding the archive and sha256sum.txt (required for "controller").
 ollama_controller_dir = None
+# With a models_seed_host (and a "release" or "mirror" source), the seed fetches each archive once, keeps it
+# and serves it on models_lan_port; the other hosts fetch it from there (the release page when the seed has
+# none, e.g. in a run the seed is not part of) and check its digest before they unpack it.
+ollama_via_seed = True
+# Before any host changes, the controller asks the release page (or mirror) for each archive: a 404 stops the
+# run. A controller that cannot reach it (or --dry) leaves the check to the hosts.
+ollama_check_url = True
 # Versions are unpacked to <install_dir>/<version>, with <install_dir>/current pointing at the one in use.
 ollama_install_dir = "/opt/ollama"
 # How many versions to keep installed, counting the current one (older ones are removed; >= 1).
 ollama_keep_versions = 2
-# Trusted archive digests, "<version>/<archive>" -> sha256 (e.g. "0.24.0/ollama-linux-amd64.tgz"): checked
+# Trusted archive digests, "<version>/<archive>" -> sha256 (e.g. "0.24.0/ollama-linux-amd64.tar.zst"): checked
 # instead of the release's sha256sum.txt, which comes from the same place as the archive.
 ollama_sha256 = {}
 # System user and group that run `ollama serve` (created like the official installer does).

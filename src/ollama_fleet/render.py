@@ -34,6 +34,9 @@ LOADED_CACHE_DIR = PurePosixPath("/var/lib/nginx/ollama-fleet-loaded")
 """The loaded check's cache of /api/ps; nginx makes it (its parent comes with Debian's nginx)."""
 NJS_PACKAGE = "libnginx-mod-http-js"
 OLLAMA_BIN = PurePosixPath("/usr/local/bin/ollama")
+RELEASE_STORE = PurePosixPath("/var/lib/ollama-fleet/releases")
+"""On the models seed: the Ollama archives it fetched, v<version>/<archive>, served to the other hosts."""
+RELEASE_STORE_URL_PATH = "/ollama-fleet/releases"
 # install.sh bakes the installing shell's $PATH into the unit; a fixed, standard one keeps hosts identical.
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -145,6 +148,7 @@ def render_nginx_site(
         json_errors=JSON_ERRORS,
         model_allow_list_js=model_allow_list_js,
         lan_models=lan_models(s),
+        release_store=RELEASE_STORE if s.serves_releases else None,
         lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
         gateway=gateway,
         loaded_check=loaded_check,

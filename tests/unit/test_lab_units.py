@@ -226,8 +226,8 @@ def test_inventory_loads_in_pyinfra_with_groups_and_lab_data(tmp_path: Path) -> 
 
 def test_lab_settings_point_at_the_slot_mirror_and_subnets(tmp_path: Path) -> None:
     settings = lab_settings(SlotPlan(2), tmp_path, tmp_path / "tiny.gguf")
-    assert settings["ollama_source"] == "mirror"
-    assert settings["ollama_mirror_url"] == "http://10.213.4.1:8080/ollama"
+    assert "ollama_source" not in settings  # the real fleets' code path: only the release page's URL differs
+    assert settings["ollama_release_url"] == "http://10.213.4.1:8080/ollama"
     assert settings["firewall_client_subnets"] == ["10.213.4.0/24", "fd0a:d5:0:4::/64"]
     assert settings["firewall_admin_subnets"] == ["10.213.4.0/24"]
     assert settings["lab_outsider_ip"] == "10.213.5.2"

@@ -57,7 +57,7 @@ def test_releases_fact_parses_versions_current_and_foreign_dirs() -> None:
     parsed = fact.process(["current 0.24.0", "version 0.23.0 aaa", "version 0.24.0 bbb", "foreign 0.22.0"])
     assert parsed == {
         "current": "0.24.0",
-        "versions": {"0.23.0": "aaa", "0.24.0": "bbb"},
+        "versions": {"0.23.0": {release.MAIN: "aaa"}, "0.24.0": {release.MAIN: "bbb"}},
         "foreign": ["0.22.0"],
     }
     assert fact.process(["current "])["current"] is None
@@ -116,7 +116,8 @@ def test_unpack_renames_a_complete_version_into_place_with_its_checksum(tmp_path
     version = install / "0.24.0"
     assert os.access(version / "bin" / "ollama", os.X_OK)
     assert (version / "lib" / "ollama" / "libggml.so").read_bytes() == b"lib"
-    assert (version / release.MARKER).read_text().strip() == hashlib.sha256(archive.read_bytes()).hexdigest()
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert (version / release.MARKER).read_text() == f"{digest}  ollama-linux-amd64.tgz\n"
     assert (version / "bin" / "ollama").stat().st_uid == os.getuid()  # --no-same-owner
     assert sorted(p.name for p in install.iterdir()) == ["0.24.0"]  # no temp dir left
 

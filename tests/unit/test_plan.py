@@ -63,6 +63,7 @@ def host_data(tmp_path: Path, index: int, **overrides: Any) -> dict[str, Any]:
         "tls_ca_dir": str(tmp_path / "pki"),
         "ollama_source": "mirror",
         "ollama_mirror_url": "http://10.213.250.1:8080/ollama",
+        "ollama_check_url": False,  # no traffic: nothing serves 10.213.250.1
         **overrides,
     }
 
@@ -320,28 +321,44 @@ RELEASE = """
 from pathlib import Path
 from ollama_fleet.operations import release
 release.release_installed(
-    name="install", version="0.24.0", archive_name="ollama-linux-amd64.tgz", install_dir="/opt/ollama",
-    staging_dir="/var/lib/ollama-fleet/staging", download_base="http://10.213.250.1:8080/ollama/v0.24.0",
+    name="install", version="0.24.0", install_dir="/opt/ollama", staging_dir="/var/lib/ollama-fleet/staging",
+    archive_name=["ollama-linux-amd64.tar.zst", "ollama-linux-amd64-rocm.tar.zst"],
+    download_base=["http://10.213.250.2:11435/ollama-fleet/releases/v0.24.0", "http://10.213.250.1:8080/v0.24.0"],
 )
 release.current_release(name="switch", version="0.24.0", install_dir="/opt/ollama")
 """
 
 
-def test_release_is_verified_before_it_is_unpacked_and_switched(tmp_path: Path) -> None:
+def test_release_and_its_overlay_are_verified_before_they_are_unpacked_and_switched(tmp_path: Path) -> None:
     commands = run_operation(tmp_path, RELEASE, {})
+
+    def step(*parts: str) -> int:
+        return next(i for i, c in enumerate(commands) if all(part in c for part in parts))
+
+    # The downloads run with their output shown (progress), which the fake connector does not echo: their
+    # script is tested for real in test_release_page.py.
     steps = [
-        next(i for i, c in enumerate(commands) if c.startswith("curl") and "ollama-linux-amd64.tgz" in c),
-        next(i for i, c in enumerate(commands) if c.startswith("curl") and "sha256sum.txt" in c),
-        next(i for i, c in enumerate(commands) if c.startswith("expected=")),
-        next(i for i, c in enumerate(commands) if "tar -z -x" in c),
-        next(i for i, c in enumerate(commands) if "mv -T /opt/ollama/.current-new /opt/ollama/current" in c),
+        step("rm -f /var/lib/ollama-fleet/staging/0.24.0/sha256sum.txt"),
+        step("expected=", "ollama-linux-amd64.tar.zst"),
+        step("expected=", "ollama-linux-amd64-rocm.tar.zst"),
+        step("tar --zstd -x", "amd64.tar.zst -C /opt/ollama/.unpack-0.24.0 && tar --zstd", "rocm.tar.zst -C"),
+        step("mv -T /opt/ollama/.current-new /opt/ollama/current"),
     ]
     assert steps == sorted(steps)
 
 
 def test_installed_release_runs_nothing(tmp_path: Path) -> None:
-    installed = {"readlink current": ["current 0.24.0", "version 0.24.0 " + "a" * 64]}
+    marker = f"{'a' * 64}  ollama-linux-amd64.tar.zst {'b' * 64}  ollama-linux-amd64-rocm.tar.zst"
+    installed = {"readlink current": ["current 0.24.0", f"version 0.24.0 {marker}"]}
     assert run_operation(tmp_path, RELEASE, installed) == []
+
+
+def test_a_release_without_its_overlay_is_unpacked_again(tmp_path: Path) -> None:
+    """A card added: the serving version gets its overlay on the next deploy (a whole new copy)."""
+    installed = {"readlink current": ["current 0.24.0", f"version 0.24.0 {'a' * 64}"]}
+    commands = run_operation(tmp_path, RELEASE, installed)
+    assert any("rocm.tar.zst -C /opt/ollama/.unpack-0.24.0" in c for c in commands)
+    assert any("mv -T /opt/ollama/0.24.0 /opt/ollama/.replaced-0.24.0" in c for c in commands)
 
 
 SECRET = """

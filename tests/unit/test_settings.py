@@ -408,11 +408,12 @@ def test_pulls_from_listed_insecure_registries_only(tmp_path: Path) -> None:
 
 def test_pinned_digests_are_checked_and_found_by_version_and_archive(tmp_path: Path) -> None:
     digest = "ab" * 32
-    s = settings(tmp_path, ollama_sha256={"0.24.0/ollama-linux-amd64.tgz": digest})
+    s = settings(tmp_path, ollama_sha256={"0.24.0/ollama-linux-amd64.tar.zst": digest})
     assert s.ollama.pinned_sha256 == digest
+    assert settings(tmp_path, ollama_sha256={"0.24.0/ollama-linux-amd64.tgz": digest}).ollama.pins == {}
     assert settings(tmp_path, ollama_version="0.24.1").ollama.pinned_sha256 is None
     with pytest.raises(
-        SettingsError, match=r"ollama_sha256: .*write it like '0.24.0/ollama-linux-amd64.tgz'"
+        SettingsError, match=r"ollama_sha256: .*write it like '0.24.0/ollama-linux-amd64.tar.zst'"
     ):
         settings(tmp_path, ollama_sha256={"v0.24.0": digest})
     with pytest.raises(SettingsError, match=r"is not a sha256"):

@@ -18,6 +18,7 @@ from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
 from ollama_fleet.deploys.pins import pin_problems
+from ollama_fleet.deploys.release_check import release_problems
 from ollama_fleet.gateway import with_gateway_group
 from ollama_fleet.settings import FleetSettings, SettingsError, listed_name, settings_for_host
 
@@ -131,6 +132,12 @@ def fleet_settings(state: State) -> dict[str, FleetSettings]:
         if problems:
             raise FleetError(
                 "pinned models cannot be deployed; nothing was changed on any host:\n" + "\n".join(problems)
+            )
+        missing = release_problems(settings)
+        if missing:
+            raise FleetError(
+                "the Ollama release cannot be downloaded; nothing was changed on any host:\n"
+                + "\n".join(missing)
             )
         _validated[state] = settings
     return _validated[state]

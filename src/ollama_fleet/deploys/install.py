@@ -9,7 +9,7 @@ from pyinfra.facts.server import Groups
 from pyinfra.operations import files, server
 
 from ollama_fleet.operations import accounts, packages, release
-from ollama_fleet.render import OLLAMA_BIN
+from ollama_fleet.render import OLLAMA_BIN, RELEASE_STORE, RELEASE_STORE_URL_PATH
 from ollama_fleet.settings import FleetSettings
 
 STAGING_DIR = "/var/lib/ollama-fleet/staging"
@@ -19,9 +19,19 @@ GPU_GROUPS = ("render", "video")
 def required_packages(s: FleetSettings) -> list[str]:
     """What the host needs besides a base system: curl for downloads and API calls, zstd for .tar.zst."""
     wanted = ["curl", "ca-certificates"]
-    if s.ollama.archive_format == "tar.zst":
+    if s.ollama.archive_suffix == "tar.zst":
         wanted.append("zstd")
     return wanted
+
+
+def release_bases(s: FleetSettings, seed_address: str | None) -> list[str]:
+    """Where this host fetches the release's archives from, in order: the fleet's seed when it has one (it
+    fetched them once from the release page), then the release page or mirror itself."""
+    own = [s.ollama.download_base]
+    if s.fetches_release_from_seed and seed_address:
+        seed = f"http://{seed_address}:{s.models.lan_port}{RELEASE_STORE_URL_PATH}/v{s.ollama.version}"
+        return [seed, *own]
+    return own
 
 
 def gpu_groups(existing: list[str]) -> list[str]:
@@ -30,8 +40,11 @@ def gpu_groups(existing: list[str]) -> list[str]:
 
 
 @deploy("Install Ollama")
-def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> None:
-    """Appends to `restart_triggers` the operations whose change means the running binary is outdated."""
+def install_ollama(
+    s: FleetSettings, restart_triggers: list[OperationMeta], seed_address: str | None = None
+) -> None:
+    """Appends to `restart_triggers` the operations whose change means the running binary is outdated.
+    `seed_address`: where this host reaches the fleet's seed, when it fetches the release from it."""
     o = s.ollama
     packages.packages_installed(name="Install download tools", packages=required_packages(s))
 
@@ -51,15 +64,24 @@ def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> N
             name=f"Create {directory}", path=str(directory), user=o.user, group=o.group, mode="755"
         )
 
-    release.release_installed(
-        name=f"Download, verify and unpack Ollama {o.version}",
+    releases = host.get_fact(release.OllamaReleases, install_dir=str(o.install_dir))
+    installed = releases["versions"].get(o.version)
+    # The serving version unpacked again with other overlays: same path, new files: Ollama must restart.
+    replaces_current = (
+        releases["current"] == o.version
+        and installed is not None
+        and release.variants(installed) != release.variants(o.archive_names)
+    )
+    unpacked = release.release_installed(
+        name=f"Download, verify and unpack Ollama {o.version}" + _from_where(s),
         version=o.version,
-        archive_name=o.archive_name,
+        archive_name=o.archive_names,
         install_dir=str(o.install_dir),
-        staging_dir=STAGING_DIR,
-        download_base=o.download_base if o.source in ("release", "mirror") else None,
+        staging_dir=str(RELEASE_STORE) if s.serves_releases else STAGING_DIR,
+        download_base=release_bases(s, seed_address) if o.source in ("release", "mirror") else None,
         controller_dir=o.controller_dir if o.source == "controller" else None,
-        pinned_sha256=o.pinned_sha256,
+        pinned_sha256=o.pins,
+        keep_archives=s.serves_releases,
     )
     switched = release.current_release(
         name=f"Switch {o.install_dir}/current to {o.version}",
@@ -71,7 +93,15 @@ def install_ollama(s: FleetSettings, restart_triggers: list[OperationMeta]) -> N
         path=str(OLLAMA_BIN),
         target=f"{o.install_dir}/current/bin/ollama",
     )
-    restart_triggers.extend([switched, linked])
+    restart_triggers.extend([switched, linked, *([unpacked] if replaces_current else [])])
+
+
+def _from_where(s: FleetSettings) -> str:
+    if s.serves_releases:
+        return " (and keep its archives for the fleet)"
+    if s.fetches_release_from_seed:
+        return f" (from the seed {s.models.seed_host})"
+    return ""
 
 
 @deploy("Prune old Ollama releases")

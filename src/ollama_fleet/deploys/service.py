@@ -36,7 +36,9 @@ def release_binary(s: FleetSettings, version: str) -> str:
 
 def ollama_process(s: FleetSettings) -> ServiceProcess:
     o = s.ollama
-    files_read = [UNIT_PATH, DROPIN_PATH, HARDENING_PATH, f"{o.install_dir}/current", str(OLLAMA_BIN)]
+    # The marker is written last when a version is unpacked (again, with other overlays: same path).
+    marker = f"{o.install_dir}/{o.version}/{release.MARKER}"
+    files_read = [UNIT_PATH, DROPIN_PATH, HARDENING_PATH, f"{o.install_dir}/current", str(OLLAMA_BIN), marker]
     process: ServiceProcess = host.get_fact(OllamaProcess, service="ollama.service", files=files_read)
     return process
 

@@ -12,7 +12,7 @@ from ollama_fleet.deploys.fast_rerun import (
     record_verified,
 )
 from ollama_fleet.deploys.firewall import firewall
-from ollama_fleet.deploys.fleet import fleet_settings, host_data, settings_for
+from ollama_fleet.deploys.fleet import fleet_settings, host_data, seed_address, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
@@ -81,22 +81,32 @@ def whole_deploy(
         # First: the SSH rule is in place and ufw is on before any port starts listening.
         firewall(s=s, too_wide=too_wide)
     rollback_to: str | None = None
-    if s.serves_api:
-        # Read before anything is switched: the release serving now is the one to roll back to.
-        rollback_to = rollback_target_for(s)
-        restart_ollama_on: list[OperationMeta] = []
-        install_ollama(s=s, restart_triggers=restart_ollama_on)
-        ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
-    else:
+    if s.serves_api and not s.fetches_release_from_seed:
+        rollback_to = ollama_installed_and_running(s)
+    elif not s.serves_api:
         ollama_stopped()
     if pair is not None:  # nginx is enabled
         reload_nginx_on: list[OperationMeta] = []
         tls_material(s=s, pair=pair, reload_triggers=reload_nginx_on)
         nginx_proxy(s=s, plan=plan, reload_triggers=reload_nginx_on)
+    if s.serves_api and s.fetches_release_from_seed:
+        # pyinfra runs each operation on every host before the next, in the order of these lines: the
+        # seed has fetched the release (above) and serves it from its reloaded nginx before this fetch.
+        rollback_to = ollama_installed_and_running(s, seed_address(host, s.models.seed_host or ""))
     if s.serves_api:
         ollama_models(s=s)
     health_monitoring(s=s)  # installs the timer, or removes it (health_enabled false, or gateway_only)
     return rollback_to, too_wide
+
+
+def ollama_installed_and_running(s: FleetSettings, seed: str | None = None) -> str | None:
+    """Install the pinned release and (re)start Ollama on it; returns the release to roll back to."""
+    # Read before anything is switched: the release serving now is the one to roll back to.
+    rollback_to = rollback_target_for(s)
+    restart_ollama_on: list[OperationMeta] = []
+    install_ollama(s=s, restart_triggers=restart_ollama_on, seed_address=seed)
+    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
+    return rollback_to
 
 
 def failure_command(s: FleetSettings, rollback_to: str | None) -> FailureCommand:

@@ -38,6 +38,8 @@ from pathlib import Path
 from ollama_fleet.lab import tinymodel
 from ollama_fleet.lab.progress import Progress, output_tail, run_with_progress
 from ollama_fleet.localfiles import exclusive_lock, sha256_of
+from ollama_fleet.settings.rules import release_key
+from ollama_fleet.settings.sections import FIRST_ZST_RELEASE
 
 DEFAULT_VERSION = "0.24.0"
 MODULE = "github.com/ollama/ollama"
@@ -390,6 +392,8 @@ def ensure_ollama_release(version: str = DEFAULT_VERSION) -> Path:
         if not link.is_symlink() or os.readlink(link) != f"builds/{build_name}":
             _point_symlink(link, f"builds/{build_name}")
         _prune_other_builds(builds, version, build_name)
+    if not (pages_dir() / f"v{version}" / page_archive(version)).is_file():
+        publish_release(link, version)
     return link
 
 
@@ -412,17 +416,78 @@ def ensure_relabelled_release(label: str, base: str = DEFAULT_VERSION) -> Path:
     return dest
 
 
-def publish_release(directory: Path, version: str) -> Path:
-    """Serve a release directory on the lab mirror as `<mirror>/ollama/v<version>/` (a symlink)."""
-    link = artifacts_dir() / "ollama" / f"v{version}"
-    target = os.path.relpath(directory.resolve(), link.parent.resolve())
-    if not link.is_symlink() or os.readlink(link) != target:
-        _point_symlink(link, target)
+def pages_dir() -> Path:
+    """What the lab mirror serves as its release page: `v<version>/` holding what Ollama's page would."""
+    return artifacts_dir() / "ollama" / "pages"
+
+
+def page_archive(version: str) -> str:
+    """The main archive a real release page of `version` has: .tar.zst from 0.14.0, .tgz before."""
+    return ZST_NAME if release_key(version) >= FIRST_ZST_RELEASE else TGZ_NAME
+
+
+def overlay_tar_bytes(overlay: str, mtime: int, size: int = 0) -> bytes:
+    """A stand-in for an overlay archive (e.g. -rocm): only lib/ollama/<overlay>/, as the real one, holding a
+    file that says what it stands for, padded with `size` incompressible bytes for a realistic download."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for directory in ("lib", "lib/ollama", f"lib/ollama/{overlay}"):
+            tar.addfile(_tar_entry(directory, tarfile.DIRTYPE, mtime))
+        note = f"ollama-fleet lab stand-in for the {overlay} overlay\n".encode()
+        entry = _tar_entry(f"lib/ollama/{overlay}/STAND-IN", tarfile.REGTYPE, mtime)
+        entry.mode, entry.size = 0o644, len(note)
+        tar.addfile(entry, io.BytesIO(note))
+        if size:
+            padding = hashlib.shake_256(overlay.encode()).digest(size)
+            entry = _tar_entry(f"lib/ollama/{overlay}/padding.bin", tarfile.REGTYPE, mtime)
+            entry.mode, entry.size = 0o644, size
+            tar.addfile(entry, io.BytesIO(padding))
+    return buffer.getvalue()
+
+
+def publish_release(
+    directory: Path,
+    version: str,
+    overlays: tuple[str, ...] = (),
+    corrupt: tuple[str, ...] = (),
+    overlay_size: int = 0,
+) -> Path:
+    """Publish a build on the lab mirror's release page as `<mirror>/ollama/v<version>/`, as Ollama's own
+    page would hold it: the main archive in the format of that version, stand-in overlay archives
+    (`ollama-linux-amd64-<overlay>.<format>`) and sha256sum.txt in the release's format. An archive named in
+    `corrupt` is listed with a digest it does not have. Replaces the page of that version at once."""
+    main = page_archive(version)
+    suffix = main.removeprefix("ollama-linux-amd64.")
+    pages = pages_dir()
+    pages.mkdir(parents=True, exist_ok=True)
+    page = Path(tempfile.mkdtemp(prefix=f".v{version}.", dir=pages))
+    (page / main).symlink_to(os.path.relpath((directory / main).resolve(), page))
+    names = [main]
+    for overlay in overlays:
+        name = f"ollama-linux-amd64-{overlay}.{suffix}"
+        tar_bytes = overlay_tar_bytes(overlay, 0, overlay_size)
+        (write_tar_zst if suffix == "tar.zst" else write_tgz)(tar_bytes, page / name)
+        names.append(name)
+    write_sums(page, names)
+    if corrupt:  # listed with a digest they do not have
+        sums = read_sums(page)
+        listed = {name: ("0" * 64 if name in corrupt else digest) for name, digest in sums.items()}
+        (page / SUMS_NAME).write_text("".join(f"{d}  ./{n}\n" for n, d in sorted(listed.items())))
+    page.chmod(0o755)
+    link = pages / f"v{version}"
+    _point_symlink(link, page.name)
+    for old in pages.glob(f".v{version}.*"):
+        if old != page:
+            shutil.rmtree(old, ignore_errors=True)
     return link
 
 
 def unpublish_release(version: str) -> None:
-    (artifacts_dir() / "ollama" / f"v{version}").unlink(missing_ok=True)
+    link = pages_dir() / f"v{version}"
+    target = link.resolve() if link.is_symlink() else None
+    link.unlink(missing_ok=True)
+    if target is not None and target.parent == pages_dir().resolve():
+        shutil.rmtree(target, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -36,8 +36,8 @@ def lab_settings(plan: SlotPlan, state_dir: Path, tiny_model: Path) -> dict[str,
     They are host data, so they win over group_data files; tests that need other values pass `--data`.
     """
     return {
-        "ollama_source": "mirror",
-        "ollama_mirror_url": f"{plan.mirror_base_url}/ollama",
+        # The lab mirror is a release page (v<version>/<archive>, sha256sum.txt): only the URL differs.
+        "ollama_release_url": f"{plan.mirror_base_url}/ollama",
         "ollama_origins": [LAB_ORIGIN],
         "firewall_client_subnets": [plan.hosts_subnet, plan.hosts_subnet6],
         "firewall_admin_subnets": [plan.hosts_subnet],

@@ -52,7 +52,8 @@ def routes() -> dict[str, Path]:
     artifacts = cache_dir() / "artifacts"
     return {
         "/debian/": cache_dir() / "debs" / debs_recipe_hash(),
-        "/ollama/": artifacts / "ollama",
+        "/ollama/": artifacts / "ollama" / "pages",  # a release page: v<version>/<archive>, sha256sum.txt
+        "/ollama-builds/": artifacts / "ollama",  # the lab's builds, both formats (by-hand installs)
         "/models/": artifacts / "models",
         "/v2/": artifacts / "registry",
     }

@@ -20,20 +20,26 @@ from pyinfra.api.facts import FactBase
 from pyinfra.api.operation import operation
 from pyinfra.context import host
 
-from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.operations.shell import fail_command, shown_command
+from ollama_fleet.settings.rules import release_key
 
 MARKER = ".ollama-fleet-sha256"
-"""Written into a version directory last: a directory without it is not ours or not complete."""
+"""Written into a version directory last, one `<sha256>  <archive>` line for each archive unpacked into it
+(a lone digest: the main archive, as versions before overlays wrote it). A directory without it is not ours
+or not complete."""
+
+MAIN = ""
+"""The variant of a release's main archive; an overlay's is its name (rocm, jetpack6, ...)."""
 
 
 class InstalledReleases(TypedDict):
     current: str | None
-    versions: dict[str, str]  # version -> sha256 of the archive it came from
+    versions: dict[str, dict[str, str]]  # version -> {archive name (or MAIN, from an old marker): sha256}
     foreign: list[str]  # directories without our marker
 
 
 class OllamaReleases(FactBase[InstalledReleases]):
-    """Versions unpacked under `install_dir`, the archive checksum recorded for each, and `current`."""
+    """Versions unpacked under `install_dir`, the archives each came from with their sha256, and `current`."""
 
     @staticmethod
     def default() -> InstalledReleases:
@@ -45,7 +51,7 @@ class OllamaReleases(FactBase[InstalledReleases]):
             f'[ -d {d} ] || exit 0; cd {d} && echo "current $(readlink current || true)"; '
             'for v in */; do v=${v%/}; [ -L "$v" ] && continue; [ -d "$v" ] || continue; '
             f'if [ -f "$v/{MARKER}" ] && [ -x "$v/bin/ollama" ]; '
-            f'then echo "version $v $(cat "$v/{MARKER}")"; else echo "foreign $v"; fi; done'
+            f'then echo "version $v $(tr "\\n" " " < "$v/{MARKER}")"; else echo "foreign $v"; fi; done'
         )
 
     def process(self, output: list[str]) -> InstalledReleases:
@@ -55,20 +61,42 @@ class OllamaReleases(FactBase[InstalledReleases]):
             if kind == "current":
                 found["current"] = rest.strip() or None
             elif kind == "version":
-                version, _, digest = rest.partition(" ")
-                found["versions"][version] = digest.strip()
+                version, _, marker = rest.partition(" ")
+                found["versions"][version] = parse_marker(marker)
             elif kind == "foreign":
                 found["foreign"].append(rest.strip())
         return found
 
 
-def version_key(version: str) -> tuple[int, ...]:
-    """0.24.0 < 0.24.1-rc1 < 0.24.1 (a release candidate sorts before its release)."""
-    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:-rc(\d+))?", version)
-    if not match:
-        return (-1,)
-    major, minor, patch, rc = match.groups()
-    return (int(major), int(minor), int(patch), int(rc) if rc is not None else 1_000_000)
+def parse_marker(text: str) -> dict[str, str]:
+    """`<sha256>  <name>` pairs (whitespace-separated), or one lone digest: the main archive's."""
+    words = text.split()
+    if len(words) == 1:
+        return {MAIN: words[0]}
+    return {name: digest for digest, name in zip(words[::2], words[1::2], strict=False)}
+
+
+def variant(archive: str) -> str:
+    """MAIN for ollama-linux-amd64.tar.zst, `rocm` for ollama-linux-amd64-rocm.tar.zst."""
+    match = re.fullmatch(r"ollama-linux-[a-z0-9]+(?:-([a-z0-9]+))?\.(?:tgz|tar\.zst)", archive)
+    return (match.group(1) or MAIN) if match else archive
+
+
+def variants(archives: dict[str, str] | list[str]) -> set[str]:
+    return {MAIN if name == MAIN else variant(name) for name in archives}
+
+
+def pin_mismatches(installed: dict[str, str], pins: dict[str, str]) -> list[str]:
+    """The pinned archives an installed version came from with another digest: `name sha256 X, pinned Y`."""
+    found = []
+    for name, pinned in pins.items():
+        digest = installed.get(name, installed.get(MAIN) if variant(name) == MAIN else None)
+        if digest is not None and digest != pinned:
+            found.append(f"{name} had sha256 {digest}, pinned {pinned}")
+    return found
+
+
+version_key = release_key
 
 
 def verify_script(archive: str, sums: str, pinned: str | None = None) -> str:
@@ -96,52 +124,112 @@ def verify_script(archive: str, sums: str, pinned: str | None = None) -> str:
     )
 
 
-def unpack_script(archive: str, install_dir: str, version: str) -> str:
-    """Unpack into a hidden temp dir, record the checksum, then rename it to <version> in one step."""
+def unpack_script(archives: str | list[str], install_dir: str, version: str) -> str:
+    """Unpack the main archive, then each overlay over it, into a hidden temp dir; record each archive's
+    checksum; then rename the whole into place as <version> (a directory already there, e.g. the same
+    version without an overlay, is moved aside and removed: `current` names the version, not the copy)."""
+    archives = [archives] if isinstance(archives, str) else archives
     temp = shlex.quote(posixpath.join(install_dir, f".unpack-{version}"))
     final = shlex.quote(posixpath.join(install_dir, version))
-    decompress = "--zstd" if archive.endswith(".zst") else "-z"
+    old = shlex.quote(posixpath.join(install_dir, f".replaced-{version}"))
+    steps = [f"rm -rf {temp} {old} && mkdir -p {temp}"]
+    for archive in archives:
+        decompress = "--zstd" if archive.endswith(".zst") else "-z"
+        steps.append(f"tar {decompress} -x --no-same-owner -f {shlex.quote(archive)} -C {temp}")
+    missing = 'echo "ollama-fleet: archive has no bin/ollama" >&2; exit 1'
+    steps.append(f"{{ test -x {temp}/bin/ollama || {{ {missing}; }}; }}")
+    for archive in archives:
+        name = shlex.quote(posixpath.basename(archive))
+        steps.append(
+            f"printf '%s  %s\\n' \"$(sha256sum {shlex.quote(archive)} | cut -d' ' -f1)\" {name} "
+            f">> {temp}/{MARKER}"
+        )
+    steps.append(f"chmod 755 {temp}")
+    steps.append(f"{{ [ ! -e {final} ] || mv -T {final} {old}; }} && mv -T {temp} {final} && rm -rf {old}")
+    return " && ".join(steps)
+
+
+def download_script(url: str, dest: str) -> str:
+    """Fetch `url` to `dest`, resuming a partial `dest`, printing the MB done and the rate every 5 s; on
+    failure say which URL and what it answered (an HTTP status, or curl's reason)."""
+    q_url, q_dest = shlex.quote(url), shlex.quote(dest)
+    name = shlex.quote(posixpath.basename(dest))
+    mb = "$(( $(stat -c %s " + q_dest + " 2>/dev/null || echo 0) / 1048576 ))"
     return (
-        f"rm -rf {temp} && mkdir -p {temp} && "
-        f"tar {decompress} -x --no-same-owner -f {shlex.quote(archive)} -C {temp} && "
-        f'test -x {temp}/bin/ollama || {{ echo "ollama-fleet: archive has no bin/ollama" >&2; exit 1; }}; '
-        f"sha256sum {shlex.quote(archive)} | cut -d' ' -f1 > {temp}/{MARKER} && "
-        f"chmod 755 {temp} && mv -T {temp} {final}"
+        f"start=$(date +%s); before={mb}; "
+        # A reporter beside curl, so that a quick download waits for nothing.
+        f"( while sleep 5 >/dev/null 2>&1 </dev/null; do now={mb}; t=$(( $(date +%s) - start )); "
+        f'echo "{name}: $now MB, $(( (now - before) / (t > 0 ? t : 1) )) MB/s"; done ) & reporter=$!; '
+        f"curl -sS -L --retry 3 --connect-timeout 20 -C - -o {q_dest} -w '%{{http_code}}' {q_url} "
+        f"> {q_dest}.status 2> {q_dest}.error; rc=$?; kill $reporter 2>/dev/null; "
+        f"code=$(cat {q_dest}.status 2>/dev/null); reason=$(tail -1 {q_dest}.error); "
+        f"rm -f {q_dest}.status {q_dest}.error; "
+        # 416: the whole file was here already (a resumed download that had finished).
+        f'case "$rc:$code" in 0:2??|*:416) ;; '
+        f'*) if [ -n "$code" ] && [ "$code" != 000 ]; then why="HTTP $code"; else why="$reason"; fi; '
+        f"rm -f {q_dest}; "
+        f'echo "ollama-fleet: downloading {url} failed: $why" >&2; exit 1;; esac; '
+        f'echo "{name}: {mb} MB in $(( $(date +%s) - start )) s"'
     )
+
+
+def fetch_script(name: str, stage: str, bases: list[str]) -> str:
+    """Fetch archive `name` into `stage` from the first of `bases` that has it (the seed, then the release
+    page): the next base is tried only when one answered 404 or could not be reached."""
+    dest = posixpath.join(stage, name)
+    tries = [f"( {download_script(f'{base}/{name}', dest)} )" for base in bases]
+    return " || ".join(tries)
 
 
 @operation()
 def release_installed(
     version: str,
-    archive_name: str,
+    archive_name: str | list[str],
     install_dir: str,
     staging_dir: str,
-    download_base: str | None = None,
+    download_base: str | list[str] | None = None,
     controller_dir: Path | None = None,
-    pinned_sha256: str | None = None,
+    pinned_sha256: str | dict[str, str] | None = None,
+    keep_archives: bool = False,
 ) -> Generator[Any, None, None]:
     """
-    Ensure Ollama `version` is unpacked in `install_dir/<version>`, verified by sha256 first.
+    Ensure Ollama `version` is unpacked in `install_dir/<version>` from exactly `archive_name` (the main
+    archive, then its overlays), each verified by sha256 first.
 
     + version: the release, e.g. 0.24.0
-    + archive_name: ollama-linux-amd64.tgz or .tar.zst
+    + archive_name: ollama-linux-amd64.tar.zst, or a list: the main archive, then overlays (-rocm, ...)
     + install_dir: /opt/ollama
-    + staging_dir: where the archive is downloaded/uploaded and checked (removed afterwards)
-    + download_base: URL of the directory holding the archive and sha256sum.txt (release or mirror)
+    + staging_dir: where archives are downloaded/uploaded and checked (a partial download is resumed)
+    + download_base: URL of the directory holding the archives and sha256sum.txt (release or mirror), or a
+      list tried in order (the fleet's seed, then the release page)
     + controller_dir: or a directory on the controller holding them (air-gapped LANs)
-    + pinned_sha256: a trusted digest of the archive (ollama_sha256), checked instead of sha256sum.txt
+    + pinned_sha256: trusted digests (ollama_sha256), archive name -> sha256 (or the main one's alone),
+      checked instead of sha256sum.txt
+    + keep_archives: leave the verified archives and sha256sum.txt in `staging_dir/v<version>` (the seed
+      serves them to the other hosts); otherwise they are removed once unpacked
     """
+    archives = [archive_name] if isinstance(archive_name, str) else list(archive_name)
+    pins = pinned_sha256 if isinstance(pinned_sha256, dict) else {}
+    if isinstance(pinned_sha256, str):
+        pins = {archives[0]: pinned_sha256}
+    bases = [download_base] if isinstance(download_base, str) else list(download_base or [])
     releases = host.get_fact(OllamaReleases, install_dir=install_dir)
     installed = releases["versions"].get(version)
-    if installed is not None and pinned_sha256 and installed != pinned_sha256:
+    stage = posixpath.join(staging_dir, f"v{version}" if keep_archives else version)
+    kept = keep_archives and host.get_fact(StagedArchives, stage=stage) == sorted(
+        [*archives, "sha256sum.txt"]
+    )
+    mismatched = pin_mismatches(installed or {}, pins)
+    if mismatched:
         yield fail_command(
-            f"{install_dir}/{version} was unpacked from an archive with sha256 {installed}, not the pinned "
-            f"{pinned_sha256} (ollama_sha256); check the pin, then remove {install_dir}/{version} to "
-            "reinstall"
+            f"{install_dir}/{version} was unpacked from another archive than ollama_sha256 pins "
+            f"({'; '.join(mismatched)}); check the pin, then remove {install_dir}/{version} to reinstall"
         )
         return
-    if installed is not None:
-        host.noop(f"Ollama {version} is installed")
+    unpacked = installed is not None and variants(installed) == variants(archives)
+    if unpacked and (kept or not keep_archives):
+        with_overlays = f" with {', '.join(archives[1:])}" if archives[1:] else ""
+        host.noop(f"Ollama {version} is installed{with_overlays}")
         return
     if version in releases["foreign"]:
         yield fail_command(
@@ -150,23 +238,40 @@ def release_installed(
         )
         return
 
-    stage = posixpath.join(staging_dir, version)
-    archive = posixpath.join(stage, archive_name)
+    paths = [posixpath.join(stage, name) for name in archives]
     sums = posixpath.join(stage, "sha256sum.txt")
-    yield f"rm -rf {shlex.quote(stage)} && mkdir -p -m 700 {shlex.quote(stage)}"
-    names = [archive_name] if pinned_sha256 else [archive_name, "sha256sum.txt"]
-    if download_base is not None:
+    # Kept: a partial download from an interrupted run is resumed (every archive is checked before use).
+    yield (
+        f"mkdir -p -m 755 {shlex.quote(stage)}" if keep_archives else f"mkdir -p -m 700 {shlex.quote(stage)}"
+    )
+    unpinned = [name for name in archives if name not in pins]
+    names = [*archives, "sha256sum.txt"] if unpinned or keep_archives else archives
+    if bases:
+        # sha256sum.txt is small and may change with a re-published release: always fetched anew.
+        yield f"rm -f {shlex.quote(sums)}"
         for name in names:
-            remote, url = posixpath.join(stage, name), f"{download_base}/{name}"
-            yield f"curl -fsSL --retry 3 --connect-timeout 20 -o {shlex.quote(remote)} {shlex.quote(url)}"
+            yield shown_command(fetch_script(name, stage, bases))
     elif controller_dir is not None:
         for name in names:
             yield FileUploadCommand(str(controller_dir / name), posixpath.join(stage, name))
     else:
         raise OperationError("release_installed needs download_base or controller_dir")  # a caller's bug
-    yield verify_script(archive, sums, pinned_sha256)
-    yield unpack_script(archive, install_dir, version)
-    yield f"rm -rf {shlex.quote(stage)}"
+    for name, path in zip(archives, paths, strict=True):
+        yield verify_script(path, sums, pins.get(name))
+    if not unpacked:  # (a seed that has the version but not its archives only fetches them to serve)
+        yield unpack_script(paths, install_dir, version)
+    if not keep_archives:
+        yield f"rm -rf {shlex.quote(stage)}"
+
+
+class StagedArchives(FactBase[list[str]]):
+    """The files a seed keeps for a version (archives and sha256sum.txt), sorted; [] when none."""
+
+    def command(self, stage: str) -> str:
+        return f"cd {shlex.quote(stage)} 2>/dev/null && ls -1 || true"
+
+    def process(self, output: list[str]) -> list[str]:
+        return sorted(line.strip() for line in output if line.strip() and not line.startswith("."))
 
 
 @operation()

@@ -183,6 +183,16 @@ class FleetSettings(BaseModel):
         return self.models.seed_host is not None and self.models.seed_host != self.host
 
     @property
+    def serves_releases(self) -> bool:
+        """This host, the models seed, keeps the Ollama archives it fetched and serves them on the LAN."""
+        return self.is_model_seed and self.ollama.via_seed and self.ollama.source != "controller"
+
+    @property
+    def fetches_release_from_seed(self) -> bool:
+        """This host gets the Ollama archives from the seed first (the release page if the seed has none)."""
+        return self.fetches_from_seed and self.ollama.via_seed and self.ollama.source != "controller"
+
+    @property
     def server_names(self) -> list[str]:
         return self.nginx.server_names or [self.host]
 

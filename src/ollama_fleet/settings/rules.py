@@ -16,6 +16,16 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 VERSION = r"\d+\.\d+\.\d+(-rc\d+)?"
 """An Ollama release version as its tags name it, without the leading v."""
 
+
+def release_key(version: str) -> tuple[int, ...]:
+    """Sort key of a release: 0.24.0 < 0.24.1-rc1 < 0.24.1 (a release candidate before its release)."""
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:-rc(\d+))?", version)
+    if not match:
+        return (-1,)
+    major, minor, patch, rc = match.groups()
+    return (int(major), int(minor), int(patch), int(rc) if rc is not None else 1_000_000)
+
+
 NGINX_SIZE = re.compile(r"\d+[kKmMgG]?")
 
 

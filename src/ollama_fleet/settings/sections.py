@@ -11,7 +11,18 @@ from pydantic import Field, field_validator, model_validator
 
 from ollama_fleet import ollama_env
 from ollama_fleet.settings.base import IPNetwork, Section
-from ollama_fleet.settings.rules import NGINX_SIZE, VERSION, host_names, timespan_seconds
+from ollama_fleet.settings.rules import NGINX_SIZE, VERSION, host_names, release_key, timespan_seconds
+
+Overlay = Literal["rocm", "jetpack5", "jetpack6", "mlx"]
+OVERLAY_ARCHES: dict[str, tuple[str, ...]] = {
+    "rocm": ("amd64",),
+    "jetpack5": ("arm64",),
+    "jetpack6": ("arm64",),
+    "mlx": ("amd64", "arm64"),
+}
+ARCHIVE_NAME = r"ollama-linux-(amd64|arm64)(-(rocm|jetpack5|jetpack6|mlx))?\.(tgz|tar\.zst)"
+FIRST_ZST_RELEASE = (0, 14, 0, 0)
+"""Ollama's Linux archives are .tar.zst from v0.14.0 (its release candidates included), .tgz before."""
 
 
 class OllamaSettings(Section):
@@ -19,13 +30,22 @@ class OllamaSettings(Section):
 
     version: str = "0.24.0"
     arch: Literal["amd64", "arm64"] = "amd64"
-    archive_format: Literal["tgz", "tar.zst"] = "tgz"
+    # auto: what the release page of `version` has (.tar.zst since 0.14.0, .tgz before).
+    archive_format: Literal["auto", "tgz", "tar.zst"] = "auto"
+    # Archives unpacked over the main one into the same release directory (rocm: AMD GPUs; jetpack5/6: Jetson;
+    # mlx: MLX's CUDA 13 runner), each checked like the main archive and rolled back with it.
+    overlays: list[Overlay] = Field(default_factory=list)
     # release: the official GitHub release; mirror: a LAN mirror with the same layout
     # (<mirror_url>/v<version>/<archive> + sha256sum.txt); controller: push files from the controller.
     source: Literal["release", "mirror", "controller"] = "release"
     release_url: str = "https://github.com/ollama/ollama/releases/download"
     mirror_url: str | None = None
     controller_dir: Path | None = None
+    # With a models_seed_host, the seed fetches the release once and the other hosts get it from the seed.
+    via_seed: bool = True
+    # Before any host changes, the controller asks the release page for each archive; a 404 stops the run
+    # (a controller that cannot reach the page leaves the check to the hosts).
+    check_url: bool = True
     install_dir: Path = Path("/opt/ollama")
     keep_versions: int = Field(default=2, ge=1)
     # "<version>/<archive>" -> sha256, e.g. {"0.24.0/ollama-linux-amd64.tgz": "ab12..."}: a digest taken from
@@ -51,9 +71,10 @@ class OllamaSettings(Section):
     @classmethod
     def _pins_are_digests(cls, value: dict[str, str]) -> dict[str, str]:
         for key, digest in value.items():
-            if not re.fullmatch(rf"{VERSION}/ollama-linux-(amd64|arm64)\.(tgz|tar\.zst)", key):
+            if not re.fullmatch(rf"{VERSION}/{ARCHIVE_NAME}", key):
                 raise ValueError(
-                    f"key {key!r} is not '<version>/<archive>'; write it like '0.24.0/ollama-linux-amd64.tgz'"
+                    f"key {key!r} is not '<version>/<archive>'; write it like "
+                    "'0.24.0/ollama-linux-amd64.tar.zst' (or -rocm.tar.zst for an overlay)"
                 )
             if not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
                 raise ValueError(f"{key}: {digest!r} is not a sha256 (64 lowercase hex digits)")
@@ -106,6 +127,19 @@ class OllamaSettings(Section):
         return {name: str(raw) for name, raw in value.items()}
 
     @model_validator(mode="after")
+    def _overlays_fit_arch(self) -> OllamaSettings:
+        for overlay in self.overlays:
+            if self.arch not in OVERLAY_ARCHES[overlay]:
+                arches = " or ".join(OVERLAY_ARCHES[overlay])
+                raise ValueError(
+                    f"ollama_overlays: {overlay!r} is released for {arches} only, and ollama_arch is "
+                    f"{self.arch!r}; remove it or fix ollama_arch"
+                )
+        if len(set(self.overlays)) != len(self.overlays):
+            raise ValueError(f"ollama_overlays lists an overlay twice: {self.overlays}")
+        return self
+
+    @model_validator(mode="after")
     def _source_has_location(self) -> OllamaSettings:
         if self.source == "mirror" and not self.mirror_url:
             raise ValueError(
@@ -127,13 +161,33 @@ class OllamaSettings(Section):
         return int(self.listen.rpartition(":")[2])
 
     @property
+    def archive_suffix(self) -> str:
+        """tgz or tar.zst: as set, or (auto) what the release page of this version publishes."""
+        if self.archive_format != "auto":
+            return self.archive_format
+        return "tar.zst" if release_key(self.version) >= FIRST_ZST_RELEASE else "tgz"
+
+    @property
     def archive_name(self) -> str:
-        return f"ollama-linux-{self.arch}.{self.archive_format}"
+        """The main archive: bin/ollama and lib/ollama."""
+        return f"ollama-linux-{self.arch}.{self.archive_suffix}"
+
+    @property
+    def archive_names(self) -> list[str]:
+        """The main archive, then each overlay's, in the order they are unpacked."""
+        overlays = [f"ollama-linux-{self.arch}-{o}.{self.archive_suffix}" for o in self.overlays]
+        return [self.archive_name, *overlays]
 
     @property
     def pinned_sha256(self) -> str | None:
-        """The trusted digest of this version's archive, when ollama_sha256 pins it."""
+        """The trusted digest of this version's main archive, when ollama_sha256 pins it."""
         return self.sha256.get(f"{self.version}/{self.archive_name}")
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """Archive name -> trusted digest, for this version's archives that ollama_sha256 pins."""
+        pinned = ((name, self.sha256.get(f"{self.version}/{name}")) for name in self.archive_names)
+        return {name: digest for name, digest in pinned if digest}
 
     @property
     def download_base(self) -> str:
