@@ -78,14 +78,17 @@ def broken_release(directory: Path) -> Path:
     script = directory / "ollama"
     script.write_text("#!/bin/sh\nexit 1\n")
     script.chmod(0o755)
-    archive = directory / "ollama-linux-amd64.tgz"
-    with tarfile.open(archive, "w:gz") as tar:
+    archive = directory / "ollama-linux-amd64.tar.zst"
+    with tarfile.open(directory / "release.tar", "w") as tar:
         tar.add(script, "bin/ollama")
         lib = tarfile.TarInfo("lib/ollama")
         lib.type, lib.mode = tarfile.DIRTYPE, 0o755
         tar.addfile(lib)
+    subprocess.run(
+        ["zstd", "-q", "--rm", "-f", str(directory / "release.tar"), "-o", str(archive)], check=True
+    )
     digest = sha256_of(archive)
-    (directory / "sha256sum.txt").write_text(f"{digest}  ./ollama-linux-amd64.tgz\n")
+    (directory / "sha256sum.txt").write_text(f"{digest}  ./ollama-linux-amd64.tar.zst\n")
     script.unlink()
     directory.chmod(0o755)
     return directory

@@ -285,9 +285,12 @@ def broken_release(tmp_path: Path) -> Iterator[str]:
     (tree / "bin" / "ollama").write_text("#!/bin/sh\nexit 1\n")
     (tree / "bin" / "ollama").chmod(0o755)
     subprocess.run(
-        ["tar", "-czf", str(release / "ollama-linux-amd64.tgz"), "-C", str(tree), "bin", "lib"], check=True
+        ["tar", "--zstd", "-cf", str(release / "ollama-linux-amd64.tar.zst"), "-C", str(tree), "bin", "lib"],
+        check=True,
     )
-    subprocess.run("sha256sum ollama-linux-amd64.tgz > sha256sum.txt", shell=True, cwd=release, check=True)
+    subprocess.run(
+        "sha256sum ollama-linux-amd64.tar.zst > sha256sum.txt", shell=True, cwd=release, check=True
+    )
     release.chmod(0o755)
     tmp_path.chmod(0o755)
     publish_release(release, "0.24.9")

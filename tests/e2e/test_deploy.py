@@ -212,9 +212,11 @@ def test_checksum_mismatch_leaves_the_installed_version_serving(
 ) -> None:
     release = tmp_path / "release"
     release.mkdir()
-    shutil.copy(ensure_ollama_release() / "ollama-linux-amd64.tgz", release)
+    shutil.copy(ensure_ollama_release() / "ollama-linux-amd64.tar.zst", release)
     sums = (ensure_ollama_release() / "sha256sum.txt").read_text().splitlines()
-    tampered = ["0" * 64 + line[64:] if line.endswith("ollama-linux-amd64.tgz") else line for line in sums]
+    tampered = [
+        "0" * 64 + line[64:] if line.endswith("ollama-linux-amd64.tar.zst") else line for line in sums
+    ]
     assert tampered != sums
     (release / "sha256sum.txt").write_text("\n".join(tampered) + "\n")
     target = fleet.names[1]
@@ -227,7 +229,7 @@ def test_checksum_mismatch_leaves_the_installed_version_serving(
     )  # fmt: skip
 
     assert run.returncode != 0
-    assert "checksum mismatch for ollama-linux-amd64.tgz" in run.stdout + run.stderr
+    assert "checksum mismatch for ollama-linux-amd64.tar.zst" in run.stdout + run.stderr
     assert fleet.ssh(target, "readlink /opt/ollama/current").strip() == "0.24.0"
     assert fleet.ssh(target, "ls /opt/ollama").split() == ["0.24.0", "current"]
     assert fleet.ssh(target, "ls -A /var/lib/ollama-fleet/staging").strip() == ""
@@ -238,13 +240,13 @@ def test_a_tampered_release_with_a_recomputed_sha256sum_txt_is_refused_by_the_pi
     fleet: Fleet, second: Run, tmp_path: Path
 ) -> None:
     genuine_dir = ensure_ollama_release()
-    genuine = hashlib.sha256((genuine_dir / "ollama-linux-amd64.tgz").read_bytes()).hexdigest()
+    genuine = hashlib.sha256((genuine_dir / "ollama-linux-amd64.tar.zst").read_bytes()).hexdigest()
     release = tmp_path / "release"
     release.mkdir()
-    tampered = (genuine_dir / "ollama-linux-amd64.tgz").read_bytes() + b"tampered"
-    (release / "ollama-linux-amd64.tgz").write_bytes(tampered)
+    tampered = (genuine_dir / "ollama-linux-amd64.tar.zst").read_bytes() + b"tampered"
+    (release / "ollama-linux-amd64.tar.zst").write_bytes(tampered)
     (release / "sha256sum.txt").write_text(
-        f"{hashlib.sha256(tampered).hexdigest()}  ./ollama-linux-amd64.tgz\n"
+        f"{hashlib.sha256(tampered).hexdigest()}  ./ollama-linux-amd64.tar.zst\n"
     )
     target = fleet.names[1]
 
@@ -253,11 +255,13 @@ def test_a_tampered_release_with_a_recomputed_sha256sum_txt_is_refused_by_the_pi
         "--data", "ollama_source=controller",
         "--data", f"ollama_controller_dir={release}",
         "--data", "ollama_version=0.24.1",
-        "--data", "ollama_sha256=" + json.dumps({"0.24.1/ollama-linux-amd64.tgz": genuine}),
+        "--data", "ollama_sha256=" + json.dumps({"0.24.1/ollama-linux-amd64.tar.zst": genuine}),
     )  # fmt: skip
 
     assert run.returncode != 0
-    assert f"checksum mismatch for ollama-linux-amd64.tgz: expected {genuine} (ollama_sha256)" in run.stderr
+    assert (
+        f"checksum mismatch for ollama-linux-amd64.tar.zst: expected {genuine} (ollama_sha256)" in run.stderr
+    )
     assert fleet.ssh(target, "readlink /opt/ollama/current").strip() == "0.24.0"
     assert fleet.ssh(target, "ls /opt/ollama").split() == ["0.24.0", "current"]
     assert fleet.https(target, "/api/version").json() == {"version": "0.24.0"}

@@ -71,7 +71,7 @@ class ByHand:
     # ------------------------------------------------------------------------------ the operator's steps
 
     def fetch_and_check_release(self) -> None:
-        release = f"{self.lab.mirror_url}/ollama/v{VERSION}"
+        release = f"{self.lab.mirror_url}/ollama-builds/v{VERSION}"  # the lab's build, in both formats
         self.ok(f"mkdir {SCRATCH}")  # no -p: a leftover from another run must fail loudly, not be reused
         self.ok(
             f"cd {SCRATCH} && curl -fsSO {release}/{artifacts.TGZ_NAME} && curl -fsSO {release}/sha256sum.txt"
