@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from ollama_fleet.health import SERVICE, TIMER, UNIT_DIR
-from ollama_fleet.render import OLLAMA_BIN
+from ollama_fleet.render import OLLAMA_BIN, RELEASE_STORE
 from ollama_fleet.settings import FleetSettings
 
 RECORD_PATH = "/var/lib/ollama-fleet/verified-state"
@@ -70,7 +70,14 @@ def probe_script(s: FleetSettings) -> str:
     o = s.ollama
     models = shlex.quote(str(o.models_dir))
     listed = " ".join(
-        shlex.quote(p) for p in (*CONTENT_PATHS, str(o.install_dir), str(OLLAMA_BIN), str(o.home / ".ollama"))
+        shlex.quote(p)
+        for p in (
+            *CONTENT_PATHS,
+            str(o.install_dir),
+            str(RELEASE_STORE),
+            str(OLLAMA_BIN),
+            str(o.home / ".ollama"),
+        )
     )
     content = " ".join([*(shlex.quote(p) for p in CONTENT_PATHS), f"{models}/manifests"])
     parts = [
