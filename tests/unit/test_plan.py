@@ -361,6 +361,21 @@ def test_a_release_without_its_overlay_is_unpacked_again(tmp_path: Path) -> None
     assert any("mv -T /opt/ollama/0.24.0 /opt/ollama/.replaced-0.24.0" in c for c in commands)
 
 
+PRUNE = """
+from ollama_fleet.operations import release
+release.old_releases_removed(
+    name="prune", install_dir="/opt/ollama", keep=2, current="0.24.1",
+    store_dir="/var/lib/ollama-fleet/releases",
+)
+"""
+
+
+def test_a_seed_prunes_the_archives_it_kept_with_their_release(tmp_path: Path) -> None:
+    installed = [f"version {v} {'a' * 64}" for v in ("0.23.0", "0.24.0", "0.24.1")]
+    commands = run_operation(tmp_path, PRUNE, {"readlink current": ["current 0.24.1", *installed]})
+    assert commands == ["rm -rf /opt/ollama/0.23.0 /var/lib/ollama-fleet/releases/v0.23.0"]
+
+
 SECRET = """
 from ollama_fleet.operations.secrets import Secret, secret_file
 secret_file(name="key", secret=Secret("fakeSECRETvalue0123456789"), dest="/etc/x/key.pem", mode=0o600)

@@ -113,4 +113,5 @@ def prune_old_releases(s: FleetSettings) -> None:
         install_dir=str(o.install_dir),
         keep=o.keep_versions,
         current=o.version,
+        store_dir=str(RELEASE_STORE) if s.serves_releases else None,
     )

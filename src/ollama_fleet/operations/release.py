@@ -297,15 +297,19 @@ def versions_to_remove(versions: list[str], current: str | None, keep: int) -> l
 
 
 @operation()
-def old_releases_removed(install_dir: str, keep: int, current: str) -> Generator[str, None, None]:
+def old_releases_removed(
+    install_dir: str, keep: int, current: str, store_dir: str | None = None
+) -> Generator[str, None, None]:
     """
-    Remove installed versions beyond `keep` (the current one is never removed).
+    Remove installed versions beyond `keep` (the current one is never removed), and the archives a seed
+    kept of them.
 
     Run it only after the current version was verified: until then the previous one is the way back.
 
     + install_dir: /opt/ollama
     + keep: how many versions to keep, counting the current one
     + current: the version this deploy made current (the fact was read before the switch)
+    + store_dir: where a seed keeps the archives it serves, v<version>/ (None: not a seed)
     """
     releases = host.get_fact(OllamaReleases, install_dir=install_dir)
     doomed = versions_to_remove(list(releases["versions"]), current, keep)
@@ -313,7 +317,8 @@ def old_releases_removed(install_dir: str, keep: int, current: str) -> Generator
         host.noop(f"at most {keep} Ollama versions installed")
         return
     for version in doomed:
-        yield f"rm -rf {shlex.quote(posixpath.join(install_dir, version))}"
+        kept = [posixpath.join(store_dir, f"v{version}")] if store_dir else []
+        yield "rm -rf " + " ".join(shlex.quote(p) for p in [posixpath.join(install_dir, version), *kept])
 
 
 def wait_for_version_script(api: str, version: str, seconds: int) -> str:
