@@ -22,7 +22,7 @@ _fleet = {
     # Web apps on the LAN that call the API from a browser.
     "ollama_origins": ["https://chat.example.lan"],
     "ollama_env": {"OLLAMA_KEEP_ALIVE": "30m"},
-    # A LAN mirror of the release directory (<url>/v<version>/ollama-linux-amd64.tgz + sha256sum.txt).
+    # A LAN mirror of the release page (<url>/v<version>/ollama-linux-amd64.tar.zst + sha256sum.txt).
     "ollama_source": "mirror",
     "ollama_mirror_url": "http://mirror.example.lan/ollama",
     # The guide's assistant, built on a pulled base model.
