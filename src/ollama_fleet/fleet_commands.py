@@ -1,4 +1,5 @@
-"""`ollama-fleet init DIR` and `ollama-fleet keys list|add|rotate|revoke`: thin wrappers over fleetrepo."""
+"""`ollama-fleet init DIR`, `keys list|add|rotate|revoke` and `settings list|explain|reference`: thin wrappers
+over fleetrepo and reference."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ollama_fleet import fleetrepo
+from ollama_fleet import fleetrepo, reference
 from ollama_fleet.fleetrepo import FleetPlan, FleetRepoError
 
 APPLY = (
@@ -159,6 +160,22 @@ def _limits(policy: dict[str, Any]) -> str:
     return ", ".join(parts) or "no limits"
 
 
+def settings_command(args: argparse.Namespace) -> int:
+    if args.action == "reference":
+        print(reference.markdown(), end="")
+    elif args.action == "list":
+        for key, entry in reference.entries().items():
+            print(f"{key} = {' '.join(entry.default.split())}")
+    else:
+        explained = [reference.explain(key) for key in args.keys]
+        for key, text in zip(args.keys, explained, strict=True):
+            print(
+                text if text is not None else reference.unknown(key), file=sys.stdout if text else sys.stderr
+            )
+        return 0 if all(explained) else 2
+    return 0
+
+
 def register(subparsers: Any) -> None:
     init = subparsers.add_parser(
         "init",
@@ -206,3 +223,13 @@ def register(subparsers: Any) -> None:
     for sub in (add, actions.choices["rotate"]):
         sub.add_argument("--print-value", action="store_true", help="print the new value alone on stdout")
     keys.set_defaults(func=keys_command)
+
+    settings = subparsers.add_parser(
+        "settings", help="every setting: its type, default and what it does (docs/settings.md)"
+    )
+    which = settings.add_subparsers(dest="action", required=True)
+    which.add_parser("list", help="every setting with its default")
+    explain = which.add_parser("explain", help="one setting (or several): type, default, what it does")
+    explain.add_argument("keys", nargs="+", metavar="KEY")
+    which.add_parser("reference", help="the whole reference as Markdown (docs/settings.md)")
+    settings.set_defaults(func=settings_command)

@@ -157,3 +157,27 @@ def test_keys_refuse_what_they_cannot_do(tmp_path: Path, args: list[str], messag
     assert done.returncode == 2
     assert message in done.stderr
     assert ((fleet / "group_data/all.py").read_text(), secrets(fleet)) == before
+
+
+# --- the settings reference --------------------------------------------------------------------------------
+
+
+def test_the_settings_reference_is_generated_and_fresh() -> None:
+    from ollama_fleet import reference
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+    assert page.read_text() == reference.markdown(), "run: ollama-fleet settings reference > docs/settings.md"
+    found = reference.entries()
+    assert found["ollama_archive_format"].kind == 'one of "auto", "tgz", "tar.zst"'
+    assert found["nginx_read_timeout"].kind == "int (>= 600)"
+    assert found["ollama_archive_format"].doc.startswith("Archive format of the release")
+    assert all(entry.doc and entry.kind != "?" for entry in found.values()), [
+        key for key, entry in found.items() if not entry.doc or entry.kind == "?"
+    ]
+
+
+def test_settings_explain_names_the_closest_key_for_a_typo() -> None:
+    done = cli("settings", "explain", "ollama_overlays", "tls_ca_dr")
+    assert done.returncode == 2
+    assert done.stdout.startswith("ollama_overlays = []\n  type: list of one of")
+    assert "tls_ca_dr: unknown setting; did you mean tls_ca_dir?" in done.stderr
