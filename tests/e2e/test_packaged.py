@@ -64,6 +64,8 @@ def test_the_package_brings_its_templates_and_no_lab_dependencies(venv: Path, tm
     assert (templates / "nginx-model-allow-list.js").is_file()
     assert _run(venv, ["python", "-c", "import numpy"], tmp_path).returncode != 0  # the lab extra is not in
     assert _run(venv, ["ollama-fleet", "verify", "--help"], tmp_path).returncode == 0
+    explained = _run(venv, ["ollama-fleet", "settings", "explain", "ollama_version"], tmp_path)
+    assert explained.stdout.startswith('ollama_version = "0.24.0"\n'), explained  # the packaged defaults
     lab = _run(venv, ["ollama-fleet", "lab", "build"], tmp_path)
     assert lab.returncode != 0
     assert "pip install 'ollama-fleet[lab]'" in lab.stderr + lab.stdout
