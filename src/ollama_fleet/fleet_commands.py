@@ -176,6 +176,21 @@ def settings_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor_command(args: argparse.Namespace) -> int:
+    from ollama_fleet import doctor
+    from ollama_fleet.verify.commands import _targets
+
+    targets = _targets(args)
+    if targets is None:
+        return 2
+    if args.show_commands:
+        for name, command in doctor.probe_script(targets[0].settings).items():
+            print(f"# {name}\n{command}", file=sys.stderr)
+    found = doctor.examine_fleet(targets)
+    print(doctor.to_json(found) if args.json else doctor.render(found))
+    return 0 if all(d.healthy for d in found) else 1
+
+
 def register(subparsers: Any) -> None:
     init = subparsers.add_parser(
         "init",
@@ -233,3 +248,13 @@ def register(subparsers: Any) -> None:
     explain.add_argument("keys", nargs="+", metavar="KEY")
     which.add_parser("reference", help="the whole reference as Markdown (docs/settings.md)")
     settings.set_defaults(func=settings_command)
+
+    doctor = subparsers.add_parser(
+        "doctor",
+        help="read each host over SSH and say what is wrong and how to fix it (exit 1 when anything is)",
+    )
+    doctor.add_argument("inventory", help="pyinfra inventory file")
+    doctor.add_argument("--hosts", action="extend", nargs="+", metavar="NAME", help="only these hosts")
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON on stdout")
+    doctor.add_argument("--show-commands", action="store_true", help="print the commands it runs (stderr)")
+    doctor.set_defaults(func=doctor_command, group_data=None)

@@ -48,6 +48,7 @@ MODULE_ORDER = (
     "test_model_fanout",
     "test_release_page",
     "test_fleet_init",
+    "test_doctor",
     "test_rollout",
     "test_day2",
     "test_gateway",  # last: it leaves lab-1 a gateway and lab-2 an extra model

@@ -181,3 +181,77 @@ def test_settings_explain_names_the_closest_key_for_a_typo() -> None:
     assert done.returncode == 2
     assert done.stdout.startswith("ollama_overlays = []\n  type: list of one of")
     assert "tls_ca_dr: unknown setting; did you mean tls_ca_dir?" in done.stderr
+
+
+# --- doctor ------------------------------------------------------------------------------------------------
+
+HEALTHY = {
+    "ollama_active": "active",
+    "ollama_pid": "812",
+    "listener": 'LISTEN 0 4096 127.0.0.1:11434 0.0.0.0:* users:(("ollama",pid=812,fd=3))',
+    "models_dir": "ollama ollama 755",
+    "disk": "/dev/vda1 250000 16000 234000 7% /",
+    "load_errors": "",
+    "nginx_active": "active",
+    "nginx_test": "nginx: the configuration file /etc/nginx/nginx.conf syntax is ok\n"
+    "nginx: configuration file /etc/nginx/nginx.conf test is successful",
+    "nginx_errors": "",
+    "ufw": "Status: active",
+    "last_deploy": "1764870000\n1764871000",
+}
+
+
+def doctor_output(**changed: str) -> str:
+    sections = {**HEALTHY, **changed}
+    return "".join(f"### {name}\n{text}\n" for name, text in sections.items())
+
+
+def doctor_settings(tmp_path: Path) -> Any:
+    data = {
+        "firewall_client_subnets": ["10.0.0.0/24"], "firewall_admin_subnets": ["10.0.0.0/24"],
+        "auth_enabled": False, "tls_ca_dir": str(tmp_path / "pki"),
+    }  # fmt: skip
+    return settings_for_host("h1", data, {})
+
+
+@pytest.mark.parametrize(
+    ("changed", "finding"),
+    [
+        (
+            {
+                "ollama_active": "activating",
+                "listener": 'LISTEN 0 5 127.0.0.1:11434 0.0.0.0:* users:(("python3",pid=990,fd=3))',
+            },
+            'Ollama\'s port 11434 is taken by another process: (("python3",pid=990,fd=3))',
+        ),
+        ({"models_dir": "root root 755"}, "is owned by root:root, not ollama:ollama"),
+        (
+            {"disk": "tmpfs 64 63 1 99% /usr/share/ollama/.ollama/models"},
+            "1 MB free (99% used) on /usr/share",
+        ),
+        ({"ufw": "Status: inactive"}, "ufw is not active (Status: inactive)"),
+        (
+            {"nginx_test": "nginx: [emerg] unknown directive"},
+            "nginx -t fails: nginx: [emerg] unknown directive",
+        ),
+        (
+            {"load_errors": "llama runner process has terminated: exit status 2"},
+            "a model failed since Ollama started",
+        ),
+        ({"last_deploy": "1764871000"}, "no deploy of this host passed its client check yet"),
+    ],
+)
+def test_doctor_names_each_fault_with_its_fix(tmp_path: Path, changed: dict[str, str], finding: str) -> None:
+    from ollama_fleet import doctor
+
+    found = doctor.diagnose("h1", doctor_settings(tmp_path), doctor_output(**changed))
+    assert [f.what for f in found.findings if finding in f.what], found.findings
+    assert all(f.fix for f in found.findings)
+
+
+def test_doctor_finds_nothing_on_a_healthy_host(tmp_path: Path) -> None:
+    from ollama_fleet import doctor
+
+    found = doctor.diagnose("h1", doctor_settings(tmp_path), doctor_output())
+    assert found.healthy, found.findings
+    assert set(doctor.split_sections(doctor_output())) == set(doctor.probe_script(doctor_settings(tmp_path)))
