@@ -9,6 +9,7 @@ import json
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,12 +29,18 @@ def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def fleet_dir(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("newcomer")
-    home.chmod(0o755)
+def forget_tls(lab: LabState) -> None:
+    """The hosts' certificates and CA gone, as on hosts no fleet CA has signed for (a deploy stops rather
+    than replace another CA's certificates)."""
     for host in lab.hosts:
         subprocess.run(lab.ssh_command(host.name, "rm -rf /etc/ollama-fleet/tls"), check=True)
+
+
+@pytest.fixture(scope="module")
+def fleet_dir(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("newcomer")
+    home.chmod(0o755)
+    forget_tls(lab)
     argv = [
         str(BIN / "ollama-fleet"), "init", "myfleet",
         "--host", ",".join(f"{host.name}={host.ip}" for host in lab.hosts),
@@ -46,7 +53,8 @@ def fleet_dir(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]  # fmt: skip
     done = run(argv, home)
     assert done.returncode == 0, done.stderr
-    return home / "myfleet"
+    yield home / "myfleet"
+    forget_tls(lab)  # the lab's own deploy comes next, with the lab's CA
 
 
 def https(lab: LabState, fleet: Path, key: str) -> int:
