@@ -20,6 +20,12 @@ from pyinfra.api.state import State
 from ollama_fleet.deploys.pins import pin_problems
 from ollama_fleet.gateway import with_gateway_group
 from ollama_fleet.settings import FleetSettings, SettingsError, listed_name, settings_for_host
+from ollama_fleet.settings.paths import (
+    FleetRootError,
+    fleet_root,
+    pyinfra_inventory_file,
+    with_controller_paths,
+)
 
 T = TypeVar("T")
 
@@ -33,9 +39,13 @@ _validated: weakref.WeakKeyDictionary[State, dict[str, FleetSettings]] = weakref
 
 def host_data(host: Host) -> dict[str, Any]:
     """All data of a host, merged the way pyinfra looks keys up (host over groups over defaults); a host of
-    the `gateway` group has gateway_enabled true unless its data sets it."""
+    the `gateway` group has gateway_enabled true unless its data sets it; controller paths absolute against
+    the fleet root (settings/paths.py), whatever directory pyinfra was started from."""
     data: dict[str, Any] = host.data.dict()  # type: ignore[no-untyped-call]  # untyped in pyinfra 3.10
-    return with_gateway_group(data, host.groups)
+    inventory = pyinfra_inventory_file()
+    return with_controller_paths(
+        with_gateway_group(data, host.groups), fleet_root(inventory) if inventory else None
+    )
 
 
 def each(items: Iterable[T]) -> Iterator[T]:
@@ -53,6 +63,8 @@ def validate_hosts(hosts: Iterable[Host]) -> dict[str, FleetSettings]:
             settings[host.name] = settings_for_host(host.name, host_data(host))
         except SettingsError as exc:
             errors.append(str(exc))
+        except FleetRootError as exc:
+            errors.append(str(SettingsError(host.name, [str(exc)])))
     errors += seed_problems(settings)
     errors += gateway_problems(settings)
     if errors:

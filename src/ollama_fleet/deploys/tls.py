@@ -23,8 +23,9 @@ from pyinfra.operations import files
 from ollama_fleet.deploys.fleet import FleetError
 from ollama_fleet.operations import textfile
 from ollama_fleet.operations.addresses import StableIpv6Addresses
+from ollama_fleet.operations.certificates import InstalledCertificate
 from ollama_fleet.operations.secrets import Secret, certificate_and_key
-from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue, pair_problem
+from ollama_fleet.pki import FleetCA, PkiError, ca_change_problem, host_sans, needs_reissue, pair_problem
 from ollama_fleet.render import tls_paths
 from ollama_fleet.settings import FleetSettings
 
@@ -76,6 +77,20 @@ def _write(path: Path, text: str, mode: int) -> None:
     temp.replace(path)
 
 
+def fleet_ca(s: FleetSettings) -> FleetCA:
+    """The fleet CA in tls_ca_dir, created when it holds none, unless this host already carries certificates
+    from another CA: then FleetError (nothing exists yet to change any host), naming both CAs, unless
+    tls_ca_roll asks for exactly that. Read from the host each run: one `cat` of its installed ca.pem."""
+    ca_dir = Path(s.tls.ca_dir)
+    ca = FleetCA.load_existing(ca_dir)
+    if not s.tls.ca_roll:
+        carried = host.get_fact(InstalledCertificate, path=str(tls_paths(s).ca))
+        problem = ca_change_problem(carried, ca, ca_dir)
+        if problem:
+            raise FleetError(f"{s.host}: TLS: {problem}")
+    return ca if ca is not None else FleetCA.load_or_create(ca_dir)
+
+
 @dataclass(frozen=True)
 class TlsPair:
     cert: str
@@ -90,7 +105,7 @@ def tls_pair(s: FleetSettings) -> TlsPair:
         pair = TlsPair(Path(s.tls.cert_file).read_text(), Secret(Path(s.tls.key_file).read_text()), None)
     else:
         try:
-            ca = FleetCA.load_or_create(Path(s.tls.ca_dir))
+            ca = fleet_ca(s)
             cert, key = issued_certificate(s, ca, host_sans(s, host_addresses(s)))
         except PkiError as exc:
             raise FleetError(f"{s.host}: TLS certificate: {exc}") from None

@@ -190,7 +190,10 @@ class TlsSettings(Section):
     """Certificates: a fleet CA on the controller by default, or files the user provides per host."""
 
     mode: Literal["fleet_ca", "provided"] = "fleet_ca"
-    ca_dir: Path = Path(".fleet/pki")  # on the controller, git-ignored
+    ca_dir: Path = Path(".fleet/pki")  # on the controller, git-ignored; relative: to the fleet root
+    # True for one run (--data tls_ca_roll=true): replace the CA the hosts carry with the one in ca_dir (a new
+    # one when it is empty). False: a deploy whose CA differs from the hosts' stops before any change.
+    ca_roll: bool = False
     cert_file: Path | None = None  # provided mode, on the controller
     key_file: Path | None = None
     extra_sans: list[str] = Field(default_factory=list)

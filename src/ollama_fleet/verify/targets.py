@@ -10,6 +10,7 @@ from typing import Any
 
 from ollama_fleet.gateway import with_gateway_group
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
+from ollama_fleet.settings.paths import fleet_root, with_controller_paths
 
 
 class InventoryError(Exception):
@@ -77,9 +78,11 @@ def target_for_settings(settings: FleetSettings, name: str, data: Mapping[str, A
 def load_inventory(
     inventory: str, group_data: Sequence[str] = (), cwd: Path | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it."""
+    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it, with
+    controller paths absolute against the inventory's fleet root (as the deploy resolves them)."""
+    root = fleet_root(inventory)
     return {
-        host.name: with_gateway_group(host.data.dict(), host.groups)
+        host.name: with_controller_paths(with_gateway_group(host.data.dict(), host.groups), root)
         for host in _pyinfra_inventory(inventory, group_data, cwd)
     }
 
