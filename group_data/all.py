@@ -219,3 +219,9 @@ gateway_only = False
 # recorded), given the same settings, code and certificate, gets only the quick client check; anything else
 # (a file edited, a service stopped, a setting changed) and it gets the whole deploy. False: always the whole.
 deploy_fast_rerun = True
+
+# --- service_*: where the fleet reaches a host -------------------------------------------------------------
+# The host's address for the fleet and its clients (an IP, IPv6 too, or a DNS name) when it differs from
+# ssh_hostname (SSH over a management network, say): the gateways dial it, the hosts fetch models from the
+# seed there, verify calls it, the certificate names it. None: ssh_hostname, else the inventory name.
+service_address = None
