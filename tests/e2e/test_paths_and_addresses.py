@@ -1,12 +1,15 @@
 """A deploy started from another directory uses the fleet's CA and keys (relative settings paths mean the
-fleet root), and a deploy that would put another CA on the hosts stops before it changes any host."""
+fleet root), a deploy that would put another CA on the hosts stops before it changes any host, and a
+gateway dials its members at their service address, IPv6 included."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from verify_fleet import DeployedFleet, deploy_fleet
@@ -88,3 +91,55 @@ def test_a_deploy_with_another_ca_stops_naming_both_fingerprints(
     assert carried in output and other.fingerprint in output, output[-3000:]
     assert not (other.directory / "hosts").exists()  # no certificate issued from it
     assert tls_on_hosts(fleet) == before
+
+
+GATEWAY_LOG = "/var/log/nginx/ollama-fleet-gateway.access.log"
+
+
+def test_a_gateway_dials_members_at_their_ipv6_service_address(fleet: DeployedFleet, tmp_path: Path) -> None:
+    """lab-1 becomes the gateway, and the other hosts' service_address is their IPv6 address (the lab's
+    client subnets hold an IPv6 one, so their nginx listens on [::]): the gateway dials them there."""
+    gateway, members = fleet.hosts[0], fleet.hosts[1:]
+    six = {host: fleet.address6(host) for host in members}
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({fleet.lab.inventory_path!r})\n"
+        f"_six = {six!r}\n"
+        "def _host(name, data):\n"
+        "    extra = {'service_address': _six[name]} if name in _six else {}\n"
+        "    return (name, {**data, **extra, 'gateway_prefer_loaded': False})\n"
+        "lab_canary = [_host(n, d) for n, d in _lab['lab_canary']]\n"
+        "lab_rest = [_host(n, d) for n, d in _lab['lab_rest']]\n"
+        f"gateway = [{gateway!r}]\n"
+    )
+    pyinfra = [str(Path(sys.executable).parent / "pyinfra"), "-y", str(inventory)]
+    try:
+        done = fleet.run(
+            [*pyinfra, str(repo_root() / "deploys" / "ollama.py"), "--limit", gateway], timeout=900
+        )
+        # Its own closing check has run a chat per model through the gateway.
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        dialled = ", ".join(f"{host} at [{six[host]}]:443" for host in members)
+        assert dialled in done.stderr
+        site = fleet.ssh_ok(gateway, "cat /etc/nginx/sites-available/ollama-fleet.conf")
+        assert all(f"server [{six[host]}]:443" in site for host in members)
+        trust = ssl.create_default_context(cafile=str(fleet.ca_file))
+        with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
+            for _ in range(2 * len(fleet.hosts)):
+                answer = client.post(
+                    f"https://{fleet.address(gateway)}:8443/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {fleet.keys['ci']}"},
+                    json={
+                        "model": fleet.model,
+                        "messages": [{"role": "user", "content": "Hi"}],
+                        "max_tokens": 4,
+                    },
+                )
+                assert answer.status_code == 200, answer.text
+        log = fleet.ssh_ok(gateway, f"cat {GATEWAY_LOG}")
+        served = {host for host in members if f'upstream="[{six[host]}]:443" upstream_status="200"' in log}
+        assert served == set(members), log[-2000:]  # least_conn spread them: each member over IPv6
+    finally:
+        restored = fleet.deploy("--limit", gateway)
+    assert restored.returncode == 0, restored.stdout[-3000:]
