@@ -94,7 +94,14 @@ nginx_template_dirs = []
 # "provided": tls_cert_file and tls_key_file per host.
 tls_mode = "fleet_ca"
 # Directory on the controller holding the fleet CA and the issued host keys (git-ignored; keys 0600).
+# Every relative path on the controller (this one, auth_secrets_file, tls_cert_file, tls_key_file,
+# ollama_controller_dir, nginx_template_dirs, models_gguf) is relative to the fleet root: the inventory's
+# directory, or its parent when that is named `inventories`; never the directory pyinfra is started from.
 tls_ca_dir = ".fleet/pki"
+# Replace the CA the hosts carry with the one in tls_ca_dir (a new one if it is empty): set it for one run
+# only (`--data tls_ca_roll=true`). Unset, a deploy whose CA is not the hosts' stops before any change,
+# naming both CA fingerprints; every client must be given the new ca.pem after a roll.
+tls_ca_roll = False
 # Certificate chain and private key on the controller, for tls_mode "provided".
 tls_cert_file = None
 tls_key_file = None
@@ -223,3 +230,9 @@ gateway_only = False
 # recorded), given the same settings, code and certificate, gets only the quick client check; anything else
 # (a file edited, a service stopped, a setting changed) and it gets the whole deploy. False: always the whole.
 deploy_fast_rerun = True
+
+# --- service_*: where the fleet reaches a host -------------------------------------------------------------
+# The host's address for the fleet and its clients (an IP, IPv6 too, or a DNS name) when it differs from
+# ssh_hostname (SSH over a management network, say): the gateways dial it, the hosts fetch models from the
+# seed there, verify calls it, the certificate names it. None: ssh_hostname, else the inventory name.
+service_address = None

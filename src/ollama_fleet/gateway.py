@@ -88,8 +88,9 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
             ipaddress.ip_address(address or "")
         except ValueError:
             raise GatewayError(
-                f"host {name!r}: the gateway needs its IP address (got {address!r}); set ssh_hostname to an "
-                "IP or make its name resolve on the gateway"
+                f"host {name!r}: the gateway needs its IP address (got {address!r}); set its service_address "
+                "(or ssh_hostname) to an IP, or make its name resolve on the gateway (IPv4, or IPv6 when its "
+                "firewall_client_subnets hold an IPv6 subnet)"
             ) from None
         assert address is not None
         members[name] = Member(

@@ -74,6 +74,18 @@ class FleetCA:
                 _write_public(cert_path, _self_signed(key).public_bytes(serialization.Encoding.PEM))
             return cls(_load_ca_cert(cert_path, key), key, ca_dir)
 
+    @classmethod
+    def load_existing(cls, ca_dir: Path) -> FleetCA | None:
+        """The CA in `ca_dir`, or None when it holds none yet (nothing is created)."""
+        ca_dir = Path(ca_dir)
+        if not (ca_dir / CA_CERT).exists() and not (ca_dir / CA_KEY).exists():
+            return None
+        return cls.load_or_create(ca_dir)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.cert)
+
     @property
     def cert_pem(self) -> str:
         """The CA certificate (ca.pem): what hosts and clients trust."""
@@ -114,6 +126,43 @@ class FleetCA:
         except (ValueError, TypeError, InvalidSignature):
             return False
         return True
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """`sha256:<hex>` of the certificate's DER: as `openssl x509 -fingerprint -sha256` shows it."""
+    return "sha256:" + cert.fingerprint(hashes.SHA256()).hex()
+
+
+ROLL_THE_CA = (
+    "point tls_ca_dir at the fleet's CA (a relative path is relative to the fleet root: the inventory's "
+    "directory, or its parent when that is named inventories), or, to roll the CA on purpose, deploy once "
+    "with --data tls_ca_roll=true (every host gets a certificate from the CA in tls_ca_dir; give every "
+    "client its ca.pem)"
+)
+
+
+def ca_change_problem(carried_pem: str | None, ca: FleetCA | None, ca_dir: Path) -> str | None:
+    """Why deploying `ca` (None: a new CA would be created in `ca_dir`) would replace the fleet CA a host
+    already carries (`carried_pem`, its installed ca.pem), or None when it would not (none carried, or the
+    same CA). A silent new CA breaks every client that trusts the old ca.pem at once."""
+    if not carried_pem:
+        return None
+    try:
+        carried = x509.load_pem_x509_certificate(carried_pem.encode())
+    except ValueError:
+        return None  # not a certificate we could have installed: nothing a client trusts from us
+    if ca is not None and fingerprint(carried) == ca.fingerprint:
+        return None
+    ours = (
+        f"holds another CA, {ca.fingerprint} ({ca.cert.subject.rfc4514_string()})"
+        if ca is not None
+        else "holds no CA, so this deploy would create a new one"
+    )
+    return (
+        f"the host carries certificates from the fleet CA {fingerprint(carried)} "
+        f"({carried.subject.rfc4514_string()}), but tls_ca_dir {ca_dir} {ours}; nothing was changed on any "
+        f"host: {ROLL_THE_CA}"
+    )
 
 
 def host_sans(s: FleetSettings, addresses: Sequence[str]) -> list[str]:

@@ -38,6 +38,7 @@ MODULE_ORDER = (
     "test_lab",
     "test_lab_ollama",
     "test_deploy",
+    "test_paths_and_addresses",
     "test_verify",
     "test_openai_client",
     "test_key_scopes",

@@ -7,6 +7,7 @@ reason that says what to fix; every other host and check still passes; after the
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,38 @@ def test_verify_passes_every_check_on_the_healthy_fleet(fleet: DeployedFleet) ->
         assert checks["stream"]["metrics"]["first_ms"] < checks["stream"]["metrics"]["last_ms"] / 2
         print(f"{host['host']}: stream {checks['stream']['figure']}; chat {checks['chat']['figure']}")
     print(f"verify of {len(fleet.hosts)} hosts: {elapsed:.1f} s (report: {report['seconds']:.1f} s)")
+
+
+def test_checks_with_nothing_to_prove_say_na_apart_and_fail_only_under_strict(
+    fleet: DeployedFleet, tmp_path: Path
+) -> None:
+    """The lab's first host seen through an inventory that gives it no ollama_origins and no lab outsider:
+    cors and outsider prove nothing there, and say so."""
+    first = fleet.hosts[0]
+    inventory = tmp_path / "fleet.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"_lab = runpy.run_path({fleet.lab.inventory_path!r})\n"
+        "_off = {'ollama_origins': [], 'lab_outsider_ip': None, 'lab_outsider_netns': None}\n"
+        f"hosts = [(n, {{**d, **_off}}) for n, d in _lab['lab_canary'] if n == {first!r}]\n"
+    )
+    verify = [sys.executable, "-m", "ollama_fleet.cli", "verify", str(inventory)]
+    lenient = fleet.run(verify)
+    assert lenient.returncode == 0, lenient.stdout[-3000:]
+    header, row = (line.split() for line in lenient.stdout.splitlines()[:2])
+    marks = dict(zip(header[2:], row[2:], strict=True))
+    assert {check for check, mark in marks.items() if mark != "ok"} == {"cors", "outsider"}
+    assert marks["cors"] == marks["outsider"] == "n/a"
+    total = len(CHECK_NAMES)
+    assert f"PASS: {total - 2}/{total} checks passed, 2 n/a" in lenient.stdout.splitlines()[-1]
+    strict = fleet.run([*verify, "--strict", "--json"])
+    assert strict.returncode == 1, strict.stdout[-3000:]
+    report = json.loads(strict.stdout)
+    assert report["ok"] is False and report["failures"] == []
+    assert {(n["host"], n["check"]) for n in report["not_applicable"]} == {
+        (first, "cors"),
+        (first, "outsider"),
+    }
 
 
 @dataclass(frozen=True)

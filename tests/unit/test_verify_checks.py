@@ -63,7 +63,13 @@ def statuses(results: dict[str, CheckResult]) -> dict[str, Status]:
     return {name: result.status for name, result in results.items()}
 
 
-HEALTHY = {name: Status.PASS for name in CHECK_NAMES} | {"outsider": Status.NA, "ipv6": Status.NA}
+# The fake host runs with firewall_enabled false: its Ollama port is closed, not filtered, so raw_port proves
+# nothing about a firewall (n/a), like ipv6 with no IPv6 subnet and outsider outside the lab.
+HEALTHY = {name: Status.PASS for name in CHECK_NAMES} | {
+    "outsider": Status.NA,
+    "ipv6": Status.NA,
+    "raw_port": Status.NA,
+}
 
 
 def test_a_healthy_host_passes_every_check(host: FakeHost) -> None:
@@ -87,7 +93,8 @@ def test_ollama_refusing_the_host_header_fails_root_and_blocks_what_needs_ollama
     assert "must send Host: localhost:11434" in results["root"].reason
     blocked = {n for n, r in results.items() if r.status is Status.BLOCKED}
     assert blocked == {"auth", "scopes", "version", "models", "chat", "stream", "ipv6"}
-    assert all(results[n].status is Status.PASS for n in ("tls", "cors", "raw_port"))
+    assert all(results[n].status is Status.PASS for n in ("tls", "cors"))
+    assert results["raw_port"].status is Status.NA
 
 
 def test_ollama_down_says_which_unit_to_look_at(host: FakeHost) -> None:
@@ -112,6 +119,13 @@ def test_a_missing_model_fails_models_and_blocks_chat_and_stream(host: FakeHost)
     assert statuses(results) == expected
     assert "tiny:latest" in results["models"].reason
     assert "re-run the deploy" in results["models"].reason
+
+
+def test_a_host_with_no_models_is_a_finding_not_a_pass(host: FakeHost) -> None:
+    results = run(target_for(host, models_pull=[]))
+    expected = HEALTHY | {"models": Status.FAIL, "chat": Status.BLOCKED, "stream": Status.BLOCKED}
+    assert statuses(results) == expected
+    assert "the host's settings name no model" in results["models"].reason
 
 
 def test_a_stale_key_list_fails_auth_and_names_the_key(host: FakeHost) -> None:
@@ -161,8 +175,10 @@ def test_cors_echoing_any_origin_fails_cors(host: FakeHost) -> None:
 
 def test_cors_with_no_origins_checks_only_the_refusal_and_says_so(host: FakeHost) -> None:
     results = run(target_for(host, ollama_origins=[]))
-    assert results["cors"].status is Status.PASS
-    assert results["cors"].figure.startswith("no origins configured: checked only")
+    assert results["cors"].status is Status.NA  # no origin to allow: the feature is off
+    assert results["cors"].figure.startswith("no ollama_origins: no origin to allow; ")
+    host.behaviour.cors_echo_any = True
+    assert run(target_for(host, ollama_origins=[]))["cors"].status is Status.FAIL
 
 
 def test_an_allowed_origin_that_is_refused_fails_cors(host: FakeHost) -> None:
@@ -182,7 +198,7 @@ def test_a_certificate_from_another_ca_fails_tls_and_blocks_https_checks(
     assert "does not verify against the fleet CA" in results["tls"].reason
     https_checks = {"root", "auth", "scopes", "version", "models", "chat", "stream", "cors", "ipv6"}
     assert {n for n, r in results.items() if r.status is Status.BLOCKED} == https_checks
-    assert results["raw_port"].status is Status.PASS  # the host answered TCP: reachable
+    assert results["raw_port"].status is Status.NA  # ran (the host answered TCP: reachable), firewall off
 
 
 def test_a_certificate_without_the_address_fails_tls_naming_what_it_holds(tmp_path: Path) -> None:
@@ -248,11 +264,11 @@ def test_a_raw_port_that_resets_fails_when_the_firewall_should_drop_it(host: Fak
     assert "firewall lets it through" in results["raw_port"].reason
 
 
-def test_with_auth_disabled_the_open_api_passes_auth(tmp_path: Path) -> None:
+def test_with_auth_disabled_auth_and_scopes_are_not_applicable(tmp_path: Path) -> None:
     with fake_host(tmp_path / "ca", Behaviour(keys=set())) as served:
         results = run(target_for(served, keys={}, auth_enabled=False))
-    assert statuses(results) == HEALTHY
-    assert results["auth"].figure == "auth disabled: the API answers without a key"
+    assert statuses(results) == HEALTHY | {"auth": Status.NA, "scopes": Status.NA}
+    assert results["auth"].figure == "auth disabled: the API answers without a key (no key to check)"
 
 
 def test_progress_sees_each_result_as_it_comes(host: FakeHost) -> None:
@@ -276,8 +292,10 @@ def test_an_admin_key_refused_on_admin_paths_fails_scopes(host: FakeHost) -> Non
     assert statuses(results) == HEALTHY | {"scopes": Status.FAIL}
     assert "admin key 'ci' got 403 on POST /api/copy" in results["scopes"].reason
     host.behaviour.admin_keys = {KEY}
-    assert run(target_for(host, auth_key_policies=policies))["scopes"].figure == (
-        "0 inference key(s) refused admin paths, 1 admin pass"
+    admin_only = run(target_for(host, auth_key_policies=policies))["scopes"]
+    assert admin_only.status is Status.NA  # no inference key: what scopes protect was not shown
+    assert (
+        admin_only.figure == "no inference key probed: 0 inference key(s) refused admin paths, 1 admin pass"
     )
 
 

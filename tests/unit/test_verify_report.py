@@ -47,9 +47,10 @@ def test_all_passing_exits_zero_and_says_pass() -> None:
     report = FleetReport(hosts=(host("lab-1"), host("lab-2")), seconds=1.5)
     assert report.exit_code == EXIT_OK
     text = render_text(report)
-    assert (
-        text.splitlines()[-1]
-        == f"PASS: {2 * len(CHECK_NAMES)}/{2 * len(CHECK_NAMES)} checks passed on 2 hosts in 1.5 s"
+    total = 2 * len(CHECK_NAMES)
+    assert text.splitlines()[-1] == (
+        f"PASS: {total}/{total} checks passed, 0 n/a (nothing to prove on these settings), 0 failed, "
+        "0 blocked on 2 hosts in 1.5 s"
     )
     assert text.splitlines()[0].split() == ["host", "address", *CHECK_NAMES]
 
@@ -76,6 +77,34 @@ def test_blocked_and_not_applicable_are_told_apart() -> None:
     assert report.exit_code == EXIT_FAILED  # blocked is not a pass
     matrix_row = render_text(report).splitlines()[1].split()
     assert matrix_row == ["lan-1", "192.0.2.1", "ok", "blocked", "n/a"]
+
+
+def test_not_applicable_is_counted_apart_and_fails_only_under_strict() -> None:
+    results = (
+        CheckResult("tls", Status.PASS, figure="TLSv1.3"),
+        CheckResult("auth", Status.NA, figure="auth disabled"),
+        CheckResult("outsider", Status.NA, figure="not a lab host"),
+    )
+    hosts = (HostReport("lan-1", "192.0.2.1", results),)
+    lenient, strict = FleetReport(hosts, 0.1), FleetReport(hosts, 0.1, strict=True)
+    assert (lenient.exit_code, strict.exit_code) == (EXIT_OK, EXIT_FAILED)
+    assert (
+        render_text(lenient)
+        .splitlines()[-1]
+        .startswith(
+            "PASS: 1/3 checks passed, 2 n/a (nothing to prove on these settings), 0 failed, 0 blocked"
+        )
+    )
+    assert render_text(strict).splitlines()[-1].startswith("FAIL (--strict: n/a fails): 1/3 checks passed")
+    for report, ok in ((lenient, True), (strict, False)):
+        payload = json.loads(to_json(report))
+        assert payload["ok"] is ok and payload["strict"] is not ok
+        assert payload["counts"] == {"pass": 1, "fail": 0, "blocked": 0, "n/a": 2}
+        assert payload["failures"] == []
+        assert payload["not_applicable"] == [
+            {"host": "lan-1", "check": "auth", "why": "auth disabled"},
+            {"host": "lan-1", "check": "outsider", "why": "not a lab host"},
+        ]
 
 
 def test_json_is_complete_and_never_carries_a_key() -> None:

@@ -8,8 +8,9 @@ changed anywhere, and pyinfra exits non-zero.
 
 from __future__ import annotations
 
+import ipaddress
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from pyinfra import context
@@ -20,7 +21,20 @@ from pyinfra.api.state import State
 from ollama_fleet.deploys.pins import pin_problems
 from ollama_fleet.deploys.release_check import release_problems
 from ollama_fleet.gateway import with_gateway_group
-from ollama_fleet.settings import FleetSettings, SettingsError, listed_name, settings_for_host
+from ollama_fleet.settings import (
+    FleetSettings,
+    SettingsError,
+    listed_name,
+    service_address,
+    settings_for_host,
+    url_host,
+)
+from ollama_fleet.settings.paths import (
+    FleetRootError,
+    fleet_root,
+    pyinfra_inventory_file,
+    with_controller_paths,
+)
 
 T = TypeVar("T")
 
@@ -34,9 +48,13 @@ _validated: weakref.WeakKeyDictionary[State, dict[str, FleetSettings]] = weakref
 
 def host_data(host: Host) -> dict[str, Any]:
     """All data of a host, merged the way pyinfra looks keys up (host over groups over defaults); a host of
-    the `gateway` group has gateway_enabled true unless its data sets it."""
+    the `gateway` group has gateway_enabled true unless its data sets it; controller paths absolute against
+    the fleet root (settings/paths.py), whatever directory pyinfra was started from."""
     data: dict[str, Any] = host.data.dict()  # type: ignore[no-untyped-call]  # untyped in pyinfra 3.10
-    return with_gateway_group(data, host.groups)
+    inventory = pyinfra_inventory_file()
+    return with_controller_paths(
+        with_gateway_group(data, host.groups), fleet_root(inventory) if inventory else None
+    )
 
 
 def each(items: Iterable[T]) -> Iterator[T]:
@@ -48,14 +66,19 @@ def each(items: Iterable[T]) -> Iterator[T]:
 def validate_hosts(hosts: Iterable[Host]) -> dict[str, FleetSettings]:
     """Every host's settings, or FleetError listing the problems of every bad host."""
     hosts = list(hosts)
-    settings, errors = {}, []
+    settings, addresses, errors = {}, {}, []
     for host in hosts:
         try:
-            settings[host.name] = settings_for_host(host.name, host_data(host))
+            data = host_data(host)
+            settings[host.name] = settings_for_host(host.name, data)
+            addresses[host.name] = service_address(settings[host.name], data)
         except SettingsError as exc:
             errors.append(str(exc))
+        except FleetRootError as exc:
+            errors.append(str(SettingsError(host.name, [str(exc)])))
     errors += seed_problems(settings)
     errors += gateway_problems(settings)
+    errors += address_problems(settings, addresses)
     if errors:
         raise FleetError("settings are invalid; nothing was changed on any host:\n" + "\n".join(errors))
     return settings
@@ -114,14 +137,71 @@ def gateway_problems(settings: dict[str, FleetSettings]) -> list[str]:
     return problems
 
 
+def address_problems(settings: Mapping[str, FleetSettings], addresses: Mapping[str, str]) -> list[str]:
+    """Addresses the fleet's firewalls would drop, found before any host changes (else: silent timeouts).
+    `addresses`: each host's service address. Only IP literals can be checked (a name resolves on the hosts),
+    and only against a firewall that is on (ufw is what enforces the subnets)."""
+    problems = []
+    for gateway, g in settings.items():
+        source = _ip(addresses.get(gateway))
+        if not g.is_gateway or source is None:
+            continue
+        for name, member in settings.items():
+            if name == gateway or not member.serves_api_through_nginx or not member.firewall.enabled:
+                continue
+            dialed = _ip(addresses.get(name))
+            if dialed is not None and dialed.version != source.version:
+                continue  # dialled over the other family, from an address the settings do not name
+            subnets = member.firewall.client_subnets
+            if not any(source in subnet for subnet in subnets if subnet.version == source.version):
+                problems.append(
+                    f"host {name!r}: firewall_client_subnets {[str(n) for n in subnets]} do not hold "
+                    f"{source}, the address of the gateway {gateway!r}: its ufw would drop the gateway's "
+                    f"requests; add a subnet holding {source} to {name}'s firewall_client_subnets, or set "
+                    f"{gateway}'s service_address to its address on {name}'s LAN"
+                )
+    for name, s in settings.items():
+        seed = s.models.seed_host
+        if not s.fetches_from_seed or seed is None or seed not in settings:
+            continue
+        seed_ip = _ip(addresses.get(seed))
+        if seed_ip is not None and seed_ip.version == 6:
+            problems.append(
+                f"host {name!r}: the seed {seed!r} is reached at the IPv6 literal {seed_ip}, which an Ollama "
+                "model name cannot hold (its registry part takes no brackets); give the seed a "
+                "service_address that is an IPv4 address or a DNS name the hosts resolve (AAAA is fine)"
+            )
+        source = _ip(addresses.get(name))
+        lan = settings[seed].models.lan_subnets
+        if source is None or not settings[seed].firewall.enabled:
+            continue
+        if not any(source in subnet for subnet in lan if subnet.version == source.version):
+            problems.append(
+                f"host {name!r}: its address {source} is outside models_lan_subnets {[str(n) for n in lan]} "
+                f"of the seed {seed!r}: the seed's ufw would drop its model pulls; add a subnet holding "
+                f"{source} to {seed}'s models_lan_subnets, or set {name}'s service_address to its address "
+                "on that LAN"
+            )
+    return problems
+
+
+def _ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address or "")
+    except ValueError:
+        return None
+
+
 def seed_address(host: Host, seed: str) -> str:
-    """The address the other hosts reach the seed at: its ssh_hostname, else its inventory name."""
-    return inventory_address(host, seed)
+    """Where the other hosts reach the seed, as the host part of a URL or `host:port` (an IPv6 literal in
+    brackets)."""
+    return url_host(inventory_address(host, seed))
 
 
 def inventory_address(host: Host, name: str) -> str:
-    """Where the other hosts reach host `name` of this inventory: its ssh_hostname, else its name."""
-    return str(host_data(host.inventory.get_host(name)).get("ssh_hostname") or name)
+    """Where the other hosts reach host `name` of this inventory: its service_address, else its
+    ssh_hostname, else its name (an IPv6 literal bare)."""
+    return service_address(settings_for(host.state, name), host_data(host.inventory.get_host(name)))
 
 
 def fleet_settings(state: State) -> dict[str, FleetSettings]:

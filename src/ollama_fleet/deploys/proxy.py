@@ -17,7 +17,7 @@ from ollama_fleet.deploys.fleet import FleetError, fleet_settings, inventory_add
 from ollama_fleet.deploys.service import any_changed
 from ollama_fleet.gateway import GatewayError, GatewayPlan, answers_loaded_check, gateway_plan
 from ollama_fleet.operations import nginx, packages, textfile
-from ollama_fleet.operations.addresses import ResolvedAddress
+from ollama_fleet.operations.addresses import ResolvedAddresses
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
 from ollama_fleet.operations.secrets import Secret
 from ollama_fleet.render import (
@@ -41,18 +41,27 @@ def fleet_gateway_plan() -> GatewayPlan:
     gateway resolves it (an IP is used as it is)."""
     fleet = fleet_settings(host.state)
     addresses = {}
-    for name in fleet:
+    for name, member in fleet.items():
         address = inventory_address(host, name)
         try:
-            addresses[name] = str(ipaddress.ip_address(address))
+            addresses[name] = ipaddress.ip_address(address).compressed
         except ValueError:
-            resolved = host.get_fact(ResolvedAddress, hostname=address)
-            if resolved:
-                addresses[name] = resolved
+            resolved = host.get_fact(ResolvedAddresses, hostname=address)
+            chosen = dialled_address(resolved, member.serves_ipv6)
+            if chosen:
+                addresses[name] = chosen
     try:
         return gateway_plan(fleet, addresses)
     except GatewayError as exc:
         raise FleetError(f"{host.name}: gateway: {exc}") from None
+
+
+def dialled_address(resolved: list[str], member_serves_ipv6: bool) -> str | None:
+    """Which of a member's resolved addresses the gateway dials: the resolver's first when the member's
+    nginx listens on IPv6 too (IPv6 client subnets), else its first IPv4 (IPv6 would find nothing there)."""
+    if member_serves_ipv6:
+        return resolved[0] if resolved else None
+    return next((a for a in resolved if ipaddress.ip_address(a).version == 4), None)
 
 
 @deploy("nginx proxy")
@@ -88,7 +97,8 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
     if plan:
         logger.info(
             f"{host.print_prefix}gateway on port {s.gateway.port}: {len(plan.members)} host(s), "
-            f"{len(plan.models)} model(s), a pool each"
+            f"{len(plan.models)} model(s), a pool each; dialling "
+            + ", ".join(f"{m.name} at {m.peer}" for m in plan.members)
         )
     site = nginx.site_validated(
         name=f"Install the {SITE_NAME} site{' and gateway' if plan else ''} after nginx -t on a staging copy",

@@ -20,20 +20,21 @@ from pyinfra.context import host
 from pyinfra.facts.hardware import Ipv4Addrs
 from pyinfra.operations import files
 
-from ollama_fleet.deploys.fleet import FleetError
+from ollama_fleet.deploys.fleet import FleetError, host_data
 from ollama_fleet.operations import textfile
 from ollama_fleet.operations.addresses import StableIpv6Addresses
+from ollama_fleet.operations.certificates import InstalledCertificate
 from ollama_fleet.operations.secrets import Secret, certificate_and_key
-from ollama_fleet.pki import FleetCA, PkiError, host_sans, needs_reissue, pair_problem
+from ollama_fleet.pki import FleetCA, PkiError, ca_change_problem, host_sans, needs_reissue, pair_problem
 from ollama_fleet.render import tls_paths
-from ollama_fleet.settings import FleetSettings
+from ollama_fleet.settings import FleetSettings, service_address
 
 
-def host_address() -> str | None:
-    """The host's IP: the address we connect to when it is one, else its first non-loopback IPv4."""
-    candidate = str(host.data.get("ssh_hostname") or host.name)
+def host_address(s: FleetSettings) -> str | None:
+    """The host's IP: its service address when it is one, else its first non-loopback IPv4."""
+    candidate = service_address(s, host_data(host))
     try:
-        return str(ipaddress.ip_address(candidate))
+        return ipaddress.ip_address(candidate).compressed
     except ValueError:
         pass
     for addresses in (host.get_fact(Ipv4Addrs) or {}).values():
@@ -46,7 +47,9 @@ def host_address() -> str | None:
 def host_addresses(s: FleetSettings) -> list[str]:
     """The addresses the certificate names: the host's IPv4 and, when clients may come over IPv6, its stable
     IPv6 addresses too (the certificate must match whichever one a client dials)."""
-    addresses = [address] if (address := host_address()) else []
+    addresses = [address] if (address := host_address(s)) else []
+    if s.service.address and s.service.address != address:
+        addresses.append(s.service.address)  # a DNS name clients and the gateways dial
     if s.serves_ipv6:
         ipv6: list[str] = host.get_fact(StableIpv6Addresses)
         addresses += ipv6
@@ -76,6 +79,20 @@ def _write(path: Path, text: str, mode: int) -> None:
     temp.replace(path)
 
 
+def fleet_ca(s: FleetSettings) -> FleetCA:
+    """The fleet CA in tls_ca_dir, created when it holds none, unless this host already carries certificates
+    from another CA: then FleetError (nothing exists yet to change any host), naming both CAs, unless
+    tls_ca_roll asks for exactly that. Read from the host each run: one `cat` of its installed ca.pem."""
+    ca_dir = Path(s.tls.ca_dir)
+    ca = FleetCA.load_existing(ca_dir)
+    if not s.tls.ca_roll:
+        carried = host.get_fact(InstalledCertificate, path=str(tls_paths(s).ca))
+        problem = ca_change_problem(carried, ca, ca_dir)
+        if problem:
+            raise FleetError(f"{s.host}: TLS: {problem}")
+    return ca if ca is not None else FleetCA.load_or_create(ca_dir)
+
+
 @dataclass(frozen=True)
 class TlsPair:
     cert: str
@@ -90,7 +107,7 @@ def tls_pair(s: FleetSettings) -> TlsPair:
         pair = TlsPair(Path(s.tls.cert_file).read_text(), Secret(Path(s.tls.key_file).read_text()), None)
     else:
         try:
-            ca = FleetCA.load_or_create(Path(s.tls.ca_dir))
+            ca = fleet_ca(s)
             cert, key = issued_certificate(s, ca, host_sans(s, host_addresses(s)))
         except PkiError as exc:
             raise FleetError(f"{s.host}: TLS certificate: {exc}") from None

@@ -29,20 +29,23 @@ class StableIpv6Addresses(FactBase[list[str]]):
         return sorted(set(found))
 
 
-class ResolvedAddress(FactBase[str | None]):
-    """The first IPv4 address `hostname` resolves to on the host (its own resolver, /etc/hosts included)."""
+class ResolvedAddresses(FactBase[list[str]]):
+    """The addresses `hostname` resolves to on the host (its own resolver, /etc/hosts included), IPv4 and
+    IPv6, in the order the resolver prefers them, each once."""
 
     @staticmethod
-    def default() -> str | None:
-        return None
+    def default() -> list[str]:
+        return []
 
     def command(self, hostname: str) -> str:
-        return f"getent ahostsv4 {shlex.quote(hostname)} | awk 'NR == 1 {{ print $1 }}' || true"
+        return f"getent ahosts {shlex.quote(hostname)} | awk '{{ print $1 }}' || true"
 
-    def process(self, output: list[str]) -> str | None:
+    def process(self, output: list[str]) -> list[str]:
+        found: dict[str, None] = {}
         for line in output:
+            fields = line.split()  # `getent ahosts` prints ADDRESS TYPE [NAME]; awk kept the address
             try:
-                return str(ipaddress.ip_address(line.strip()))
+                found[ipaddress.ip_address(fields[0] if fields else "").compressed] = None
             except ValueError:
                 continue
-        return None
+        return list(found)

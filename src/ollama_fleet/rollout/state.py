@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ollama_fleet.settings.paths import fleet_root
+
 RUNNING, HALTED, DONE = "running", "halted", "done"
 PENDING, DEPLOYING, OK, FAILED, SKIPPED = "pending", "deploying", "ok", "failed", "untouched"
 
@@ -64,7 +66,8 @@ class RolloutState:
 
 
 def default_state_path(inventory: str) -> Path:
-    return Path(".fleet") / f"rollout-{Path(inventory).stem}.json"
+    """`.fleet/rollout-<inventory>.json` in the inventory's fleet root (not the working directory)."""
+    return fleet_root(inventory) / ".fleet" / f"rollout-{Path(inventory).stem}.json"
 
 
 def save(state: RolloutState, path: Path) -> None:

@@ -27,6 +27,7 @@ from ollama_fleet.settings.sections import (
     HealthSettings,
     NginxSettings,
     OllamaSettings,
+    ServiceSettings,
     TlsSettings,
 )
 
@@ -39,8 +40,10 @@ __all__ = [
     "KeyPolicy",
     "SettingsError",
     "listed_name",
+    "service_address",
     "settings_for_host",
     "timespan_seconds",
+    "url_host",
 ]
 
 SECTIONS: dict[str, type[Section]] = {
@@ -53,6 +56,7 @@ SECTIONS: dict[str, type[Section]] = {
     "health": HealthSettings,
     "gateway": GatewaySettings,
     "deploy": DeploySettings,
+    "service": ServiceSettings,
 }
 
 
@@ -69,6 +73,7 @@ class FleetSettings(BaseModel):
     health: HealthSettings
     gateway: GatewaySettings
     deploy: DeploySettings
+    service: ServiceSettings
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSettings:
@@ -200,6 +205,19 @@ class FleetSettings(BaseModel):
     def serves_ipv6(self) -> bool:
         """IPv6 client subnets: nginx listens on [::] too and the certificate carries the host's IPv6."""
         return any(subnet.version == 6 for subnet in self.firewall.client_subnets)
+
+
+def service_address(s: FleetSettings, data: Mapping[str, Any]) -> str:
+    """Where the fleet and its clients reach host `s`: service_address, else ssh_hostname, else its name
+    (an IPv6 literal bare, without brackets)."""
+    if s.service.address:
+        return s.service.address
+    return str(data.get("ssh_hostname") or s.host).strip("[]")
+
+
+def url_host(address: str) -> str:
+    """An address as the host part of a URL or of `host:port`: an IPv6 literal in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _clashing(ports: dict[str, int]) -> str:

@@ -244,7 +244,10 @@ class TlsSettings(Section):
     """Certificates: a fleet CA on the controller by default, or files the user provides per host."""
 
     mode: Literal["fleet_ca", "provided"] = "fleet_ca"
-    ca_dir: Path = Path(".fleet/pki")  # on the controller, git-ignored
+    ca_dir: Path = Path(".fleet/pki")  # on the controller, git-ignored; relative: to the fleet root
+    # True for one run (--data tls_ca_roll=true): replace the CA the hosts carry with the one in ca_dir (a new
+    # one when it is empty). False: a deploy whose CA differs from the hosts' stops before any change.
+    ca_roll: bool = False
     cert_file: Path | None = None  # provided mode, on the controller
     key_file: Path | None = None
     extra_sans: list[str] = Field(default_factory=list)
@@ -329,3 +332,24 @@ class DeploySettings(Section):
     # A host exactly as its last verified deploy left it, with the same settings, gets only the quick client
     # check (see ollama_fleet.state_probe); false: every run asks every operation, as on a changed host.
     fast_rerun: bool = True
+
+
+class ServiceSettings(Section):
+    """Where the rest of the fleet and its clients reach this host, when that is not where SSH reaches it."""
+
+    # An IP address or a DNS name: what the gateways dial, where hosts fetch models from the seed, what
+    # verify calls and the certificate names. None: ssh_hostname, else the inventory name.
+    address: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value.startswith("[") and value.endswith("]"):
+            value = value[1:-1]
+        try:
+            return ipaddress.ip_address(value).compressed
+        except ValueError:
+            return host_names([value])[0].lower()

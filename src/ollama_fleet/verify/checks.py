@@ -105,7 +105,7 @@ def check_auth(ctx: HostContext) -> CheckResult:
                 explain_status(response.status_code, response.text, "GET /v1/models without a key")
             )
         ctx.established.add("key")
-        return passed("auth disabled: the API answers without a key")
+        return not_applicable("auth disabled: the API answers without a key (no key to check)")
     problems = _keyless_problems(ctx)
     accepted, rejected = [], []
     for name, key in ctx.configured_keys():
@@ -151,7 +151,7 @@ def check_scopes(ctx: HostContext) -> CheckResult:
     """Each inference key gets 403 on an admin path and each admin key gets past nginx to Ollama."""
     auth = ctx.settings.auth
     if not (ctx.target.https and auth.enabled):
-        return passed("auth disabled: no key scopes")
+        return not_applicable("auth disabled: no key scopes")
     method, path = SCOPE_PROBE
     problems, limited, counts = [], [], {"inference": 0, "admin": 0}
     for name, key in ctx.configured_keys():
@@ -178,6 +178,9 @@ def check_scopes(ctx: HostContext) -> CheckResult:
         raise CheckFailed("; ".join(problems))
     figure = f"{counts['inference']} inference key(s) refused admin paths, {counts['admin']} admin pass"
     figure += f"; {', '.join(limited)} at their rate limit, not probed" if limited else ""
+    if not counts["inference"]:
+        # What scopes protect is an inference key kept off admin paths: with none probed, nothing is shown.
+        return not_applicable(f"no inference key probed: {figure}")
     return passed(figure)
 
 
@@ -226,6 +229,12 @@ def check_version(ctx: HostContext) -> CheckResult:
 
 def check_models(ctx: HostContext) -> CheckResult:
     wanted = ctx.target.models
+    if not wanted:
+        where = "no host of the inventory serves" if ctx.target.is_gateway else "the host's settings name"
+        raise CheckFailed(
+            f"{where} no model (models_pull, models_gguf and models_custom are empty): a client can run "
+            "nothing here; list the models it must serve"
+        )
     tags = [str(m.get("name")) for m in ctx.api("GET", "/api/tags").get("models") or []]
     listed = [str(m.get("id")) for m in ctx.api("GET", "/v1/models").get("data") or []]
     missing = [name for name in wanted if name not in tags]
@@ -336,7 +345,9 @@ def check_cors(ctx: HostContext) -> CheckResult:
         return passed("ollama_origins is '*': any origin is allowed (checked one); no disallowed case exists")
     refused = _preflight_refused(ctx, DISALLOWED_ORIGIN)
     if not origins:
-        return passed(f"no origins configured: checked only that {DISALLOWED_ORIGIN} is refused ({refused})")
+        return not_applicable(
+            f"no ollama_origins: no origin to allow; {DISALLOWED_ORIGIN} refused ({refused})"
+        )
     allowed = concrete_origin(origins[0])
     _preflight_allowed(ctx, allowed)
     return passed(f"{allowed} allowed with headers; {DISALLOWED_ORIGIN} refused ({refused})")
@@ -403,7 +414,8 @@ def check_raw_port(ctx: HostContext) -> CheckResult:
     )
     if outcome == "timeout":
         return passed(f"{port} filtered (no answer in {probes.RAW_PORT_TIMEOUT:.0f} s)")
-    return passed(f"{port} closed ({outcome}); the firewall is disabled by settings")
+    # Nothing listens there now, but nothing guards the port: the firewall is off by settings.
+    return not_applicable(f"firewall disabled: {port} closed ({outcome}), not filtered")
 
 
 def _ollama_port_guarded(ctx: HostContext, address: str, shown: str, unfiltered: str) -> str:

@@ -12,7 +12,14 @@ stream (not buffered). A check whose prerequisite failed is shown as blocked. --
 scopes, version, models and cors only: no generation (no model is loaded or evicted) and no firewall probe
 (each waits for a timeout). status shows each host's last on-host health timer result, read over SSH.
 
-Exit codes: 0 every check passed (or every host is healthy), 1 something failed, 2 bad input or settings.
+Each check ends as ok (passed: proven), FAIL, blocked (not run: a check it needs failed) or n/a (does not
+apply to the host's settings: the feature is off, e.g. auth_enabled false, firewall off, no ollama_origins,
+no inference key to refuse admin paths, the outsider probe outside the lab; nothing was proven). A host
+with no model to serve is a failure of `models`, not a pass.
+
+Exit codes: 0 no check failed or was blocked (n/a allowed; with --strict, none was n/a either), 1 otherwise
+(or a host is unhealthy, for status), 2 bad input or settings. The table's last line and the JSON's
+"counts" and "not_applicable" say how many checks proved something and which did not apply.
 """
 
 from __future__ import annotations
@@ -70,6 +77,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="only the cheap checks: no chat/stream (nothing loaded or evicted), no firewall probes",
     )
+    verify.add_argument(
+        "--strict",
+        action="store_true",
+        help="n/a fails too: exit 0 only when every check ran and passed on every host",
+    )
     group_data_option(verify)
     verify.set_defaults(func=run_verify)
 
@@ -124,7 +136,9 @@ def run_verify(args: argparse.Namespace) -> int:
     def progress(target: Target, result: CheckResult) -> None:
         print(redact(progress_line(target.name, result), secrets), file=sys.stderr, flush=True)
 
-    report = verify_fleet(targets, timeout=args.timeout, on_result=progress, quick=args.quick)
+    report = verify_fleet(
+        targets, timeout=args.timeout, on_result=progress, quick=args.quick, strict=args.strict
+    )
     print(to_json(report, secrets) if args.json else render_text(report, secrets))
     return report.exit_code
 

@@ -40,7 +40,10 @@ class Status(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     BLOCKED = "blocked"  # not run: something it needs failed earlier (counts as not passing)
-    NA = "n/a"  # does not apply to this host's settings (e.g. outsider probe outside the lab)
+    # Does not apply to this host's settings (the feature is off, or there is nothing to probe: the outsider
+    # probe outside the lab, scopes with no inference key): nothing was proven. Not a failure by default;
+    # `verify --strict` counts it as one.
+    NA = "n/a"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
+        """Not a failure: passed, or not applicable (which proved nothing: counted apart in the report)."""
         return self.status in (Status.PASS, Status.NA)
 
 

@@ -21,6 +21,7 @@ def verify_fleet(
     timeout: float = DEFAULT_TIMEOUT,
     on_result: Callable[[Target, CheckResult], None] | None = None,
     quick: bool = False,
+    strict: bool = False,
 ) -> FleetReport:
     """Run the checks on all hosts at once (a thread each); results keep the inventory's order."""
     lock = threading.Lock()
@@ -38,7 +39,7 @@ def verify_fleet(
     workers = max(1, min(MAX_PARALLEL_HOSTS, len(targets)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         hosts = tuple(pool.map(one_host, targets))
-    return FleetReport(hosts=hosts, seconds=time.perf_counter() - started)
+    return FleetReport(hosts=hosts, seconds=time.perf_counter() - started, strict=strict)
 
 
 def secrets_of(targets: Sequence[Target]) -> list[str]:

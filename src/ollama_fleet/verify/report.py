@@ -36,18 +36,32 @@ class HostReport:
 class FleetReport:
     hosts: tuple[HostReport, ...]
     seconds: float
+    strict: bool = False  # n/a fails the run too (verify --strict)
 
     @property
     def ok(self) -> bool:
-        return all(host.ok for host in self.hosts)
+        """No check failed or was blocked, and (strict) none was n/a: the exit status is 0."""
+        return all(host.ok for host in self.hosts) and not (self.strict and self.not_applicable())
 
     @property
     def exit_code(self) -> int:
         return EXIT_OK if self.ok else EXIT_FAILED
 
     def failures(self) -> list[tuple[str, str]]:
-        """(host, check) of every check that did not pass, blocked ones included."""
+        """(host, check) of every check that failed or was blocked (n/a is listed by not_applicable)."""
         return [(h.host, r.check) for h in self.hosts for r in h.results if not r.ok]
+
+    def not_applicable(self) -> list[tuple[str, str, str]]:
+        """(host, check, why) of every check that proved nothing on that host's settings."""
+        return [(h.host, r.check, r.figure) for h in self.hosts for r in h.results if r.status == Status.NA]
+
+    def counts(self) -> dict[str, int]:
+        """How many checks ended in each status (pass, fail, blocked, n/a), every status named."""
+        found = {str(status): 0 for status in Status}
+        for h in self.hosts:
+            for r in h.results:
+                found[str(r.status)] += 1
+        return found
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -77,21 +91,35 @@ def render_text(report: FleetReport, secrets: Iterable[str] = ()) -> str:
     for host in report.hosts:
         for r in host.results:
             details.append([host.host, r.check, _MARK[r.status], r.reason if not r.ok else r.figure])
-    passed = sum(1 for h in report.hosts for r in h.results if r.ok)
-    total = sum(len(h.results) for h in report.hosts)
-    verdict = "PASS" if report.ok else "FAIL"
     lines = [*format_table(matrix), "", *format_table(details), ""]
-    lines.append(
-        f"{verdict}: {passed}/{total} checks passed on {len(report.hosts)} hosts in {report.seconds:.1f} s"
-    )
+    lines.append(verdict_line(report))
     return redact("\n".join(lines), list(secrets))
+
+
+def verdict_line(report: FleetReport) -> str:
+    """`PASS: 30/34 checks passed, 4 n/a (nothing to prove on these settings), 0 failed, 0 blocked on ...`"""
+    counts = report.counts()
+    total = sum(counts.values())
+    na = counts[str(Status.NA)]
+    verdict = "PASS" if report.ok else "FAIL"
+    strict = " (--strict: n/a fails)" if report.strict and na else ""
+    return (
+        f"{verdict}{strict}: {counts[str(Status.PASS)]}/{total} checks passed, {na} n/a (nothing to prove on "
+        f"these settings), {counts[str(Status.FAIL)]} failed, {counts[str(Status.BLOCKED)]} blocked on "
+        f"{len(report.hosts)} hosts in {report.seconds:.1f} s"
+    )
 
 
 def to_json(report: FleetReport, secrets: Iterable[str] = ()) -> str:
     payload: dict[str, Any] = {
         "ok": report.ok,
+        "strict": report.strict,
         "seconds": round(report.seconds, 3),
+        "counts": report.counts(),
         "failures": [{"host": host, "check": check} for host, check in report.failures()],
+        "not_applicable": [
+            {"host": host, "check": check, "why": why} for host, check, why in report.not_applicable()
+        ],
         "hosts": [
             {
                 "host": host.host,

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ollama_fleet.gateway import with_gateway_group
-from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
+from ollama_fleet.settings import FleetSettings, SettingsError, service_address, settings_for_host
+from ollama_fleet.settings.paths import fleet_root, with_controller_paths
 
 
 class InventoryError(Exception):
@@ -69,17 +70,19 @@ def target_for(name: str, data: Mapping[str, Any], environ: Mapping[str, str] | 
 
 
 def target_for_settings(settings: FleetSettings, name: str, data: Mapping[str, Any]) -> Target:
-    """A Target from settings already validated; the address is `ssh_hostname`, else the host name."""
-    address = str(data.get("ssh_hostname") or name)
-    return Target(name=name, address=address, settings=settings, data=dict(data))
+    """A Target from settings already validated, at its service address (service_address, else
+    ssh_hostname, else the host name)."""
+    return Target(name=name, address=service_address(settings, data), settings=settings, data=dict(data))
 
 
 def load_inventory(
     inventory: str, group_data: Sequence[str] = (), cwd: Path | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it."""
+    """Host name -> merged host data, exactly as `pyinfra INVENTORY ... [--group-data DIR]` sees it, with
+    controller paths absolute against the inventory's fleet root (as the deploy resolves them)."""
+    root = fleet_root(inventory)
     return {
-        host.name: with_gateway_group(host.data.dict(), host.groups)
+        host.name: with_controller_paths(with_gateway_group(host.data.dict(), host.groups), root)
         for host in _pyinfra_inventory(inventory, group_data, cwd)
     }
 
@@ -197,7 +200,7 @@ def gateway_target(
 ) -> Target:
     """The gateway on host `name`, which must route every model some host of `fleet` serves."""
     models = sorted({m for s in fleet if s.serves_api_through_nginx for m in s.models.names()})
-    address = str(data.get("ssh_hostname") or name)
+    address = service_address(settings, data)
     return Target(f"{name}/gateway", address, settings, dict(data), gateway_models=tuple(models))
 
 
