@@ -70,14 +70,8 @@ def upgrade(lab: LabState, hosts: list[str], seeded: bool) -> tuple[float, int]:
     sums = artifacts.read_sums(artifacts.pages_dir() / f"v{LABEL}")
     sizes = {name: (artifacts.pages_dir() / f"v{LABEL}" / name).stat().st_size for name in sums}
     start = log.stat().st_size
-    extra = [
-        "--limit",
-        ",".join(hosts),
-        "--data",
-        f"ollama_version={LABEL}",
-        "--data",
-        'ollama_overlays=["rocm"]',
-    ]
+    limit = [arg for host in hosts for arg in ("--limit", host)]  # pyinfra takes one name per --limit
+    extra = [*limit, "--data", f"ollama_version={LABEL}", "--data", 'ollama_overlays=["rocm"]']
     if seeded:
         extra += [
             "--data", f"models_seed_host={hosts[0]}",
@@ -85,7 +79,9 @@ def upgrade(lab: LabState, hosts: list[str], seeded: bool) -> tuple[float, int]:
         ]  # fmt: skip
     seconds = deploy(lab, *extra)
     fetched = page_bytes(log, start, sizes)
-    deploy(lab, "--limit", ",".join(hosts))  # back to the lab's own release, without a seed
+    if fetched == 0:
+        raise SystemExit(f"the upgrade of {', '.join(hosts)} fetched nothing from the page")
+    deploy(lab, *limit)  # back to the lab's own release, without a seed
     return seconds, fetched
 
 
