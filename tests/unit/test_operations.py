@@ -244,7 +244,10 @@ PULL_OK = [
 
 def _progress(lines: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["sh", "-c", models.PULL_PROGRESS_AWK], input="\n".join(lines) + "\n", capture_output=True, text=True
+        ["sh", "-c", models.pull_progress_awk("tiny:latest", 600)],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
     )
 
 
@@ -266,7 +269,10 @@ def test_pull_progress_shows_a_layers_rate_once_a_second_has_passed() -> None:
     half = '{"status":"pulling abc","digest":"sha256:abc","total":10485760,"completed":5242880}'
     feed = f"echo '{first}'; sleep 2.1; echo '{half}'; echo '{{\"status\":\"success\"}}'"
     result = subprocess.run(
-        ["sh", "-c", f"({feed}) | {models.PULL_PROGRESS_AWK}"], capture_output=True, text=True, check=True
+        ["sh", "-c", f"({feed}) | {models.pull_progress_awk('tiny:latest', 600)}"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     start, later, _ = result.stdout.splitlines()
     assert start == "pulling abc 10% (1.0 of 10.0 MB)"  # no rate before a second has passed
@@ -293,6 +299,59 @@ def test_pull_fails_on_an_error_line_or_without_success() -> None:
     assert failed.returncode == 1
     assert "file does not exist" in failed.stdout
     assert _progress(PULL_OK[:-1]).returncode == 1
+
+
+def _fed_every_tenth_of_a_second(lines: list[str], stall: int) -> subprocess.CompletedProcess[str]:
+    feed = "; ".join(f"echo '{line}'; sleep 0.1" for line in lines)
+    return subprocess.run(
+        ["sh", "-c", f"({feed}) | {models.pull_progress_awk('lab/stalls:latest', stall)}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _layer(completed: int) -> str:
+    return f'{{"status":"pulling abc","digest":"sha256:abc","total":4194304,"completed":{completed}}}'
+
+
+def test_pull_fails_when_its_bytes_stop_growing_while_ollama_keeps_sending_progress() -> None:
+    # Ollama's progress every 60 ms, the bytes stuck at 2 MB: the stream is alive, the pull is not.
+    stuck = [_layer(1048576), *[_layer(2097152)] * 60, '{"status":"success"}']
+    result = _fed_every_tenth_of_a_second(stuck, stall=2)
+    assert result.returncode == 1
+    assert "success" not in result.stdout  # it failed before the feed ended
+    assert re.fullmatch(
+        r"ollama-fleet: pulling lab/stalls:latest stalled: 2\.0 of 4\.0 MB done \(pulling abc\), "
+        r"no byte more for [23] s \(models_pull_stall_timeout\)\n",
+        result.stderr,
+    ), result.stderr
+
+
+def test_pull_that_keeps_moving_or_changes_phase_is_not_stalled() -> None:
+    growing = [_layer(n * 65536) for n in range(1, 41)]  # 4 s, a little more each line
+    # Each new status (the next layer, then the digest check) starts its own clock.
+    phases = ['{"status":"pulling def","digest":"sha256:def","total":10,"completed":10}']
+    ok = _fed_every_tenth_of_a_second([*growing, *phases, '{"status":"success"}'], stall=2)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""
+
+
+def test_a_failed_pull_names_the_model_ollamas_reason_and_the_bytes_done() -> None:
+    failed = _progress([_layer(2097152), '{"error":"max retries exceeded: connection reset"}'])
+    assert failed.returncode == 1
+    assert failed.stderr == (
+        "ollama-fleet: pulling tiny:latest failed: max retries exceeded: connection reset "
+        "(pulling abc: 2.0 of 4.0 MB done)\n"
+    )
+    cut = _progress([_layer(2097152)])
+    assert "failed: the progress stream ended without success (pulling abc: 2.0 of 4.0 MB done)" in cut.stderr
+
+
+def test_pull_command_gives_up_on_a_silent_stream_no_sooner_than_on_stalled_bytes() -> None:
+    assert "--speed-time 600 " in models.pull_command("http://127.0.0.1:11434", "tiny", stall_seconds=30)
+    assert "--speed-time 900 " in models.pull_command("http://127.0.0.1:11434", "tiny", stall_seconds=900)
+    assert "-v stall=30 " in models.pull_command("http://127.0.0.1:11434", "tiny", stall_seconds=30)
 
 
 def test_models_fact_reads_tags_or_reports_the_api_down() -> None:
