@@ -485,6 +485,39 @@ def test_go_live_installs_files_link_and_disables_the_default_site(tmp_path: Pat
     assert not list(Path(paths.nginx_dir).rglob(".*.new"))
 
 
+def test_go_live_writes_the_gateway_members_and_removes_the_hosts_gone(tmp_path: Path) -> None:
+    paths, work, _ = _stage(tmp_path, fail=False)
+    members_dir = f"{paths.nginx_dir}/ollama-fleet/gateway-members"
+    Path(members_dir).mkdir(parents=True)
+    (Path(members_dir) / "gone.conf").write_text("server 10.0.0.9:443;\n")
+    (work / "new" / "members").mkdir()
+    (work / "new" / "members" / "a.conf").write_text("server 10.0.0.2:443 down;\n")
+    staged = sh(nginx.stage_script(paths, str(work), members_dir=members_dir))
+    assert staged.returncode == 0, staged.stderr
+    staged_dir = work / "staging" / "ollama-fleet" / "gateway-members"
+    assert sorted(p.name for p in staged_dir.iterdir()) == ["a.conf"]  # validated as it will be live
+    assert sh(nginx.go_live_script(paths, str(work), [f"{members_dir}/a.conf"], members_dir)).returncode == 0
+    assert sorted(p.name for p in Path(members_dir).iterdir()) == ["a.conf"]
+    assert (Path(members_dir) / "a.conf").read_text() == "server 10.0.0.2:443 down;\n"
+    assert (Path(members_dir) / "a.conf").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_drain_stages_its_members_over_the_live_ones(tmp_path: Path) -> None:
+    paths, work, _ = _stage(tmp_path, fail=False)
+    members_dir = f"{paths.nginx_dir}/ollama-fleet/gateway-members"
+    live = work / "staging" / "ollama-fleet" / "gateway-members"
+    live.mkdir(parents=True)
+    (live / "other.conf").write_text("server 10.0.0.3:443;\n")
+    (work / "new" / "members").mkdir()
+    (work / "new" / "members" / "a.conf").write_text("server 10.0.0.2:443 down;\n")
+    script = nginx.stage_script(
+        paths, str(work), with_site=False, members_dir=members_dir, replace_members=False
+    )
+    assert sh(script).returncode == 0
+    staged = sorted(p.name for p in live.iterdir())
+    assert staged == ["a.conf", "other.conf"]  # the live site may still include a host the plan lost
+
+
 def test_a_pinned_digest_is_checked_instead_of_sha256sum_txt(tmp_path: Path) -> None:
     archive, sums = _staged(tmp_path)
     genuine = hashlib.sha256(archive.read_bytes()).hexdigest()

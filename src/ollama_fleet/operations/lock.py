@@ -20,19 +20,17 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
 
 import gevent
 import gevent.event
 from pyinfra import logger
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import StringCommand
 from pyinfra.api.facts import FactBase
 from pyinfra.api.host import Host
 from pyinfra.api.operation import operation
 from pyinfra.context import ctx_host, host
 
-from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.operations.shell import fail_command, operation_connector_arguments
 
 LOCK_PATH = "/run/ollama-fleet/deploy.lock"
 LOCK_HEARTBEAT_SECONDS = 15
@@ -178,15 +176,9 @@ def heartbeat_command(path: str, holder: str) -> str:
 _heartbeats: dict[str, Heartbeat] = {}  # host name -> the heartbeat of the lock this run holds there
 
 
-def _connector_arguments() -> dict[str, Any]:
-    """The running operation's _sudo, _su_user, ...: the heartbeat's command runs as the operation's would."""
-    arguments: dict[str, Any] = dict(host.current_op_global_arguments or {})
-    return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
-
-
 def _start_heartbeat(on: Host, holder: str) -> None:
     command = StringCommand(heartbeat_command(LOCK_PATH, holder))
-    arguments = _connector_arguments()
+    arguments = operation_connector_arguments()  # the heartbeat's command runs as the lock's did
 
     def beat() -> bool:
         if on in on.state.failed_hosts:
