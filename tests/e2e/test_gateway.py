@@ -11,6 +11,7 @@ so); with Ollama stopped on one host and nginx on another it still answers; a dr
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import ssl
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.e2e
 PORT = 8443
 HOST_LOG = "/var/log/nginx/ollama-fleet.access.log"
 GATEWAY_LOG = "/var/log/nginx/ollama-fleet-gateway.access.log"
+MEMBERS = "/etc/nginx/ollama-fleet/gateway-members"
 KEEPALIVE_TIMEOUT = 10  # gateway_keepalive_timeout's default
 OLLAMA = "http://127.0.0.1:11434"  # on a lab host
 DROP_443 = "INPUT -p tcp --dport 443 -j DROP -m comment --comment ollama-fleet-test-gateway-down"
@@ -179,6 +181,33 @@ def test_a_second_deploy_of_the_gateway_changes_nothing(gateway: Gateway) -> Non
     done = gateway.deploy()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert changed(done.stdout) == {}
+
+
+def infra_checks(gateway: Gateway) -> subprocess.CompletedProcess[str]:
+    """tests/infra (pytest-testinfra) against the gateway fleet's inventory."""
+    env = {**os.environ, "OLLAMA_FLEET_INVENTORY": str(gateway.inventory)}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/infra",
+         f"--ssh-config={gateway.fleet.lab.ssh_config_path}"],
+        cwd=repo_root(), env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_a_gateway_fleet_passes_the_testinfra_checks_and_a_hand_edit_fails_them(gateway: Gateway) -> None:
+    done = infra_checks(gateway)
+    assert done.returncode == 0, done.stdout[-6000:]
+    assert f"{11 * len(gateway.fleet.hosts)} passed" in done.stdout
+    # The checks can fail: a member's server line edited by hand on the gateway host is drift.
+    three = gateway.fleet.hosts[2]
+    member = f"{MEMBERS}/{three}.conf"
+    saved = gateway.fleet.ssh_ok(gateway.host, f"cat {member}")
+    try:
+        gateway.fleet.ssh_ok(gateway.host, f"sed -i 's/;$/ down;/' {member}")
+        drifted = infra_checks(gateway)
+        assert drifted.returncode != 0 and "1 failed" in drifted.stdout, drifted.stdout[-6000:]
+        assert "test_nginx_site_streams_to_loopback" in drifted.stdout
+    finally:
+        gateway.fleet.ssh_ok(gateway.host, f"cat > {member}", stdin=saved)
 
 
 def test_the_openai_client_answers_for_every_model_through_the_gateway(gateway: Gateway) -> None:
@@ -343,7 +372,6 @@ def test_a_drained_host_gets_nothing_from_the_gateway(gateway: Gateway, marker: 
     assert hits[three] == [] and sum(s.count(200) for s in hits.values()) == 6, hits
 
 
-MEMBERS = "/etc/nginx/ollama-fleet/gateway-members"
 OPERATOR_HEADER = "X-Operator-Gateway"
 
 
