@@ -219,11 +219,14 @@ def go_live_script(
     )
 
 
-def _member_uploads(work_dir: str, members: dict[str, str]) -> list[FileUploadCommand]:
+def _member_uploads(work_dir: str, members: dict[str, str]) -> list[str | FileUploadCommand]:
+    """The commands that put the members' files in new/members/ (none without members)."""
     new = f"{work_dir}/new/members"
-    return [
-        FileUploadCommand(BytesIO(t.encode()), f"{new}/{posixpath.basename(p)}") for p, t in members.items()
+    uploads = [
+        FileUploadCommand(BytesIO(text.encode()), f"{new}/{posixpath.basename(path)}")
+        for path, text in members.items()
     ]
+    return [f"mkdir -m 700 {shlex.quote(new)}", *uploads] if uploads else []
 
 
 @operation()
