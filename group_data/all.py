@@ -176,6 +176,9 @@ models_seed_host = None
 models_lan_port = 11435
 # Required on the seed: the subnets of the hosts that fetch from it, e.g. ["192.168.10.0/24"].
 models_lan_subnets = []
+# A pull fails as stalled when the bytes it has done stop growing for this many seconds (read from Ollama's
+# own progress: Ollama keeps sending progress lines, and retrying, while its registry sends nothing).
+models_pull_stall_timeout = 600
 
 # --- health_*: the on-host health timer --------------------------------------------------------------------
 # Install a systemd timer that checks the local API and logs to the journal.

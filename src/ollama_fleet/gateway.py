@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from ollama_fleet.settings import FleetSettings
+from ollama_fleet.settings.gateway import GatewaySettings
 
 GATEWAY_GROUP = "gateway"
 """Hosts of this inventory group serve the fleet's gateway (gateway_enabled, unless their data says)."""
@@ -39,7 +41,7 @@ class Member:
     port: int
     tls_name: str  # a name its certificate carries (its first server name)
     max_conns: int  # 0: no cap
-    down: bool  # gateway_drain on that host
+    down: bool  # out of rotation: gateway_drain on that host, or drained by a rollout
 
     @property
     def peer(self) -> str:
@@ -76,8 +78,12 @@ class GatewayError(ValueError):
     """The fleet cannot be served through a gateway as configured (names the host and the fix)."""
 
 
-def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str]) -> GatewayPlan:
-    """The plan for a gateway of `fleet` (every inventory host with nginx), dialling `addresses` (IPs)."""
+def gateway_plan(
+    fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str], drained: Iterable[str] = ()
+) -> GatewayPlan:
+    """The plan for a gateway of `fleet` (every inventory host with nginx), dialling `addresses` (IPs);
+    `drained` hosts (a rollout's batch) are out of rotation, as are those with gateway_drain."""
+    drained = set(drained)
     members: dict[str, Member] = {}
     served: dict[str, list[str]] = {}
     for name, s in fleet.items():
@@ -99,7 +105,7 @@ def gateway_plan(fleet: Mapping[str, FleetSettings], addresses: Mapping[str, str
             port=s.nginx.https_port,
             tls_name=s.server_names[0],
             max_conns=s.num_parallel if s.gateway.cap_at_num_parallel else 0,
-            down=s.gateway.drain,
+            down=s.gateway.drain or name in drained,
         )
         for model in dict.fromkeys(s.models.names()):
             served.setdefault(model, []).append(name)
@@ -145,35 +151,28 @@ def owner(model: str) -> str:
     return parts[-2] if len(parts) > 1 else "library"
 
 
-ROLLOUT_DRAIN_MARK = "(drained by ollama-fleet rollout)"
-_MEMBER_LINE = re.compile(
-    r"^(?P<server>\s*server \S+[^;#]*?)(?P<down> down)?;(?P<gap>\s+)# (?P<name>\S+)(?P<mark> \(drained by "
-    r"ollama-fleet rollout\))?$"
-)
+GATEWAY_MEMBERS_DIR = PurePosixPath("/etc/nginx/ollama-fleet/gateway-members")
+"""One file per fleet host holding its `server` line, which each of the gateway's pools includes: whether
+the host is in rotation is data the deploy and a rollout's drain write, whatever the site's template."""
 
 
-def with_rollout_drain(site: str, drained: Iterable[str]) -> str:
-    """The live site text with the gateway's server lines of `drained` hosts marked `down` by the rollout,
-    and the rollout's earlier marks on any other host removed. A host drained by its own settings
-    (gateway_drain) stays down: only lines carrying the rollout's mark are ever put back."""
-    names = set(drained)
-    lines = []
-    for line in site.splitlines(keepends=True):
-        body = line.rstrip("\n")
-        match = _MEMBER_LINE.match(body)
-        if match is None or (match["down"] and not match["mark"]):
-            lines.append(line)
-            continue
-        end = line[len(body) :]
-        server, gap, name = match["server"], match["gap"], match["name"]
-        if name in names:
-            lines.append(f"{server} down;{gap}# {name} {ROLLOUT_DRAIN_MARK}{end}")
-        else:
-            lines.append(f"{server};{gap}# {name}{end}")
-    return "".join(lines)
+def member_conf_path(name: str, members_dir: PurePosixPath = GATEWAY_MEMBERS_DIR) -> str:
+    """Where host `name`'s server line lives (the name made file-safe)."""
+    return str(members_dir / f"{quote(name, safe='-._')}.conf")
 
 
-def rollout_drained(site: str) -> list[str]:
-    """The hosts the rollout has drained in this live site text (each once, in order)."""
-    found = (_MEMBER_LINE.match(line) for line in site.splitlines())
-    return list(dict.fromkeys(m["name"] for m in found if m and m["mark"]))
+def member_conf(m: Member, g: GatewaySettings) -> str:
+    """Host `m`'s server line, for every pool that has it (`g`: the gateway host's settings)."""
+    cap = f" max_conns={m.max_conns}" if m.max_conns else ""
+    down = " down" if m.down else ""
+    return (
+        f"# {m.name}: written by ollama-fleet (its deploy of this gateway, and a rollout's drain)\n"
+        f"server {m.peer}{cap} max_fails={g.max_fails} fail_timeout={g.fail_timeout}s{down};\n"
+    )
+
+
+def member_confs(
+    plan: GatewayPlan, g: GatewaySettings, members_dir: PurePosixPath = GATEWAY_MEMBERS_DIR
+) -> dict[str, str]:
+    """Path -> text of every member's server line."""
+    return {member_conf_path(m.name, members_dir): member_conf(m, g) for m in plan.members}

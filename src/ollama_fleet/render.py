@@ -17,9 +17,11 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from ollama_fleet.gateway import (
+    GATEWAY_MEMBERS_DIR,
     IF_LOADED_HEADER,
     LOADED_CACHE_VALID_S,
     GatewayPlan,
+    member_conf_path,
     openai_models_json,
     tags_json,
 )
@@ -121,12 +123,14 @@ def render_nginx_site(
     loaded_cache_dir: PurePosixPath = LOADED_CACHE_DIR,
     gateway: GatewayPlan | None = None,
     loaded_check: bool = False,
+    gateway_members_dir: PurePosixPath = GATEWAY_MEMBERS_DIR,
 ) -> str:
     """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama;
     on a gateway host (`gateway`: the fleet's plan) also the gateway server, balancing over the hosts.
     `loaded_check` (gateway.answers_loaded_check): a gateway's first try is taken only with the model loaded.
 
-    `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there.
+    `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there;
+    `gateway_members_dir` holds the gateway members' server lines (gateway.member_confs).
     """
     if s.is_gateway and gateway is None:
         raise ValueError(f"{s.host} is a gateway (gateway_enabled): render its site with the fleet's plan")
@@ -151,6 +155,7 @@ def render_nginx_site(
         release_store=RELEASE_STORE if s.serves_releases else None,
         lan_ipv6=any(subnet.version == 6 for subnet in s.models.lan_subnets),
         gateway=gateway,
+        gateway_member_conf=lambda m: member_conf_path(m.name, gateway_members_dir),
         loaded_check=loaded_check,
         loaded_cache_dir=loaded_cache_dir,
         loaded_cache_valid_s=LOADED_CACHE_VALID_S,

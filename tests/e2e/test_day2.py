@@ -2,7 +2,7 @@
 
 - a no-change re-run reports 0 changed operations on every host, its client check included;
 - a release that cannot start (a valid checksum, a binary that exits 1) rolls back by itself;
-- a deploy killed right after the release switch, or right after new keys went live, is finished by the
+- a deploy cut off right after the release switch, or right after new keys went live, is finished by the
   next run: it restarts Ollama (the new version serves) and reloads nginx (the removed key gets 401);
 - a second deploy is refused while another holds a host's deploy lock, and a dead holder's lock is taken.
 
@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from verify_fleet import SITE, DeployedFleet, deploy_fleet, statuses
+from verify_fleet import API_KEYS, SITE, DeployedFleet, deploy_fleet, statuses
 
 from ollama_fleet.lab.artifacts import ensure_relabelled_release, publish_release, unpublish_release
 from ollama_fleet.lab.paths import repo_root
@@ -68,29 +69,56 @@ def changed_operations(stdout: str) -> dict[str, list[str]]:
     return {op["name"]: op["success"] for op in operations if op["success"]}
 
 
-def deploy_killed_after(fleet: DeployedFleet, operation: str, *args: str) -> str:
-    """Run the deploy and SIGKILL pyinfra as soon as `operation` has finished on its hosts.
+HOLD_DIR = "/var/lib/ollama-fleet-test"  # on the host's disk: the controller writes it through the overlay
+HOLD_WRAPPER = f"""#!/bin/sh
+# ollama-fleet e2e (sshd ForceCommand): once the host is in the state {HOLD_DIR}/cut-off tests, every new
+# command is held, never run; the test then kills the deploy that sent it.
+if [ -s {HOLD_DIR}/cut-off ] && sh {HOLD_DIR}/cut-off; then
+    touch {HOLD_DIR}/held
+    while [ -e {HOLD_DIR}/cut-off ]; do sleep 0.2; done
+    exit 111
+fi
+exec /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+"""
 
-    pyinfra prints `[host] Success` when an operation is done on a host and only then starts the next
-    one, which first reads facts over SSH: killing on that line leaves the next operation unstarted.
-    """
+
+def deploy_cut_off_when(fleet: DeployedFleet, host: str, state: str, *args: str) -> str:
+    """Run the deploy and cut it off on `host` as soon as the host is in `state` (a shell test, run there):
+    from then on the host's sshd holds every new command, so nothing the deploy would do next runs; once
+    a command is held, pyinfra is killed. Waiting on that state, not on pyinfra's output, makes the cut
+    land at the same place however fast the run goes."""
+    root = Path(fleet.lab.host(host).root)
+    hold = root / HOLD_DIR.lstrip("/")
+    hold.mkdir(parents=True, exist_ok=True)
+    (hold / "wrapper").write_text(HOLD_WRAPPER)
+    (hold / "wrapper").chmod(0o755)
+    sshd_conf = root / "etc/ssh/sshd_config.d/zz-ollama-fleet-test-hold.conf"
+    sshd_conf.write_text(f"ForceCommand {HOLD_DIR}/wrapper\n")
+    fleet.ssh_ok(host, "systemctl reload ssh")
+    (hold / "cut-off").write_text(state + "\n")
     argv = [PYINFRA, "-y", fleet.lab.inventory_path, "deploys/ollama.py", *args]
     env = {**os.environ, "PYINFRA_PROGRESS": "off"}
-    proc = subprocess.Popen(
-        argv, cwd=repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    lines, started = [], False
-    for line in proc.stdout:
-        lines.append(line)
-        if f"Starting operation: {operation}" in line:
-            started = True
-        elif started and re.search(r"\] (Success|No changes)", line):
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            argv, cwd=repo_root(), env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while not (hold / "held").exists() and proc.poll() is None:
+                assert time.monotonic() < deadline, "the deploy never reached the state to cut it off at"
+                time.sleep(0.1)
+            held = (hold / "held").exists()
             proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert started and proc.returncode == -signal.SIGKILL, "".join(lines)[-3000:]
-    return "".join(lines)
+            proc.wait(timeout=60)
+        finally:
+            (hold / "cut-off").unlink(missing_ok=True)  # the held commands exit without running
+            sshd_conf.unlink(missing_ok=True)
+            (hold / "held").unlink(missing_ok=True)
+        out.seek(0)
+        output = out.read()
+    fleet.ssh_ok(host, "systemctl reload ssh")
+    assert held and proc.returncode == -signal.SIGKILL, output[-3000:]
+    return output
 
 
 def fast_rerun_hosts(stdout: str) -> list[str]:
@@ -174,7 +202,8 @@ def test_a_deploy_killed_after_the_switch_is_finished_by_the_next_run(
     fleet: DeployedFleet, upgrade: Path, upgraded_host: str
 ) -> None:
     host = upgraded_host
-    deploy_killed_after(fleet, "Install Ollama | Switch", "--limit", host, *from_controller(upgrade, UPGRADE))
+    switched = f'[ "$(readlink /opt/ollama/current)" = {UPGRADE} ]'
+    deploy_cut_off_when(fleet, host, switched, "--limit", host, *from_controller(upgrade, UPGRADE))
     assert fleet.ssh_ok(host, "readlink /opt/ollama/current").strip() == UPGRADE
     assert api_version(fleet, host) == BASE  # switched, never restarted
 
@@ -210,7 +239,10 @@ def test_a_rotated_key_with_an_interrupted_reload_is_refused_after_the_next_run(
 ) -> None:
     old, new = rotated_key
     host = fleet.hosts[2]
-    deploy_killed_after(fleet, "nginx proxy | Install the ollama-fleet site", "--limit", host)
+    fleet.ssh_ok(host, f"mkdir -p {HOLD_DIR} && cp {API_KEYS} {HOLD_DIR}/keys.before")
+    # The new keys file is live and the site's operation is done (its staging copy removed): cut there.
+    live = f"! cmp -s {API_KEYS} {HOLD_DIR}/keys.before && [ ! -e /var/lib/ollama-fleet/nginx ]"
+    deploy_cut_off_when(fleet, host, live, "--limit", host)
 
     def answers(key: str) -> int:
         trust = ssl.create_default_context(cafile=str(fleet.ca_file))
@@ -239,7 +271,7 @@ def test_a_second_deploy_waits_for_the_holder_of_the_lock(fleet: DeployedFleet) 
         done = fleet.deploy("--limit", host, "--data", "nginx_read_timeout=1234")
         output = done.stdout + done.stderr
         assert done.returncode != 0
-        assert f"another deploy holds the deploy lock {LOCK} (held by {who}, for 0m" in output
+        assert f"another deploy holds the deploy lock {LOCK} (held by {who}, last heartbeat " in output
         assert "1234s" not in fleet.ssh_ok(host, f"cat {SITE}")  # refused before any change
     finally:
         holder.kill()

@@ -144,12 +144,15 @@ def test_a_host_chats_with_the_model_it_got_from_the_seed(seeded: Seeded, first:
 
 
 def test_the_seed_port_is_closed_to_everyone_else(seeded: Seeded, first: Any) -> None:
+    url = f"http://{seeded.fleet.address(seeded.seed)}:11435/v2/library/tiny/manifests/latest"
+    # Positive control: from inside models_lan_subnets (the controller is on the hosts' subnet) the same
+    # request gets the manifest, so a failure below is the firewall's doing, not a wrong URL or a dead seed.
+    inside = seeded.fleet.run(["curl", "-sS", "--fail", "--max-time", "10", url])
+    assert inside.returncode == 0 and json.loads(inside.stdout)["schemaVersion"] == 2, inside.stderr
     outsider = seeded.fleet.lab.outsider_netns
-    probe = seeded.fleet.run(
-        ["ip", "netns", "exec", outsider, "curl", "-sS", "--max-time", "3",
-         f"http://{seeded.fleet.address(seeded.seed)}:11435/v2/library/tiny/manifests/latest"],
-    )  # fmt: skip
-    assert probe.returncode != 0, probe.stdout
+    probe = seeded.fleet.run(["ip", "netns", "exec", outsider, "curl", "-sS", "--max-time", "3", url])
+    # ufw drops what its rules do not allow: the connection times out (28), never refused or answered.
+    assert probe.returncode == 28, (probe.returncode, probe.stdout, probe.stderr)
 
 
 def test_an_identical_deploy_moves_no_model_bytes(seeded: Seeded, first: Any) -> None:

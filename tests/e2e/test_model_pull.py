@@ -1,14 +1,17 @@
 """models_pull against a real registry: the lab mirror's /v2/ serves the tiny GGUF as `library/tiny:latest`.
 
 One host pulls `<mirror host>/library/tiny:latest` over plain http (models_insecure_registries), showing
-progress; the model is then listed and answers a chat through nginx; an identical deploy pulls nothing. The
-pulled model is removed by hand afterwards (models_prune stays off), so later modules see the usual fleet.
+progress; the model is then listed and answers a chat through nginx; an identical deploy pulls nothing. A
+pull of `library/stalls:latest`, whose blob the mirror stops sending halfway, fails the host once its bytes
+stopped growing for models_pull_stall_timeout, while the host's deploy lock kept its heartbeat. The pulled
+model is removed by hand afterwards (models_prune stays off), so later modules see the usual fleet.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 from verify_fleet import DeployedFleet, deploy_fleet
 
+from ollama_fleet.lab.registry import STALLING_REPOSITORY
 from ollama_fleet.lab.state import LabState
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +28,8 @@ pytestmark = pytest.mark.e2e
 PULL_OPERATION = "Ollama models | Pull model {}"
 # The on-host health check carries the model list, so adding or dropping a pull rewrites it too.
 HEALTH_SCRIPT = "Ollama health timer | Write /usr/local/lib/ollama-fleet/health-check.py"
+LOCK = "/run/ollama-fleet/deploy.lock"
+STALL_S = 30  # models_pull_stall_timeout for the stalled pull
 
 
 @dataclass(frozen=True)
@@ -46,16 +52,17 @@ class Pull:
     model: str  # as /api/tags lists it
     registry: str  # host:port of the mirror
 
-    def deploy(self) -> PullRun:
+    def deploy(self, model: str | None = None, *extra: str) -> PullRun:
         started = time.monotonic()
         done = self.fleet.deploy(
             "--json",
             "--limit",
             self.host,
             "--data",
-            f"models_pull={json.dumps([self.model])}",
+            f"models_pull={json.dumps([model or self.model])}",
             "--data",
             f"models_insecure_registries={json.dumps([self.registry])}",
+            *extra,
         )
         return PullRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
@@ -115,6 +122,45 @@ def test_identical_deploy_pulls_nothing(pull: Pull, first: PullRun) -> None:
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.changed() == {}
     assert "pulling manifest" not in again.stderr
+
+
+def lock_heartbeats(pull: Pull, stop: threading.Event, seen: set[int]) -> None:
+    """Collect the host's deploy-lock mtimes (each heartbeat touches it) until `stop`."""
+    while not stop.wait(2):
+        stat = pull.fleet.ssh(pull.host, f"stat -c %Y {LOCK}", timeout=10)
+        if stat.returncode == 0:
+            seen.add(int(stat.stdout))
+
+
+def test_a_pull_whose_registry_stops_sending_mid_blob_fails_in_the_set_time(
+    pull: Pull, first: PullRun
+) -> None:
+    stalled = f"{pull.registry}/{STALLING_REPOSITORY}:latest"
+    stop, beats = threading.Event(), set[int]()
+    watcher = threading.Thread(target=lock_heartbeats, args=(pull, stop, beats))
+    watcher.start()
+    try:
+        run = pull.deploy(stalled, "--data", f"models_pull_stall_timeout={STALL_S}")
+    finally:
+        stop.set()
+        watcher.join()
+    print(f"\ndeploy whose pull stalled: {run.seconds:.1f} s; lock heartbeats seen: {len(beats)}")
+
+    assert run.returncode != 0
+    # Ollama kept sending progress (and retrying the part) all along: the bytes done are what stopped.
+    failure = re.search(
+        rf"ollama-fleet: pulling {re.escape(stalled)} stalled: 2\.0 of 4\.0 MB done "
+        r"\(pulling [0-9a-f]{12}\), no byte more for (\d+) s \(models_pull_stall_timeout\)",
+        run.stderr,
+    )
+    assert failure, run.stderr[-4000:]
+    assert STALL_S <= int(failure.group(1)) <= STALL_S + 1
+    assert "pulling " in run.stderr and " 50% (2.0 of 4.0 MB" in run.stderr  # its progress was shown
+    # The deploy held the host's lock through the pull, refreshing it: a long pull keeps its lock.
+    assert len(beats) >= 2, beats
+    assert stalled not in pull.tags()
+    # No partial download left behind for the modules after this one.
+    pull.fleet.ssh_ok(pull.host, "rm -f /usr/share/ollama/.ollama/models/blobs/*-partial*")
 
 
 def test_fleet_is_back_to_its_own_models(pull: Pull, first: PullRun) -> None:

@@ -1,14 +1,18 @@
 """Rolling a change out: the canary group first, then the rest with `--serial --fail-percent 0`.
 
 The canary is made to fail the change (its nginx main config no longer passes `nginx -t`). Rolled out the
-README's way, the canary step fails, so the rest never receive the change; rolled out to everyone with
+README's way (`ollama-fleet rollout`, the canary group first), the canary fails and the rollout halts, so
+the rest, which it would have deployed next, never receive the change; rolled out to everyone with
 `--serial --fail-percent 0`, pyinfra stops at the failing host (it takes hosts in no fixed order, so hosts it
 reached before the canary may have the change, never all of them after it). The fleet keeps serving.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from verify_fleet import SITE, DeployedFleet, deploy_fleet, statuses
@@ -50,14 +54,28 @@ def assert_fleet_serves(fleet: DeployedFleet) -> None:
     assert all(status == "pass" for checks in statuses(report).values() for status in checks.values())
 
 
-def test_a_failing_canary_stops_the_rollout(fleet: DeployedFleet, broken_canary: str) -> None:
+def test_a_failing_canary_stops_the_rollout(fleet: DeployedFleet, broken_canary: str, tmp_path: Path) -> None:
     assert set(read_timeouts(fleet).values()) == {OLD}
+    change = tmp_path / "group_data"
+    change.mkdir()
+    (change / "all.py").write_text(f"{CHANGE}\n")
 
-    done = fleet.deploy("--limit", "lab_canary", "--data", CHANGE)
+    # One rollout of every host: the canary alone first, then the rest in one batch, had it passed.
+    done = fleet.run(
+        [sys.executable, "-m", "ollama_fleet.cli", "rollout", fleet.lab.inventory_path,
+         "--canary", "lab_canary", "--batch", "100%", "--group-data", str(change),
+         "--state", str(tmp_path / "rollout.json"), "--json"],
+        timeout=900,
+    )  # fmt: skip
 
-    assert done.returncode != 0
-    assert "nginx rejected the new site; the live configuration is unchanged" in done.stdout + done.stderr
-    assert set(read_timeouts(fleet).values()) == {OLD}  # the canary refused it; the rest were not started
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-4000:]
+    assert "nginx rejected the new site; the live configuration is unchanged" in done.stderr
+    report = json.loads(done.stdout)
+    results = {h["host"]: h["result"] for h in report["hosts"]}
+    assert results == {broken_canary: "failed", **{h: "untouched" for h in fleet.hosts if h != broken_canary}}
+    assert report["halt_reason"].startswith(f"batch 1 failed on {broken_canary}"), report["halt_reason"]
+    # The canary refused it, and the rollout, which would have deployed the rest next, stopped there.
+    assert set(read_timeouts(fleet).values()) == {OLD}
     assert_fleet_serves(fleet)
 
 

@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ollama_fleet.gateway import with_gateway_group
 from ollama_fleet.settings import FleetSettings, settings_for_host
 
 INVENTORY_ENV = "OLLAMA_FLEET_INVENTORY"
@@ -23,7 +24,8 @@ GROUP_DATA_ENV = "OLLAMA_FLEET_GROUP_DATA"
 
 @cache
 def inventory_data() -> dict[str, dict[str, Any]]:
-    """Host name -> merged data, from `pyinfra INVENTORY debug-inventory --json` (run where pytest runs)."""
+    """Host name -> merged data, from `pyinfra INVENTORY debug-inventory --json` (run where pytest runs),
+    with gateway_enabled decided by the host's groups as the deploy decides it."""
     pyinfra = str(Path(sys.executable).parent / "pyinfra")
     extra = [
         arg for d in os.environ.get(GROUP_DATA_ENV, "").split(os.pathsep) if d for arg in ("--group-data", d)
@@ -35,7 +37,8 @@ def inventory_data() -> dict[str, dict[str, Any]]:
         check=True,
         timeout=120,
     )
-    return {host["name"]: host["data"] for host in json.loads(result.stdout)}
+    hosts = json.loads(result.stdout)
+    return {host["name"]: with_gateway_group(host["data"], host.get("groups") or []) for host in hosts}
 
 
 def address(data: dict[str, Any], name: str) -> str:

@@ -17,6 +17,13 @@ from cryptography import x509
 from infra_fleet import connection_address, fleet, hostspecs, ip_of
 
 from ollama_fleet.deploys.firewall import wanted_rules
+from ollama_fleet.gateway import (
+    GATEWAY_MEMBERS_DIR,
+    GatewayPlan,
+    answers_loaded_check,
+    gateway_plan,
+    member_confs,
+)
 from ollama_fleet.operations import ufw
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.pki import cert_sans, host_sans
@@ -32,8 +39,27 @@ def s(host: Any) -> FleetSettings:
     return fleet()[host.backend.hostname][1]
 
 
-def test_ollama_service_is_enabled_and_active(host: Any) -> None:
+def every_host() -> dict[str, FleetSettings]:
+    """Inventory name -> settings (fleet() lists each host under its address too)."""
+    return dict(fleet().values())
+
+
+def gateway_of(host: Any, s: FleetSettings) -> GatewayPlan | None:
+    """The plan a gateway host's deploy made: every host at the address this host resolves it to."""
+    if not s.is_gateway:
+        return None
+    addresses = {}
+    for name in every_host():
+        reached = connection_address(name)
+        addresses[name] = ip_of(reached) or host.check_output(f"getent ahostsv4 {reached}").split()[0]
+    return gateway_plan(every_host(), addresses)
+
+
+def test_ollama_service_is_enabled_and_active(host: Any, s: FleetSettings) -> None:
     service = host.service("ollama")
+    if not s.serves_api:  # gateway_only: an Ollama an earlier deploy installed is stopped and disabled
+        assert not service.is_running and not service.is_enabled
+        return
     assert service.is_enabled
     assert service.is_running
 
@@ -78,7 +104,19 @@ def test_system_user_and_models_directory(host: Any, s: FleetSettings) -> None:
 def test_nginx_site_streams_to_loopback_with_the_host_ollama_accepts(host: Any, s: FleetSettings) -> None:
     site = host.file("/etc/nginx/sites-available/ollama-fleet.conf")
     text = site.content_string
-    assert text == render_nginx_site(s)
+    plan = gateway_of(host, s)
+    assert text == render_nginx_site(
+        s, gateway=plan, loaded_check=answers_loaded_check(s, every_host().values())
+    )
+    # A gateway's members: exactly one server line per host, in rotation unless its settings drain it.
+    members = member_confs(plan, s.gateway) if plan else {}
+    listed = host.check_output(f"ls -1 {GATEWAY_MEMBERS_DIR} 2>/dev/null || true").split()
+    assert sorted(listed) == sorted(Path(path).name for path in members)
+    for path, wanted in members.items():
+        assert host.file(path).content_string == wanted
+    if not s.serves_api:
+        assert host.run("nginx -t").rc == 0
+        return
     assert re.search(r"^\s*proxy_buffering off;$", text, re.M)
     assert re.search(rf"^\s*proxy_set_header Host localhost:{s.ollama.listen_port};$", text, re.M)
     assert re.search(rf"^\s*proxy_read_timeout {s.nginx.read_timeout}s;$", text, re.M)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import gevent
 import pytest
 from test_render import _binary, _free_port
 
@@ -198,14 +199,50 @@ def test_a_lock_held_by_a_live_run_is_respected_and_named() -> None:
     assert lock.stale_reason(held, controller="ctl", alive=lambda pid: True) is None
     assert lock.stale_reason(held, controller="other", alive=lambda pid: False) is None  # can't tell: wait
     message = lock.held_message(held)
-    assert "held by ctl pid=42 user=ops" in message and "for 1m15s" in message
+    assert "held by ctl pid=42 user=ops since=x run=r, last heartbeat 75 s ago" in message
+    # A run that has held its lock for hours (a long pull) but beats: never taken over.
+    long_held = lock.LockState(acquired=False, holder="elsewhere pid=1 since=hours-ago", age_seconds=14)
+    assert lock.stale_reason(long_held, controller="ctl", alive=lambda pid: False) is None
 
 
-def test_a_lock_is_stale_when_its_controller_process_is_gone_or_it_expired() -> None:
+def test_a_lock_is_stale_when_its_controller_process_is_gone_or_its_heartbeat_is_old() -> None:
     held = lock.LockState(acquired=False, holder="ctl pid=42 user=ops since=x run=r", age_seconds=5)
     assert "no longer runs" in str(lock.stale_reason(held, controller="ctl", alive=lambda pid: False))
-    old = lock.LockState(acquired=False, holder="elsewhere pid=1", age_seconds=lock.LOCK_TTL_SECONDS + 1)
-    assert "older than" in str(lock.stale_reason(old, controller="ctl", alive=lambda pid: True))
+    old = lock.LockState(acquired=False, holder="elsewhere pid=1", age_seconds=lock.LOCK_STALE_SECONDS + 1)
+    reason = lock.stale_reason(old, controller="ctl", alive=lambda pid: True)
+    beats = "(a deploy holding it beats every 15 s)"
+    assert reason == f"its last heartbeat was {lock.LOCK_STALE_SECONDS + 1} s ago {beats}"
+    assert lock.LOCK_STALE_SECONDS >= 10 * lock.LOCK_HEARTBEAT_SECONDS  # a few slow beats are no death
+
+
+def test_the_heartbeat_beats_until_stopped_or_the_lock_is_lost() -> None:
+    beats: list[int] = []
+    heartbeat = lock.Heartbeat(lambda: beats.append(1) is None, every=0.01)
+    gevent.sleep(0.2)
+    heartbeat.stop()
+    counted = len(beats)
+    assert counted >= 5
+    gevent.sleep(0.05)
+    assert len(beats) == counted  # stopped: no beat after
+    lost = lock.Heartbeat(lambda: beats.append(2) is None and False, every=0.01)
+    gevent.sleep(0.1)
+    assert beats.count(2) == 1 and lost.greenlet.dead  # "lost": the lock is another's, stop beating
+
+
+def test_the_heartbeat_touches_the_lock_only_while_its_holder_holds_it(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.lock"
+    (path).mkdir()
+    (path / "holder").write_text("me pid=1\n")
+    os.utime(path, (1, 1))
+
+    def run(holder: str) -> str:
+        command = lock.heartbeat_command(str(path), holder)
+        return subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True).stdout
+
+    assert run("someone else") == "lost\n"
+    assert path.stat().st_mtime == 1
+    assert run("me pid=1") == "beat\n"
+    assert path.stat().st_mtime > 1
 
 
 def test_lock_facts_take_refuse_and_release_on_a_real_directory(tmp_path: Path) -> None:

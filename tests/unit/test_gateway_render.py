@@ -40,10 +40,10 @@ from ollama_fleet.gateway import (
     GatewayError,
     GatewayPlan,
     gateway_plan,
-    rollout_drained,
+    member_confs,
     with_gateway_group,
-    with_rollout_drain,
 )
+from ollama_fleet.operations.nginx import drain_problem
 from ollama_fleet.pki import FleetCA, host_sans
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host
 
@@ -166,8 +166,15 @@ def test_the_model_lists_are_the_union(tmp_path: Path) -> None:
     plan = gateway_plan(fleet_of(tmp_path, 443), addresses())
     site = render.render_nginx_site(fleet_of(tmp_path, 443)["gw"], gateway=plan)
     assert '"tiny:latest" @ollama_fleet_gw_' in site
-    assert "server 127.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s;  # alpha" in site
+    assert "    include /etc/nginx/ollama-fleet/gateway-members/alpha.conf;\n" in site
     assert '"~(^|, | : )127[.]0[.]0[.]2:443$" "alpha";' in site
+    members = member_confs(plan, fleet_of(tmp_path, 443)["gw"].gateway)
+    alpha = members["/etc/nginx/ollama-fleet/gateway-members/alpha.conf"]
+    assert alpha.endswith("\nserver 127.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s;\n")
+    drained = gateway_plan(fleet_of(tmp_path, 443), addresses(), drained=["alpha"])
+    assert member_confs(drained, fleet_of(tmp_path, 443)["gw"].gateway)[
+        "/etc/nginx/ollama-fleet/gateway-members/alpha.conf"
+    ].endswith("\nserver 127.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s down;\n")
 
 
 # --- the gateway under a real nginx ---
@@ -244,10 +251,10 @@ def running_gateway(
         gateway_server_names=["localhost"],
         **gw_data,
     )
-    plan = gateway_plan(fleet, addresses(gw_address))
+    plan = gateway_plan(fleet, addresses(gw_address), drained)
     s = fleet["gw"]
     backends = _backends(tmp, ca, port, ollama, names or {}, loaded)
-    conf = _gateway_prefix(tmp, s, ca, plan, backends, drained)
+    conf = _gateway_prefix(tmp, s, ca, plan, backends)
     process = subprocess.Popen(
         [_binary("nginx"), "-p", str(tmp), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -261,9 +268,7 @@ def running_gateway(
         ollama.server.server_close()
 
 
-def _gateway_prefix(
-    tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan, backends: str, drained: tuple[str, ...] = ()
-) -> Path:
+def _gateway_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, plan: GatewayPlan, backends: str) -> Path:
     tls = render.tls_paths(s)
     Path(tls.cert).parent.mkdir(parents=True, exist_ok=True)
     cert, key = ca.issue("localhost", ["localhost", "127.0.0.1"])
@@ -273,13 +278,20 @@ def _gateway_prefix(
     keys = tmp / "api-keys.conf"
     keys.write_text(render.render_api_keys(s))
     js = render.builtin_templates_dir() / render.MODEL_ALLOW_LIST_JS
+    members_dir = PurePosixPath(tmp / "members")
     site = render.render_nginx_site(
-        s, api_keys_path=PurePosixPath(keys), allow_list_js_path=PurePosixPath(js), gateway=plan
+        s,
+        api_keys_path=PurePosixPath(keys),
+        allow_list_js_path=PurePosixPath(js),
+        gateway=plan,
+        gateway_members_dir=members_dir,
     )
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
     site = site.replace("/var/log/nginx/", f"{tmp}/")
-    (tmp / "site.conf").write_text(with_rollout_drain(site, drained) if drained else site)
-    (tmp / "site.rendered").write_text(site)
+    (tmp / "site.conf").write_text(site)
+    Path(members_dir).mkdir(exist_ok=True)
+    for path, text in member_confs(plan, s.gateway, members_dir).items():
+        Path(path).write_text(text)
     (tmp / "backends.conf").write_text(backends)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -317,7 +329,15 @@ def test_nginx_accepts_the_gateway_site_and_rejects_a_broken_one(tmp_path: Path,
     assert broken.returncode != 0
 
 
-def test_a_host_the_rollout_drains_gets_nothing_and_comes_back_as_rendered(
+def _dump(tmp: Path) -> str:
+    """`nginx -T` of the test gateway: its configuration as nginx reads it."""
+    argv = [_binary("nginx"), "-T", "-p", str(tmp), "-c", str(tmp / "nginx.conf")]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_host_the_rollout_drains_gets_nothing_and_the_read_back_says_so(
     tmp_path: Path, ca: FleetCA
 ) -> None:
     with running_gateway(tmp_path, ca, drained=("alpha",)) as drained, drained.client() as client:
@@ -325,26 +345,38 @@ def test_a_host_the_rollout_drains_gets_nothing_and_comes_back_as_rendered(
             response = client.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
             assert response.status_code == 200, response.text
         assert set(drained.hosts_seen(0)) == {"beta"}  # tiny is on alpha and beta: all of it went to beta
-    site = (tmp_path / "site.conf").read_text()
-    assert rollout_drained(site) == ["alpha"]
-    assert with_rollout_drain(site, []) == (tmp_path / "site.rendered").read_text()  # back, byte for byte
+    assert (tmp_path / "members" / "alpha.conf").read_text().rstrip().endswith(" down;")
+    assert not (tmp_path / "members" / "beta.conf").read_text().rstrip().endswith(" down;")
+    alpha_line = (tmp_path / "members" / "alpha.conf").read_text().split("server ")[1]
+    peers = {"alpha": alpha_line.split()[0]}
+    assert drain_problem(_dump(tmp_path), peers) is None
 
 
-def test_the_rollouts_drain_marks_only_its_hosts_and_keeps_a_settings_drain() -> None:
-    site = (
-        "upstream p {\n"
-        "    server 10.0.0.2:443 max_conns=1 max_fails=2 fail_timeout=30s;  # a\n"
-        "    server [fd00::3]:443 max_fails=2 fail_timeout=30s down;  # b\n"
-        "    server 10.0.0.4:443 max_fails=2 fail_timeout=30s;  # c\n"
-        "}\n"
-    )
-    drained = with_rollout_drain(site, ["a", "b"])
-    assert "fail_timeout=30s down;  # a (drained by ollama-fleet rollout)\n" in drained
-    assert "fail_timeout=30s down;  # b\n" in drained  # drained by its settings: left as it is
-    assert rollout_drained(drained) == ["a"]
-    assert with_rollout_drain(drained, ["a", "b"]) == drained  # a second drain changes nothing
-    assert with_rollout_drain(drained, ["c"]) == with_rollout_drain(site, ["c"])
-    assert with_rollout_drain(drained, []) == site
+def test_the_read_back_sees_an_override_that_keeps_a_drained_host_in_rotation(
+    tmp_path: Path, ca: FleetCA
+) -> None:
+    # An operator's copy of the gateway template that writes the server lines itself (as ollama-fleet's own
+    # did before the members' include): a drain writes the members' files, nginx never reads them.
+    shipped = (render.builtin_templates_dir() / "nginx-gateway.conf.j2").read_text()
+    own_lines = "    server {{ m.peer }} max_fails={{ g.max_fails }} fail_timeout={{ g.fail_timeout }}s;\n"
+    override = re.sub(r"    include \{\{ gateway_member_conf\(m\) \}\};\n", own_lines, shipped)
+    assert override != shipped
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "nginx-gateway.conf.j2").write_text(override)
+    with running_gateway(tmp_path, ca, drained=("alpha",), nginx_template_dirs=[str(templates)]) as gateway:
+        with gateway.client() as client:
+            for _ in range(6):
+                client.post("/v1/chat/completions", json=_chat("tiny"), headers=_bearer(ALICE_KEY))
+        assert "alpha" in gateway.hosts_seen(0)  # the drain did not take
+    alpha_line = (tmp_path / "members" / "alpha.conf").read_text().split("server ")[1]
+    problem = drain_problem(_dump(tmp_path), {"alpha": alpha_line.split()[0]})
+    assert problem is not None
+    assert problem.startswith(
+        "the gateway still sends requests to alpha in upstream ollama_fleet_gw_all ("
+        f"{tmp_path / 'site.conf'}), upstream ollama_fleet_gw_"
+    ), problem
+    assert "must include each member's server line" in problem
 
 
 def test_the_gateway_needs_a_key(gateway: Gateway) -> None:

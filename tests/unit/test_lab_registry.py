@@ -186,3 +186,38 @@ def test_ensure_registry_builds_once_and_rebuilds_for_another_model(
     new_layer = json.loads(manifest_file.read_text())["layers"][0]
     assert new_layer["digest"] != layer["digest"]
     assert not (root / registry.blob_path(layer["digest"])).exists()  # the old model's blob is gone
+
+
+def test_a_stalling_blob_is_sent_halfway_then_the_connection_goes_silent(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    files = registry.stalling_files(DETAILS)
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(content)
+    manifest = json.loads(files["library/stalls/manifests/latest"])
+    layer = manifest["layers"][0]
+    assert layer["digest"] == "sha256:" + hashlib.sha256(registry.stalling_blob()).hexdigest()
+    half = layer["size"] // 2
+    handler = type("Handler", (mirror.MirrorHandler,), {"table": {"/v2/": root}})
+    server = mirror.http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = f"/v2/{registry.blob_path(layer['digest'], registry.STALLING_REPOSITORY)}"
+    try:
+        head = _request(server.server_address[1], "HEAD", path)
+        assert head.getheader("Content-Length") == str(layer["size"])  # the size Ollama plans its parts by
+        for start, sent in ((0, half), (half - 1000, 1000), (half + 5, 0)):  # a retry resumes: no more
+            connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=1.5)
+            connection.request("GET", path, headers={"Range": f"bytes={start}-{layer['size'] - 1}"})
+            answer = connection.getresponse()
+            assert answer.status == 206
+            got = b""
+            with pytest.raises(TimeoutError):
+                while chunk := answer.read1(65536):
+                    got += chunk
+            assert got == registry.stalling_blob()[start : start + sent]
+            connection.close()
+        whole = _request(server.server_address[1], "GET", "/v2/library/stalls/manifests/latest")
+        assert whole.status == 200 and json.loads(whole.read()) == manifest  # only the marked blob stalls
+    finally:
+        server.shutdown()
+        server.server_close()

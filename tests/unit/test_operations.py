@@ -245,7 +245,10 @@ PULL_OK = [
 
 def _progress(lines: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["sh", "-c", models.PULL_PROGRESS_AWK], input="\n".join(lines) + "\n", capture_output=True, text=True
+        ["sh", "-c", models.pull_progress_awk("tiny:latest", 600)],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
     )
 
 
@@ -267,7 +270,10 @@ def test_pull_progress_shows_a_layers_rate_once_a_second_has_passed() -> None:
     half = '{"status":"pulling abc","digest":"sha256:abc","total":10485760,"completed":5242880}'
     feed = f"echo '{first}'; sleep 2.1; echo '{half}'; echo '{{\"status\":\"success\"}}'"
     result = subprocess.run(
-        ["sh", "-c", f"({feed}) | {models.PULL_PROGRESS_AWK}"], capture_output=True, text=True, check=True
+        ["sh", "-c", f"({feed}) | {models.pull_progress_awk('tiny:latest', 600)}"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     start, later, _ = result.stdout.splitlines()
     assert start == "pulling abc 10% (1.0 of 10.0 MB)"  # no rate before a second has passed
@@ -294,6 +300,59 @@ def test_pull_fails_on_an_error_line_or_without_success() -> None:
     assert failed.returncode == 1
     assert "file does not exist" in failed.stdout
     assert _progress(PULL_OK[:-1]).returncode == 1
+
+
+def _fed_every_tenth_of_a_second(lines: list[str], stall: int) -> subprocess.CompletedProcess[str]:
+    feed = "; ".join(f"echo '{line}'; sleep 0.1" for line in lines)
+    return subprocess.run(
+        ["sh", "-c", f"({feed}) | {models.pull_progress_awk('lab/stalls:latest', stall)}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _layer(completed: int) -> str:
+    return f'{{"status":"pulling abc","digest":"sha256:abc","total":4194304,"completed":{completed}}}'
+
+
+def test_pull_fails_when_its_bytes_stop_growing_while_ollama_keeps_sending_progress() -> None:
+    # Ollama's progress every 60 ms, the bytes stuck at 2 MB: the stream is alive, the pull is not.
+    stuck = [_layer(1048576), *[_layer(2097152)] * 60, '{"status":"success"}']
+    result = _fed_every_tenth_of_a_second(stuck, stall=2)
+    assert result.returncode == 1
+    assert "success" not in result.stdout  # it failed before the feed ended
+    assert re.fullmatch(
+        r"ollama-fleet: pulling lab/stalls:latest stalled: 2\.0 of 4\.0 MB done \(pulling abc\), "
+        r"no byte more for [23] s \(models_pull_stall_timeout\)\n",
+        result.stderr,
+    ), result.stderr
+
+
+def test_pull_that_keeps_moving_or_changes_phase_is_not_stalled() -> None:
+    growing = [_layer(n * 65536) for n in range(1, 41)]  # 4 s, a little more each line
+    # Each new status (the next layer, then the digest check) starts its own clock.
+    phases = ['{"status":"pulling def","digest":"sha256:def","total":10,"completed":10}']
+    ok = _fed_every_tenth_of_a_second([*growing, *phases, '{"status":"success"}'], stall=2)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""
+
+
+def test_a_failed_pull_names_the_model_ollamas_reason_and_the_bytes_done() -> None:
+    failed = _progress([_layer(2097152), '{"error":"max retries exceeded: connection reset"}'])
+    assert failed.returncode == 1
+    assert failed.stderr == (
+        "ollama-fleet: pulling tiny:latest failed: max retries exceeded: connection reset "
+        "(pulling abc: 2.0 of 4.0 MB done)\n"
+    )
+    cut = _progress([_layer(2097152)])
+    assert "failed: the progress stream ended without success (pulling abc: 2.0 of 4.0 MB done)" in cut.stderr
+
+
+def test_pull_command_gives_up_on_a_silent_stream_no_sooner_than_on_stalled_bytes() -> None:
+    assert "--speed-time 600 " in models.pull_command("http://127.0.0.1:11434", "tiny", stall_seconds=30)
+    assert "--speed-time 900 " in models.pull_command("http://127.0.0.1:11434", "tiny", stall_seconds=900)
+    assert "-v stall=30 " in models.pull_command("http://127.0.0.1:11434", "tiny", stall_seconds=30)
 
 
 def test_models_fact_reads_tags_or_reports_the_api_down() -> None:
@@ -425,6 +484,39 @@ def test_go_live_installs_files_link_and_disables_the_default_site(tmp_path: Pat
     assert os.readlink(paths.enabled) == paths.site
     assert not Path(paths.default_site).exists()
     assert not list(Path(paths.nginx_dir).rglob(".*.new"))
+
+
+def test_go_live_writes_the_gateway_members_and_removes_the_hosts_gone(tmp_path: Path) -> None:
+    paths, work, _ = _stage(tmp_path, fail=False)
+    members_dir = f"{paths.nginx_dir}/ollama-fleet/gateway-members"
+    Path(members_dir).mkdir(parents=True)
+    (Path(members_dir) / "gone.conf").write_text("server 10.0.0.9:443;\n")
+    (work / "new" / "members").mkdir()
+    (work / "new" / "members" / "a.conf").write_text("server 10.0.0.2:443 down;\n")
+    staged = sh(nginx.stage_script(paths, str(work), members_dir=members_dir))
+    assert staged.returncode == 0, staged.stderr
+    staged_dir = work / "staging" / "ollama-fleet" / "gateway-members"
+    assert sorted(p.name for p in staged_dir.iterdir()) == ["a.conf"]  # validated as it will be live
+    assert sh(nginx.go_live_script(paths, str(work), [f"{members_dir}/a.conf"], members_dir)).returncode == 0
+    assert sorted(p.name for p in Path(members_dir).iterdir()) == ["a.conf"]
+    assert (Path(members_dir) / "a.conf").read_text() == "server 10.0.0.2:443 down;\n"
+    assert (Path(members_dir) / "a.conf").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_drain_stages_its_members_over_the_live_ones(tmp_path: Path) -> None:
+    paths, work, _ = _stage(tmp_path, fail=False)
+    members_dir = f"{paths.nginx_dir}/ollama-fleet/gateway-members"
+    live = work / "staging" / "ollama-fleet" / "gateway-members"
+    live.mkdir(parents=True)
+    (live / "other.conf").write_text("server 10.0.0.3:443;\n")
+    (work / "new" / "members").mkdir()
+    (work / "new" / "members" / "a.conf").write_text("server 10.0.0.2:443 down;\n")
+    script = nginx.stage_script(
+        paths, str(work), with_site=False, members_dir=members_dir, replace_members=False
+    )
+    assert sh(script).returncode == 0
+    staged = sorted(p.name for p in live.iterdir())
+    assert staged == ["a.conf", "other.conf"]  # the live site may still include a host the plan lost
 
 
 def test_a_pinned_digest_is_checked_instead_of_sha256sum_txt(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def _own_models(s: FleetSettings) -> None:
             refresh=s.models.refresh,
             source_manifest_url=ref.manifest_url(insecure),
             manifest_file=posixpath.join(str(s.ollama.models_dir), ref.manifest_path),
+            stall_seconds=s.models.pull_stall_timeout,
         )
     for custom in each(s.models.custom):
         modelfile = render_modelfile(s, custom)
@@ -85,4 +86,5 @@ def _models_from_seed(s: FleetSettings) -> None:
             api=api_base(s),
             pin=s.models.pin(name),
             manifest_file=posixpath.join(str(s.ollama.models_dir), ref.manifest_path),
+            stall_seconds=s.models.pull_stall_timeout,
         )

@@ -15,7 +15,14 @@ from pyinfra.operations import files, systemd
 
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, inventory_address
 from ollama_fleet.deploys.service import any_changed
-from ollama_fleet.gateway import GatewayError, GatewayPlan, answers_loaded_check, gateway_plan
+from ollama_fleet.gateway import (
+    GATEWAY_MEMBERS_DIR,
+    GatewayError,
+    GatewayPlan,
+    answers_loaded_check,
+    gateway_plan,
+    member_confs,
+)
 from ollama_fleet.operations import nginx, packages, textfile
 from ollama_fleet.operations.addresses import ResolvedAddresses
 from ollama_fleet.operations.running import NginxWorkers, nginx_reload_reason
@@ -34,11 +41,26 @@ from ollama_fleet.settings import FleetSettings
 
 NGINX_DIR = "/etc/nginx"
 SITE_NAME = "ollama-fleet"
+ROLLOUT_DRAIN_KEY = "rollout_drain"
+"""Host data a rollout passes to the gateway hosts: the inventory names it has taken out of rotation (a
+deploy of a gateway host during a rollout keeps them out)."""
 
 
-def fleet_gateway_plan() -> GatewayPlan:
+def rollout_drained() -> list[str]:
+    value = host.data.get(ROLLOUT_DRAIN_KEY) or []
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise FleetError(f"{host.name}: {ROLLOUT_DRAIN_KEY} must be a JSON list of inventory host names")
+    return value
+
+
+def gateway_members_reload_reason(members: list[str]) -> str | None:
+    """Why nginx must reload for the gateway members' files (one newer than its workers), or None."""
+    return nginx_reload_reason(host.get_fact(NginxWorkers, files=members))
+
+
+def fleet_gateway_plan(drained: Sequence[str] = ()) -> GatewayPlan:
     """The gateway's plan from every inventory host's settings, dialling each at its address as this
-    gateway resolves it (an IP is used as it is)."""
+    gateway resolves it (an IP is used as it is); `drained` hosts (a rollout's) out of rotation."""
     fleet = fleet_settings(host.state)
     addresses = {}
     for name, member in fleet.items():
@@ -51,7 +73,7 @@ def fleet_gateway_plan() -> GatewayPlan:
             if chosen:
                 addresses[name] = chosen
     try:
-        return gateway_plan(fleet, addresses)
+        return gateway_plan(fleet, addresses, drained)
     except GatewayError as exc:
         raise FleetError(f"{host.name}: gateway: {exc}") from None
 
@@ -89,7 +111,8 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
             present=False,
         )
     tls = tls_paths(s)
-    watched = [paths.site, paths.keys, str(tls.cert), str(tls.key), str(MODEL_ALLOW_LIST_JS_PATH)]
+    members = member_confs(plan, s.gateway) if plan else {}
+    watched = [paths.site, paths.keys, str(tls.cert), str(tls.key), str(MODEL_ALLOW_LIST_JS_PATH), *members]
     loaded = host.get_fact(NginxWorkers, files=watched)
     stale = nginx_reload_reason(loaded)
     if stale:
@@ -105,6 +128,8 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
         site=render_nginx_site(s, gateway=plan, loaded_check=loaded_check),
         api_keys=Secret(render_api_keys(s)),
         nginx_dir=NGINX_DIR,
+        members=members,
+        members_dir=str(GATEWAY_MEMBERS_DIR),
     )
     nginx.reloaded_after_config_test(
         name="Reload nginx after a change",

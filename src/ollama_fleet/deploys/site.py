@@ -16,7 +16,7 @@ from ollama_fleet.deploys.fleet import fleet_settings, host_data, seed_address, 
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
-from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy
+from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy, rollout_drained
 from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stopped, rollback_target_for
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
 from ollama_fleet.gateway import GatewayPlan
@@ -34,7 +34,7 @@ def deploy_site() -> None:
     connection.without_nagle(host)
     # Read once, for the desired digest and for the whole deploy's operations.
     pair = tls_pair(s) if s.nginx.enabled else None
-    plan = fleet_gateway_plan() if s.is_gateway else None
+    plan = fleet_gateway_plan(rollout_drained()) if s.is_gateway else None
     desired = desired_if_fast(s, pair, plan)
     fast = desired is not None and as_last_verified(s, desired)
     # One deploy at a time on a host: a second run fails here, before it changes anything.

@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import posixpath
+import select
 import shutil
 import socket
 import subprocess
@@ -178,6 +179,19 @@ def byte_span(range_header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+STALL_SUFFIX = ".stall-at"
+"""Beside a file: the byte offset at which the mirror stops sending it and holds the connection silent."""
+STALL_HOLD_S = 1800  # at most: the client gives up first (Ollama retries a silent part after 30 s)
+
+
+def stall_offset(path: str) -> int | None:
+    """Where the mirror stops sending the file at `path` (its STALL_SUFFIX marker), or None: never."""
+    try:
+        return int(Path(path + STALL_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def is_registry_blob(url_path: str) -> bool:
     parts = url_path.split("?", 1)[0].split("/")
     return len(parts) >= 4 and parts[1] == "v2" and parts[-2] == "blobs"
@@ -186,6 +200,7 @@ def is_registry_blob(url_path: str) -> bool:
 class MirrorHandler(http.server.SimpleHTTPRequestHandler):
     table: ClassVar[dict[str, Path]] = {}
     body_length: int | None = None  # bytes of the open file to send; None: to its end
+    stall_after: int | None = None  # bytes of the body sent before the mirror goes silent; None: never
 
     def translate_path(self, path: str) -> str:
         resolved = resolve(path, self.table)
@@ -201,6 +216,7 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
     def send_head(self) -> BinaryIO | None:
         self.body_length = None
         path = self.translate_path(self.path)
+        self.stall_after = stall_offset(path)
         wanted = self.headers.get("Range")
         # With If-Range we may not know the client's copy is current: the whole file is always right.
         if wanted and not self.headers.get("If-Range") and os.path.isfile(path):
@@ -232,10 +248,14 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         source.seek(start)
         self.body_length = end - start
+        if self.stall_after is not None:
+            self.stall_after = max(0, self.stall_after - start)
         return source
 
     def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
         remaining = self.body_length
+        if self.stall_after is not None:
+            remaining = self.stall_after if remaining is None else min(remaining, self.stall_after)
         try:
             while remaining is None or remaining > 0:
                 chunk = source.read(1 << 20 if remaining is None else min(1 << 20, remaining))
@@ -243,8 +263,15 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
                     return
                 outputfile.write(chunk)
                 remaining = None if remaining is None else remaining - len(chunk)
+            if self.stall_after is not None:
+                self.stall()
         except (BrokenPipeError, ConnectionResetError):
             return  # the client had enough (Ollama reads no body from its Location probe)
+
+    def stall(self) -> None:
+        """Send nothing more, holding the connection open until the client closes it."""
+        self.close_connection = True
+        select.select([self.connection], [], [], STALL_HOLD_S)
 
 
 def serve(bind: str, port: int, table: dict[str, Path]) -> None:

@@ -7,6 +7,10 @@ http only when /api/pull gets `"insecure": true`:
   GET  the same blob URL, without Range          status 200 or 307, and a Location header: the direct URL
   GET  the direct URL with Range: bytes=a-b      once per part; it reads exactly the part's length
 then it checks each blob's sha256 and writes the manifest to manifests/<host>/<namespace>/<model>/<tag>.
+
+`library/stalls:latest` is a model whose registry stops sending mid-blob: the mirror sends the first half of
+its model layer, then holds every connection for it open and silent (the way a stuck CDN does), so a pull of
+it never ends by itself (Ollama retries a stalled part forever).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 REPOSITORY = "library/tiny"
 TAG = "latest"
+STALLING_REPOSITORY = "library/stalls"
+STALLING_BLOB_SIZE = 4 * 1048576
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,25 @@ def registry_files(
     }
 
 
+def stalling_blob() -> bytes:
+    """The model layer of library/stalls: bytes of its own (no other model shares its digest)."""
+    line = b"ollama-fleet lab: the registry stops sending this blob halfway\n"
+    return (line * (STALLING_BLOB_SIZE // len(line) + 1))[:STALLING_BLOB_SIZE]
+
+
+def stalling_files(details: GgufDetails) -> dict[str, bytes]:
+    """Path under /v2/ -> content of library/stalls:latest, its model blob included, with the marker that
+    makes the mirror stop sending that blob halfway (mirror.STALL_SUFFIX)."""
+    data = stalling_blob()
+    model = blob_of(data, MODEL_MEDIA_TYPE)
+    layer = blob_path(model.digest, STALLING_REPOSITORY)
+    return {
+        **registry_files(model, details, repository=STALLING_REPOSITORY),
+        layer: data,
+        layer + mirror.STALL_SUFFIX: str(len(data) // 2).encode(),
+    }
+
+
 def gguf_details(gguf: Path) -> GgufDetails:
     reader = GGUFReader(gguf)
 
@@ -141,9 +166,11 @@ def _is_current(root: Path, files: dict[str, bytes], model: Blob) -> bool:
 
 
 def ensure_registry(gguf: Path) -> Path:
-    """Keep registry_dir() serving `library/tiny:latest` made of exactly this GGUF; return the directory."""
+    """Keep registry_dir() serving `library/tiny:latest` made of exactly this GGUF (and library/stalls);
+    return the directory."""
     model = Blob(MODEL_MEDIA_TYPE, f"sha256:{sha256_of(gguf)}", gguf.stat().st_size)
-    files = registry_files(model, gguf_details(gguf))
+    details = gguf_details(gguf)
+    files = {**registry_files(model, details), **stalling_files(details)}
     final = registry_dir()
     if _is_current(final, files, model):
         return final

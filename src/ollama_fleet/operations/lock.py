@@ -2,8 +2,11 @@
 
 The lock is bookkeeping, not configuration: taking and releasing it is read and written through facts
 while pyinfra executes, so a run that changes nothing still reports no change, and `--dry` takes no lock.
-A lock is stale when it is older than LOCK_TTL_SECONDS, or when it was taken from this controller by a
-process that no longer runs (a deploy that failed or was killed); /run is emptied when the host reboots.
+While a run holds the lock it touches it every LOCK_HEARTBEAT_SECONDS (a heartbeat from the controller, so
+a deploy busy for hours, e.g. pulling a large model, keeps its lock). A lock is stale when its heartbeat is
+older than LOCK_STALE_SECONDS (its controller died, or lost the host), or when it was taken from this
+controller by a process that no longer runs (a deploy that failed or was killed); /run is emptied when the
+host reboots.
 """
 
 from __future__ import annotations
@@ -18,15 +21,20 @@ import uuid
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
+import gevent
+import gevent.event
 from pyinfra import logger
+from pyinfra.api.command import StringCommand
 from pyinfra.api.facts import FactBase
+from pyinfra.api.host import Host
 from pyinfra.api.operation import operation
-from pyinfra.context import host
+from pyinfra.context import ctx_host, host
 
-from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.operations.shell import fail_command, operation_connector_arguments
 
 LOCK_PATH = "/run/ollama-fleet/deploy.lock"
-LOCK_TTL_SECONDS = 2 * 3600  # a deploy that pulls large models can take long; a dead one expires
+LOCK_HEARTBEAT_SECONDS = 15
+LOCK_STALE_SECONDS = 300  # twenty heartbeats missed: the run that held it is gone or cut off from the host
 
 
 @functools.cache
@@ -42,7 +50,7 @@ def this_holder() -> str:
 class LockState:
     acquired: bool
     holder: str = ""
-    age_seconds: int = 0
+    age_seconds: int = 0  # since the holder's last heartbeat (the lock directory's mtime)
 
 
 def _parse(output: list[str]) -> LockState:
@@ -113,13 +121,16 @@ def pid_alive(pid: int) -> bool:
 
 def stale_reason(
     lock: LockState,
-    ttl_seconds: int = LOCK_TTL_SECONDS,
+    stale_seconds: int = LOCK_STALE_SECONDS,
     controller: str | None = None,
     alive: Callable[[int], bool] = pid_alive,
 ) -> str | None:
     """Why a held lock may be taken over, or None while its holder may still be deploying."""
-    if lock.age_seconds > ttl_seconds:
-        return f"it is older than {ttl_seconds // 60} min"
+    if lock.age_seconds > stale_seconds:
+        return (
+            f"its last heartbeat was {lock.age_seconds} s ago (a deploy holding it beats every "
+            f"{LOCK_HEARTBEAT_SECONDS} s)"
+        )
     fields = lock.holder.split()
     pid = next((f.removeprefix("pid=") for f in fields if f.startswith("pid=")), "")
     here = controller if controller is not None else socket.gethostname()
@@ -129,12 +140,57 @@ def stale_reason(
 
 
 def held_message(lock: LockState) -> str:
-    minutes, seconds = divmod(lock.age_seconds, 60)
     return (
-        f"another deploy holds the deploy lock {LOCK_PATH} (held by {lock.holder or '?'}, "
-        f"for {minutes}m{seconds:02d}s); wait for it to finish. If that deploy is gone, remove the lock on "
-        f"the host (it expires after {LOCK_TTL_SECONDS // 60} min)"
+        f"another deploy holds the deploy lock {LOCK_PATH} (held by {lock.holder or '?'}, last heartbeat "
+        f"{lock.age_seconds} s ago); wait for it to finish. If that deploy is gone, remove the lock on the "
+        f"host (it is taken over once its heartbeat is {LOCK_STALE_SECONDS} s old)"
     )
+
+
+class Heartbeat:
+    """Touches the lock every `every` seconds while its holder still holds it (a greenlet: pyinfra runs
+    on gevent), through `beat`, which says whether the lock is still this run's."""
+
+    def __init__(self, beat: Callable[[], bool], every: float = LOCK_HEARTBEAT_SECONDS) -> None:
+        self.stopped = gevent.event.Event()
+        self.greenlet = gevent.spawn(self._run, beat, every)
+
+    def _run(self, beat: Callable[[], bool], every: float) -> None:
+        while not self.stopped.wait(every):
+            if not beat():
+                return
+
+    def stop(self) -> None:
+        """Stop beating, after a beat under way finished (never cut off halfway through a command)."""
+        self.stopped.set()
+        self.greenlet.join(timeout=30)
+
+
+def heartbeat_command(path: str, holder: str) -> str:
+    """Refresh the lock's mtime if `holder` still holds it; says `beat`, else `lost`."""
+    lock, who = shlex.quote(path), shlex.quote(holder)
+    holds = f'[ "$(cat {lock}/holder 2>/dev/null)" = {who} ]'
+    return f"if {holds}; then touch {lock} && echo beat; else echo lost; fi"
+
+
+_heartbeats: dict[str, Heartbeat] = {}  # host name -> the heartbeat of the lock this run holds there
+
+
+def _start_heartbeat(on: Host, holder: str) -> None:
+    command = StringCommand(heartbeat_command(LOCK_PATH, holder))
+    arguments = operation_connector_arguments()  # the heartbeat's command runs as the lock's did
+
+    def beat() -> bool:
+        if on in on.state.failed_hosts:
+            return False  # the run stopped on this host: its lock goes stale (and its process, once done)
+        ok, output = on.run_shell_command(command, **arguments)
+        if ok and output.stdout_lines[-1:] == ["lost"]:
+            logger.warning(f"{on.print_prefix}the deploy lock is no longer this run's: heartbeat stopped")
+            return False
+        return True  # a failed beat (a busy connection) is tried again at the next one
+
+    if on.name not in _heartbeats:
+        _heartbeats[on.name] = Heartbeat(beat)
 
 
 @operation()
@@ -153,6 +209,8 @@ def deploy_lock_taken(holder: str) -> Generator[str, None, None]:
         lock = host.get_fact(LockTakenOver, path=LOCK_PATH, holder=holder, stale=lock.holder)
     if not lock.acquired:
         yield fail_command(held_message(lock))
+        return
+    _start_heartbeat(ctx_host.get(), holder)  # type: ignore[no-untyped-call]  # the Host itself: `host` resolves only in this greenlet
 
 
 @operation()
@@ -164,6 +222,9 @@ def deploy_lock_released(holder: str) -> Generator[str, None, None]:
     """
     if not host.state.is_executing:
         return
+    heartbeat = _heartbeats.pop(host.name, None)
+    if heartbeat is not None:
+        heartbeat.stop()
     host.get_fact(LockReleased, path=LOCK_PATH, holder=holder)
     return
     yield  # a generator with nothing to run

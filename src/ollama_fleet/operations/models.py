@@ -176,33 +176,74 @@ def custom_model(
 
 # mawk (Debian's awk) reads a pipe in blocks unless interactive: progress would come in bursts.
 LINE_AWK = "$(command -v mawk >/dev/null && echo mawk -W interactive || echo awk)"
-PULL_PROGRESS_AWK = (
-    LINE_AWK
-    + " 'function now() { srand(); return srand() } "  # POSIX awk's clock: srand() returns the last seed
-    '/"error"/ {print; bad=1; next} {t=0; c=0} '
-    'match($0, /"status":"[^"]*"/) {s=substr($0, RSTART+10, RLENGTH-11)} '
-    'match($0, /"total":[0-9]+/) {t=substr($0, RSTART+8, RLENGTH-8)+0} '
-    'match($0, /"completed":[0-9]+/) {c=substr($0, RSTART+12, RLENGTH-12)+0} '
-    "!(s in t0) {t0[s]=now(); c0[s]=c} "
-    "{p = (t > 0) ? int(c * 10 / t) * 10 : -1; if (s != last || p != lastp) {"
-    'dt = now() - t0[s]; r = (dt > 0) ? sprintf(", %.1f MB/s", (c - c0[s]) / 1048576 / dt) : ""; '
-    'if (p >= 0) printf "%s %d%% (%.1f of %.1f MB%s)\\n", s, p, c / 1048576, t / 1048576, r; else print s; '
-    "last=s; lastp=p}} "
-    's == "success" {ok=1} END {exit (ok && !bad) ? 0 : 1}\''
-)
+PULL_PROGRESS_PROGRAM = r"""
+function now() { srand(); return srand() }  # POSIX awk's clock: srand() returns the last seed
+function mb(n) { return sprintf("%.1f", n / 1048576) }
+function done_so_far() {
+    return last == "" ? "" : sprintf(" (%s: %s of %s MB done)", last, mb(best[last]), mb(size[last]))
+}
+/"error"/ {
+    print; bad = 1
+    if (match($0, /"error":"[^"]*"/)) why = substr($0, RSTART + 9, RLENGTH - 10)
+    next
+}
+{ t = 0; c = 0 }
+match($0, /"status":"[^"]*"/) { s = substr($0, RSTART + 10, RLENGTH - 11) }
+match($0, /"total":[0-9]+/) { t = substr($0, RSTART + 8, RLENGTH - 8) + 0 }
+match($0, /"completed":[0-9]+/) { c = substr($0, RSTART + 12, RLENGTH - 12) + 0 }
+!(s in t0) { t0[s] = now(); c0[s] = c; best[s] = c; moved = t0[s] }
+c > best[s] { best[s] = c; moved = now() }
+t > 0 { last = s; size[s] = t }
+{
+    p = (t > 0) ? int(c * 10 / t) * 10 : -1
+    if (s != shown || p != shownp) {
+        dt = now() - t0[s]; r = (dt > 0) ? sprintf(", %.1f MB/s", (c - c0[s]) / 1048576 / dt) : ""
+        if (p >= 0) printf "%s %d%% (%s of %s MB%s)\n", s, p, mb(c), mb(t), r; else print s
+        shown = s; shownp = p
+    }
+}
+t > 0 && best[s] < t && now() - moved >= stall {
+    why = sprintf("%s of %s MB done (%s), no byte more for %d s", mb(best[s]), mb(t), s, now() - moved)
+    printf "ollama-fleet: pulling %s stalled: %s (models_pull_stall_timeout)\n", model, why > "/dev/stderr"
+    stalled = 1; exit 1
+}
+s == "success" { ok = 1 }
+END {
+    if (stalled) exit 1
+    if (ok && !bad) exit 0
+    if (why == "") why = "the progress stream ended without success"
+    printf "ollama-fleet: pulling %s failed: %s%s\n", model, why, done_so_far() > "/dev/stderr"
+    exit 1
+}
+"""
 """Reads /api/pull's NDJSON: one line per status and per 10% of a layer, with the MB done and, once a second
-has passed, the layer's rate since its first line; fails on an error line or without a final success."""
+has passed, the layer's rate since its first line. Fails, naming the model and the bytes done, on an error
+line, without a final success, or when a layer's completed bytes stop growing for `stall` seconds: Ollama
+sends a progress line every 60 ms and retries a stalled part forever, so the stream never goes quiet."""
 
 
-def pull_command(api: str, model: str, insecure: bool = False) -> str:
-    """POST /api/pull with progress lines (PULL_PROGRESS_AWK); `insecure` lets Ollama use plain http."""
+def pull_progress_awk(model: str, stall_seconds: int) -> str:
+    """The progress reader for a pull of `model` (PULL_PROGRESS_PROGRAM)."""
+    q = shlex.quote
+    return f"{LINE_AWK} -v model={q(model)} -v stall={int(stall_seconds)} {q(PULL_PROGRESS_PROGRAM)}"
+
+
+SILENT_PULL_LIMIT_S = 600
+"""A pull stream with no byte at all for this long fails (curl): Ollama is silent only while it checks a
+blob's sha256, which takes well under a minute per GB."""
+
+
+def pull_command(api: str, model: str, insecure: bool = False, stall_seconds: int = 600) -> str:
+    """POST /api/pull with progress lines (pull_progress_awk); `insecure` lets Ollama use plain http; the
+    pull fails once its bytes stop growing for `stall_seconds`."""
     request: dict[str, object] = {"model": model, "stream": True}
     if insecure:
         request["insecure"] = True
     body = shlex.quote(json.dumps(request))
-    # Ollama streams a progress line at least every few seconds while it works: ten silent minutes is a stall.
-    stalled = "--speed-limit 1 --speed-time 600"
-    return f"curl -sSN --fail {stalled} {shlex.quote(api + '/api/pull')} -d {body} | {PULL_PROGRESS_AWK}"
+    silent = f"--speed-limit 1 --speed-time {max(SILENT_PULL_LIMIT_S, stall_seconds)}"
+    return f"curl -sSN --fail {silent} {shlex.quote(api + '/api/pull')} -d {body} | " + pull_progress_awk(
+        model, stall_seconds
+    )
 
 
 def _hex(digest: str | None) -> str | None:
@@ -239,6 +280,7 @@ def pulled_model(
     refresh: bool = False,
     source_manifest_url: str | None = None,
     manifest_file: str = "",
+    stall_seconds: int = 600,
 ) -> Generator[Any, None, None]:
     """
     Pull `model` from the registry the host can reach, showing progress, unless the host has it as it must.
@@ -250,6 +292,7 @@ def pulled_model(
     + refresh: pull a present, unpinned model again when its source serves another digest (else warn)
     + source_manifest_url: where the source serves the model's manifest (None: do not ask)
     + manifest_file: the model's manifest in the models directory, checked against the pin after a pull
+    + stall_seconds: the pull fails when its bytes done stop growing this long (models_pull_stall_timeout)
     """
     models = host.get_fact(OllamaModels, api=api)
     if models is None:
@@ -268,7 +311,7 @@ def pulled_model(
         )
         host.noop(f"model {model} is present (not refreshed)")
         return
-    yield shown_command(pull_command(api, model, insecure))
+    yield shown_command(pull_command(api, model, insecure, stall_seconds))
     yield from _verified_pin(model, pin, manifest_file)
 
 
@@ -293,7 +336,13 @@ def seed_models_ready() -> Generator[str, None, None]:
 
 @operation()
 def seeded_model(
-    model: str, source: str, seed_manifest_url: str, api: str, pin: str | None = None, manifest_file: str = ""
+    model: str,
+    source: str,
+    seed_manifest_url: str,
+    api: str,
+    pin: str | None = None,
+    manifest_file: str = "",
+    stall_seconds: int = 600,
 ) -> Generator[Any, None, None]:
     """
     Pull `model` from the fleet's seed over the LAN, showing progress, and list it under its own name;
@@ -303,7 +352,7 @@ def seeded_model(
     + source: the same model at the seed (host:port/namespace/model:tag), served over plain http
     + seed_manifest_url: where the seed serves its manifest
     + api: base URL of the local API
-    + pin, manifest_file: as for pulled_model
+    + pin, manifest_file, stall_seconds: as for pulled_model
     """
     models = host.get_fact(OllamaModels, api=api)
     if models is None:
@@ -323,7 +372,7 @@ def seeded_model(
         f"pulling {model} from the seed as {source} failed; the lines above say why (a blob whose sha256 "
         "does not match is named there)"
     )
-    pull = f"{pull_command(api, source, insecure=True)} || {{ {failed}; }}"
+    pull = f"{pull_command(api, source, insecure=True, stall_seconds=stall_seconds)} || {{ {failed}; }}"
     yield shown_command(pull)
     yield renamed_command(api, source, model)
     yield from _verified_pin(model, pin, manifest_file)

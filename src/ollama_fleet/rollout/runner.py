@@ -169,7 +169,9 @@ def run_rollout(
         for host in batch:
             state.hosts[host].result = st.DEPLOYING
         st.save(state, path)
-        failed, reasons = run_pyinfra(options, batch, log)
+        # A gateway host in the batch renders its site from settings: it keeps the drained hosts out.
+        keep_drained = {DRAIN_KEY: [*_failed(state), *batch]} if options.gateways else None
+        failed, reasons = run_pyinfra(options, batch, log, data=keep_drained)
         deployed = [targets[h] for h in batch if h not in failed]
         reasons |= verify_batch(deployed, options.timeout)
         for host in batch:

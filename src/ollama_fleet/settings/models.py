@@ -59,6 +59,8 @@ class ModelsSettings(Section):
     seed_host: str | None = None  # the host that pulls registry models and serves them to the others
     lan_port: int = Field(default=11435, ge=1, le=65535)  # where the seed serves them (plain http)
     lan_subnets: list[IPNetwork] = Field(default_factory=list)  # who may fetch from the seed
+    # A pull whose completed bytes do not grow for this many seconds fails as stalled.
+    pull_stall_timeout: int = Field(default=600, ge=10, le=86400)
 
     @field_validator("pull")
     @classmethod
