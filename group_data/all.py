@@ -212,3 +212,11 @@ gateway_only = False
 # recorded), given the same settings, code and certificate, gets only the quick client check; anything else
 # (a file edited, a service stopped, a setting changed) and it gets the whole deploy. False: always the whole.
 deploy_fast_rerun = True
+
+# --- gpu_*: the GPU a host serves from (docs/gpu.md) ------------------------------------------------------
+# auto: set up the NVIDIA and AMD GPUs whose driver is loaded (a host without one deploys as a CPU host, with
+# a warning when a GPU lacks its driver); "nvidia" or "amd": the host must serve from that GPU, and a deploy
+# fails before changing it when the driver is missing, naming the Debian packages; "none": no GPU setup.
+gpu_vendor = "auto"
+# The health timer restarts Ollama when a GPU host's loaded models run on the CPU (as after a resume).
+gpu_restart_on_cpu_fallback = False
