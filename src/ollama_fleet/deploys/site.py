@@ -115,7 +115,9 @@ def whole_deploy(
         nginx_proxy(s=s, plan=plan, reload_triggers=reload_nginx_on)
     if s.serves_api:
         ollama_models(s=s)
-    health_monitoring(s=s)  # installs the timer, or removes it (health_enabled false, or gateway_only)
+    health_monitoring(
+        s=s, gpu_vendors=setup["vendors"]
+    )  # installs the timer, or removes it (health_enabled false, or gateway_only)
     return rollback_to, too_wide
 
 
