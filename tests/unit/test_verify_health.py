@@ -166,10 +166,14 @@ def run_gpu_script(
     (tmp_path / "journal.txt").write_text("".join(f"{line}\n" for line in journal))
     fake_journal.write_text(f"#!/bin/sh\ncat {tmp_path / 'journal.txt'}\n")
     fake_journal.chmod(0o755)
+    fake_smi = tmp_path / "nvidia-smi"  # its recorded --query-gpu=name,memory.used,memory.total answer
+    fake_smi.write_text("#!/bin/sh\necho 'NVIDIA GeForce RTX 3090, 412, 24576'\n")
+    fake_smi.chmod(0o755)
     text = {str(i.path): i.text for i in render_health_files(s, vendors)}[str(SCRIPT_PATH)]
-    assert '["journalctl", "-u", "ollama.service"' in text
+    assert '["journalctl", "-u", "ollama.service"' in text and '["nvidia-smi", "--query-gpu' in text
     script = tmp_path / "health-check.py"
-    script.write_text(text.replace('["journalctl",', f'["{fake_journal}",'))
+    text = text.replace('["journalctl",', f'["{fake_journal}",').replace('["nvidia-smi",', f'["{fake_smi}",')
+    script.write_text(text)
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
 
 
@@ -184,6 +188,10 @@ def test_a_gpu_host_in_vram_is_ok(tmp_path: Path) -> None:
         done = run_gpu_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"), [CUDA_START])
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("ok version=0.24.0")
+    # what `ollama-fleet status` shows of the host's GPUs and where its models run
+    assert done.stdout.rstrip().endswith(
+        " gpus=[NVIDIA GeForce RTX 3090 412/24576 MiB] loaded=[tiny:latest 100% GPU, llama3.2:1b 100% GPU]"
+    )
 
 
 def test_a_gpu_host_whose_models_run_on_the_cpu_fails_with_its_own_status(tmp_path: Path) -> None:
@@ -193,6 +201,7 @@ def test_a_gpu_host_whose_models_run_on_the_cpu_fails_with_its_own_status(tmp_pa
     assert done.stdout.startswith(
         "FAIL GPU host (nvidia) on the CPU: tiny:latest 100% on CPU, llama3.2:1b 100% on CPU; restart ollama"
     )
+    assert "loaded=[tiny:latest 100% CPU, llama3.2:1b 100% CPU]" in done.stdout
 
 
 def test_a_gpu_host_that_started_without_its_gpu_fails_from_the_log(tmp_path: Path) -> None:
