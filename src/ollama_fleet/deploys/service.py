@@ -16,6 +16,7 @@ from pyinfra.context import host
 from pyinfra.operations import files, systemd
 
 from ollama_fleet import gpu
+from ollama_fleet.deploys.fleet import each
 from ollama_fleet.gpu import GpuSetup
 from ollama_fleet.operations import release, textfile
 from ollama_fleet.operations.running import OllamaProcess, ServiceProcess, ollama_restart_reason
@@ -140,7 +141,7 @@ def gpu_files_installed(s: FleetSettings, setup: GpuSetup) -> list[OperationMeta
         (gpu.MODULES_LOAD_PATH, gpu.modules_load_text(setup), "NVIDIA modules loaded at boot"),
     ]
     changed = []
-    for path, text, what in wanted:
+    for path, text, what in each(wanted):
         if text is None:
             changed.append(files.file(name=f"Remove {path} (no GPU for it)", path=path, present=False))
         else:
