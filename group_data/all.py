@@ -239,3 +239,11 @@ deploy_fast_rerun = True
 # ssh_hostname (SSH over a management network, say): the gateways dial it, the hosts fetch models from the
 # seed there, verify calls it, the certificate names it. None: ssh_hostname, else the inventory name.
 service_address = None
+
+# --- gpu_*: the GPU a host serves from (docs/gpu.md) ------------------------------------------------------
+# auto: set up the NVIDIA and AMD GPUs whose driver is loaded (a host without one deploys as a CPU host, with
+# a warning when a GPU lacks its driver); "nvidia" or "amd": the host must serve from that GPU, and a deploy
+# fails before changing it when the driver is missing, naming the Debian packages; "none": no GPU setup.
+gpu_vendor = "auto"
+# The health timer restarts Ollama when a GPU host's loaded models run on the CPU (as after a resume).
+gpu_restart_on_cpu_fallback = False

@@ -5,6 +5,7 @@ The deploy installs these files (`deploys/health.py`); `ollama-fleet status` rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -27,8 +28,17 @@ class HealthFile:
     mode: str
 
 
-def render_health_files(s: FleetSettings) -> list[HealthFile]:
-    """The check script and its service and timer units (pure: settings in, text out)."""
+CPU_FALLBACK_EXIT = 3
+"""The script's exit status when a GPU host serves from the CPU (the unit may restart Ollama on it)."""
+RESTART_STAMP = "/run/ollama-fleet-health-gpu-restart"
+RESTART_EVERY_MIN = 30
+"""At most one restart per this many minutes: a GPU that stays broken must not evict models every minute."""
+
+
+def render_health_files(s: FleetSettings, gpu_vendors: Sequence[str] = ()) -> list[HealthFile]:
+    """The check script and its service and timer units (pure: settings and the host's GPU setup in, text
+    out). `gpu_vendors`: those the host serves from (gpu.GpuSetup); the script then also checks that
+    Ollama found its GPU at start and that loaded models sit in VRAM."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([*s.nginx.template_dirs, builtin_templates_dir()]),
         undefined=jinja2.StrictUndefined,
@@ -42,6 +52,11 @@ def render_health_files(s: FleetSettings) -> list[HealthFile]:
         "base_url": f"http://{_loopback(s.ollama.listen_host)}:{s.ollama.listen_port}",
         "models": s.models.names(),
         "timeout": s.health.timeout_seconds,
+        "gpu_vendor": gpu_vendors[0] if gpu_vendors else None,
+        "restart_on_cpu_fallback": bool(gpu_vendors) and s.gpu.restart_on_cpu_fallback,
+        "cpu_fallback_exit": CPU_FALLBACK_EXIT,
+        "restart_stamp": RESTART_STAMP,
+        "restart_every_min": RESTART_EVERY_MIN,
     }
 
     def render(name: str) -> str:

@@ -93,6 +93,85 @@ def check_any(value: str) -> str | None:
     return None
 
 
+_TRUE_WORDS = {"1", "t", "T", "TRUE", "true", "True"}
+
+
+def is_true(value: str) -> bool:
+    """How Ollama's envconfig reads a boolean that check_bool accepted."""
+    return value in _TRUE_WORDS
+
+
+# --- GPU selection (the values CUDA, ROCm and Ollama's discovery accept) ---
+
+_CUDA_UUID = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]{8,}")
+_ROCR_UUID = re.compile(r"GPU-[0-9a-fA-F]{16}")
+LLM_LIBRARIES = ("cuda_v12", "cuda_v13", "rocm", "vulkan", "cuda_jetpack5", "cuda_jetpack6")
+"""The lib/ollama/<dir> names OLLAMA_LLM_LIBRARY is matched against (Ollama compares the directory name)."""
+
+
+def _device_list(value: str, name: str, uuid: re.Pattern[str] | None, uuid_hint: str) -> str | None:
+    if value == "-1":
+        return None  # hides every GPU of that kind on purpose: CPU only
+    entries = value.split(",")
+    if any(entry != entry.strip() or not entry for entry in entries):
+        return f"{value!r}: write the {name} comma-separated without spaces or empty entries, like 0,1"
+    kinds = {
+        "index" if entry.isdigit() else "uuid" if uuid and uuid.fullmatch(entry) else "bad"
+        for entry in entries
+    }
+    if "bad" in kinds:
+        bad = next(e for e in entries if not e.isdigit() and not (uuid and uuid.fullmatch(e)))
+        return f"{bad!r} is not a {name} entry: use indexes (0,1){uuid_hint}"
+    if len(kinds) > 1:
+        return f"{value!r} mixes indexes and UUIDs; use one kind (UUIDs stay right when GPUs are reordered)"
+    return None
+
+
+def check_cuda_devices(value: str) -> str | None:
+    """CUDA_VISIBLE_DEVICES: indexes or UUIDs; CUDA silently drops everything after the first bad entry."""
+    return _device_list(
+        value, "GPU", _CUDA_UUID, " or UUIDs from `nvidia-smi -L` (GPU-..., MIG-...), preferred"
+    )
+
+
+def check_hip_devices(value: str) -> str | None:
+    return _device_list(value, "GPU", None, " (HIP takes no UUIDs; use ROCR_VISIBLE_DEVICES for those)")
+
+
+def check_rocr_devices(value: str) -> str | None:
+    return _device_list(value, "GPU", _ROCR_UUID, " or UUIDs like GPU-0123456789abcdef (rocminfo)")
+
+
+def check_gfx_version(value: str) -> str | None:
+    """HSA_OVERRIDE_GFX_VERSION is major.minor.stepping (gfx1030 is 10.3.0)."""
+    if re.fullmatch(r"\d{1,2}\.\d\.\d", value):
+        return None
+    gfx = re.fullmatch(r"(?:gfx)?(\d{1,2})(\d)([0-9a-f])", value.lower())
+    hint = f"; for {value} write {gfx.group(1)}.{gfx.group(2)}.{int(gfx.group(3), 16)}" if gfx else ""
+    return f"{value!r} is not a GFX version; ROCm wants major.minor.stepping, like 10.3.0 for gfx1030{hint}"
+
+
+def check_llm_library(value: str) -> str | None:
+    """OLLAMA_LLM_LIBRARY keeps only the library directory of that exact name: others hide every GPU."""
+    if value in LLM_LIBRARIES:
+        return None
+    hint = ""
+    if value.lower().startswith("cuda"):
+        hint = "; for NVIDIA on Debian's 535/550 drivers write cuda_v12 (cuda_v13 needs driver 580+)"
+    elif value.lower().startswith(("cpu", "rocm", "hip")):
+        hint = "; to force the CPU set CUDA_VISIBLE_DEVICES=-1 (or HIP_VISIBLE_DEVICES=-1) instead"
+    return (
+        f"{value!r} matches no library directory, so Ollama would use no GPU at all; "
+        f"use one of {', '.join(LLM_LIBRARIES)}{hint}"
+    )
+
+
+def check_bytes(value: str) -> str | None:
+    if re.fullmatch(r"\d+", value):
+        return None
+    return f"{value!r} is not a number of bytes; Ollama would ignore it: write e.g. 1073741824 for 1 GiB"
+
+
 @dataclass(frozen=True)
 class OllamaVar:
     name: str
@@ -115,21 +194,22 @@ KNOWN: dict[str, OllamaVar] = {
         OllamaVar("OLLAMA_KV_CACHE_TYPE", check_choice("f16", "q8_0", "q4_0"), "K/V cache quantisation"),
         OllamaVar("OLLAMA_CONTEXT_LENGTH", check_uint, "default context length"),
         OllamaVar("OLLAMA_DEBUG", check_choice("0", "1", "2", "false", "true"), "1 debug, 2 trace"),
-        OllamaVar("OLLAMA_GPU_OVERHEAD", check_uint, "bytes of VRAM to reserve per GPU"),
+        OllamaVar("OLLAMA_GPU_OVERHEAD", check_bytes, "bytes of VRAM to reserve per GPU"),
         OllamaVar("OLLAMA_SCHED_SPREAD", check_bool, "spread a model over all GPUs"),
         OllamaVar("OLLAMA_NOPRUNE", check_bool, "do not prune unused blobs at start"),
         OllamaVar("OLLAMA_NOHISTORY", check_bool, "no readline history"),
-        OllamaVar("OLLAMA_LLM_LIBRARY", check_any, "force an LLM library"),
+        OllamaVar("OLLAMA_LLM_LIBRARY", check_llm_library, "use only this GPU library (cuda_v12, rocm...)"),
+        OllamaVar("OLLAMA_VULKAN", check_bool, "experimental Vulkan backend"),
         OllamaVar("OLLAMA_MAX_TRANSFER_STREAMS", check_uint, "parallel download streams"),
         OllamaVar("OLLAMA_NO_CLOUD", check_bool, "disable cloud models"),
         OllamaVar("OLLAMA_INTEL_GPU", check_bool, "experimental Intel GPU support"),
         OllamaVar("OLLAMA_MULTIUSER_CACHE", check_bool, "prompt cache for many users (older releases)"),
         OllamaVar("OLLAMA_NEW_ENGINE", check_bool, "new engine (older releases)"),
-        OllamaVar("CUDA_VISIBLE_DEVICES", check_any, "NVIDIA GPUs to use"),
-        OllamaVar("HIP_VISIBLE_DEVICES", check_any, "AMD GPUs to use"),
-        OllamaVar("ROCR_VISIBLE_DEVICES", check_any, "AMD GPUs to use"),
-        OllamaVar("GPU_DEVICE_ORDINAL", check_any, "GPU order"),
-        OllamaVar("HSA_OVERRIDE_GFX_VERSION", check_any, "AMD GFX version override"),
+        OllamaVar("CUDA_VISIBLE_DEVICES", check_cuda_devices, "NVIDIA GPUs to use"),
+        OllamaVar("HIP_VISIBLE_DEVICES", check_hip_devices, "AMD GPUs to use"),
+        OllamaVar("ROCR_VISIBLE_DEVICES", check_rocr_devices, "AMD GPUs to use"),
+        OllamaVar("GPU_DEVICE_ORDINAL", check_hip_devices, "AMD GPU order"),
+        OllamaVar("HSA_OVERRIDE_GFX_VERSION", check_gfx_version, "AMD GFX version override"),
         OllamaVar("HTTPS_PROXY", check_any, "proxy for registry pulls"),
         OllamaVar("HTTP_PROXY", check_any, "proxy for registry pulls"),
         OllamaVar("NO_PROXY", check_any, "hosts not to proxy"),
@@ -170,3 +250,15 @@ def _similar(a: str, b: str) -> bool:
     from difflib import SequenceMatcher
 
     return SequenceMatcher(None, a, b).ratio() >= 0.85
+
+
+def combination_problems(env: dict[str, str]) -> list[str]:
+    """Values that are each fine but do nothing together (Ollama only logs a warning)."""
+    problems = []
+    kv = env.get("OLLAMA_KV_CACHE_TYPE", "f16")
+    if kv in ("q8_0", "q4_0") and not is_true(env.get("OLLAMA_FLASH_ATTENTION", "")):
+        problems.append(
+            f"OLLAMA_KV_CACHE_TYPE {kv} needs flash attention, else Ollama ignores it with a warning and "
+            "keeps f16: add OLLAMA_FLASH_ATTENTION=1 to ollama_env, or drop OLLAMA_KV_CACHE_TYPE"
+        )
+    return problems

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
+from ollama_fleet import gpu
 from ollama_fleet.gateway import (
     GATEWAY_MEMBERS_DIR,
     IF_LOADED_HEADER,
@@ -25,6 +26,7 @@ from ollama_fleet.gateway import (
     openai_models_json,
     tags_json,
 )
+from ollama_fleet.gpu import GpuSetup
 from ollama_fleet.settings import CustomModel, FleetSettings
 from ollama_fleet.settings.rules import ModelReference, model_reference
 
@@ -45,6 +47,8 @@ SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 UNIT_TEMPLATE = "ollama.service.j2"
 DROPIN_TEMPLATE = "ollama-override.conf.j2"
 HARDENING_TEMPLATE = "ollama-hardening.conf.j2"
+GPU_DROPIN_TEMPLATE = "ollama-gpu.conf.j2"
+GPU_NODES_TEMPLATE = "ollama-gpu-nodes.service.j2"
 PERSONAL_DIRS = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
 API_KEYS_TEMPLATE = "nginx-api-keys.conf.j2"
 
@@ -71,6 +75,20 @@ def render_unit(s: FleetSettings) -> str:
 def render_dropin(s: FleetSettings) -> str:
     """ollama.service.d/override.conf: one Environment= line per validated setting."""
     return _render(s, DROPIN_TEMPLATE, environment=s.ollama.environment())
+
+
+def render_gpu_dropin(s: FleetSettings, setup: GpuSetup) -> str | None:
+    """ollama.service.d/gpu.conf on a host that serves from its GPU (None: a CPU host, no file)."""
+    if not setup["vendors"]:
+        return None
+    nodes_unit = gpu.NODES_SERVICE if gpu.nodes_unit_commands(setup) else None
+    return _render(s, GPU_DROPIN_TEMPLATE, setup=setup, nodes_unit=nodes_unit)
+
+
+def render_gpu_nodes_unit(s: FleetSettings, setup: GpuSetup) -> str | None:
+    """The root oneshot that loads nvidia_uvm and makes NVIDIA's device nodes (None: no NVIDIA card)."""
+    commands = gpu.nodes_unit_commands(setup)
+    return _render(s, GPU_NODES_TEMPLATE, commands=commands) if commands else None
 
 
 def render_hardening(s: FleetSettings) -> str:

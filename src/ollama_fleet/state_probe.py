@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from ollama_fleet.gpu import MODULES_LOAD_PATH, NODES_UNIT_PATH
 from ollama_fleet.health import SERVICE, TIMER, UNIT_DIR
 from ollama_fleet.render import OLLAMA_BIN, RELEASE_STORE
 from ollama_fleet.settings import FleetSettings
@@ -34,6 +35,8 @@ PACKAGES = ("ufw", "curl", "ca-certificates", "zstd", "nginx", "libnginx-mod-htt
 CONTENT_PATHS = (
     "/etc/systemd/system/ollama.service",
     "/etc/systemd/system/ollama.service.d",
+    NODES_UNIT_PATH,  # GPU hosts (gpu.py)
+    MODULES_LOAD_PATH,
     str(UNIT_DIR / SERVICE),
     str(UNIT_DIR / TIMER),
     "/etc/nginx",

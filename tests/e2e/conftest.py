@@ -39,6 +39,7 @@ MODULE_ORDER = (
     "test_lab_ollama",
     "test_deploy",
     "test_paths_and_addresses",
+    "test_gpu_lab",  # right after the first deploy: a deployed host that must stay exactly as it is
     "test_verify",
     "test_openai_client",
     "test_key_scopes",

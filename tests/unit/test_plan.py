@@ -402,7 +402,8 @@ def test_secret_upload_shows_no_content_and_is_never_world_readable(tmp_path: Pa
 def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_check(tmp_path: Path) -> None:
     operations = plan(tmp_path, fleet(tmp_path))
     names = [op["name"].split(" | ")[-1] for op in operations]
-    assert names[0] == "Take the deploy lock"
+    # first the GPU driver check (gpu_vendor), which changes nothing and fails a host before the lock
+    assert names[:2] == ["Check the GPU driver (gpu_vendor)", "Take the deploy lock"]
     assert names[-4:] == [
         "Check the host like a client (ollama-fleet verify)",
         "Keep 2 Ollama versions",
@@ -415,6 +416,7 @@ def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_che
     # the lock, the serving check and the client check read or bookkeep; in a plan they change nothing
     ops = by_name(operations)
     for name in (
+        "Check the GPU driver (gpu_vendor)",
         "Take the deploy lock",
         "Check that Ollama 0.24.0 serves (else roll back)",
         "Check the host like a client (ollama-fleet verify)",
@@ -506,3 +508,59 @@ def test_a_text_file_is_read_with_one_command_and_written_beside_its_path_then_r
     assert run_operation(tmp_path, TEXT_FILE, {digest: f"600 root root\n{sha}  /etc/x/a.service"}) == [
         "chown root:root /etc/x/a.service && chmod 644 /etc/x/a.service"
     ]
+
+
+# --- GPU hosts -------------------------------------------------------------------------------------------
+
+
+def recorded_detection(tree: str) -> str:
+    """What the GPU detection script prints on a recorded tree (tests/unit/gpu_trees)."""
+    from ollama_fleet.gpu import DETECT_SCRIPT
+
+    root = Path(__file__).parent / "gpu_trees" / tree
+    return subprocess.run(
+        ["sh", "-c", DETECT_SCRIPT], env={"GPU_ROOT": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def gpu_host(tmp_path: Path, tree: str, **data: Any) -> dict[str, Any]:
+    responses = fake_facts(**{"/sys/bus/pci/devices/": recorded_detection(tree)})
+    return {"fake_responses": responses, **data}
+
+
+def test_an_amd_host_gets_the_gpu_drop_in_and_a_cpu_host_none(tmp_path: Path) -> None:
+    operations = by_name(plan(tmp_path, fleet(tmp_path, h1=gpu_host(tmp_path, "amd"))))
+    dropin = "Install /etc/systemd/system/ollama.service.d/gpu.conf (ollama.service's GPU drop-in)"
+    assert operations[dropin]["hosts_with_change"] == ["@fake/h1"]
+    # h2 has no GPU: the removal of a file it never had changes nothing
+    removal = "Remove /etc/systemd/system/ollama.service.d/gpu.conf (no GPU for it)"
+    assert operations[removal]["hosts_with_change"] == []
+    assert "Install /etc/systemd/system/ollama-gpu-nodes.service (NVIDIA uvm and device nodes unit)" not in (
+        operations
+    )
+
+
+def test_an_nvidia_host_gets_the_uvm_unit_and_modules_load(tmp_path: Path) -> None:
+    operations = by_name(plan(tmp_path, fleet(tmp_path, count=1, h1=gpu_host(tmp_path, "nvidia-535"))))
+    for name in (
+        "Install /etc/systemd/system/ollama-gpu-nodes.service (NVIDIA uvm and device nodes unit)",
+        "Install /etc/modules-load.d/ollama-fleet-nvidia.conf (NVIDIA modules loaded at boot)",
+        "Install /etc/systemd/system/ollama.service.d/gpu.conf (ollama.service's GPU drop-in)",
+    ):
+        assert operations[name]["hosts_with_change"] == ["@fake/h1"], name
+
+
+def test_a_host_declared_nvidia_without_the_driver_fails_in_the_first_operation(tmp_path: Path) -> None:
+    """Only h1 (gpu_vendor nvidia, nouveau bound) has a command in the check, which comes before the lock;
+    the e2e tier (test_gpu_lab) runs it and sees the host fail unchanged."""
+    inventory = fleet(
+        tmp_path, h1=gpu_host(tmp_path, "nvidia-nouveau", gpu_vendor="nvidia"), h2=gpu_host(tmp_path, "none")
+    )
+    operations = plan(tmp_path, inventory)
+    first = operations[0]
+    assert first["name"] == "Check the GPU driver (gpu_vendor)"
+    assert first["hosts_with_change"] == ["@fake/h1"]
+    # under auto the same host deploys as a CPU host: the check has nothing to run
+    auto = plan(tmp_path, fleet(tmp_path, h1=gpu_host(tmp_path, "nvidia-nouveau")))
+    assert auto[0]["name"] == "Check the GPU driver (gpu_vendor)" and auto[0]["hosts_with_change"] == []

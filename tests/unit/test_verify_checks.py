@@ -69,6 +69,7 @@ HEALTHY = {name: Status.PASS for name in CHECK_NAMES} | {
     "outsider": Status.NA,
     "ipv6": Status.NA,
     "raw_port": Status.NA,
+    "gpu": Status.NA,  # gpu_vendor auto: where the models run is shown, not required
 }
 
 
@@ -92,7 +93,7 @@ def test_ollama_refusing_the_host_header_fails_root_and_blocks_what_needs_ollama
     assert results["root"].status is Status.FAIL
     assert "must send Host: localhost:11434" in results["root"].reason
     blocked = {n for n, r in results.items() if r.status is Status.BLOCKED}
-    assert blocked == {"auth", "scopes", "version", "models", "chat", "stream", "ipv6"}
+    assert blocked == {"auth", "scopes", "version", "models", "chat", "stream", "gpu", "ipv6"}
     assert all(results[n].status is Status.PASS for n in ("tls", "cors"))
     assert results["raw_port"].status is Status.NA
 
@@ -115,7 +116,7 @@ def test_a_buffered_stream_fails_only_the_stream_check(host: FakeHost) -> None:
 def test_a_missing_model_fails_models_and_blocks_chat_and_stream(host: FakeHost) -> None:
     host.behaviour.models = ["other:latest"]
     results = run(target_for(host))
-    expected = HEALTHY | {"models": Status.FAIL, "chat": Status.BLOCKED, "stream": Status.BLOCKED}
+    expected = HEALTHY | {"models": Status.FAIL} | dict.fromkeys(("chat", "stream", "gpu"), Status.BLOCKED)
     assert statuses(results) == expected
     assert "tiny:latest" in results["models"].reason
     assert "re-run the deploy" in results["models"].reason
@@ -140,6 +141,7 @@ def test_a_stale_key_list_fails_auth_and_names_the_key(host: FakeHost) -> None:
         "models",
         "chat",
         "stream",
+        "gpu",
         "ipv6",
     }
 
@@ -196,7 +198,7 @@ def test_a_certificate_from_another_ca_fails_tls_and_blocks_https_checks(
     results = run(target_for(host, tls_ca_dir=str(tmp_path / "other-ca")))
     assert results["tls"].status is Status.FAIL
     assert "does not verify against the fleet CA" in results["tls"].reason
-    https_checks = {"root", "auth", "scopes", "version", "models", "chat", "stream", "cors", "ipv6"}
+    https_checks = {"root", "auth", "scopes", "version", "models", "chat", "stream", "gpu", "cors", "ipv6"}
     assert {n for n, r in results.items() if r.status is Status.BLOCKED} == https_checks
     assert results["raw_port"].status is Status.NA  # ran (the host answered TCP: reachable), firewall off
 
@@ -360,3 +362,37 @@ def test_an_ipv6_host_that_is_unreachable_is_blamed_on_ufw_not_on_nginx() -> Non
     refused = httpx.ConnectError("[Errno 111] Connection refused")
     refused.__cause__ = OSError(errno.ECONNREFUSED, "Connection refused")
     assert not checks._no_route(refused)
+
+
+# --- the gpu check ---------------------------------------------------------------------------------------
+
+
+def gpu_host(tmp_path: Path, vram_share: float) -> Iterator[FakeHost]:
+    return fake_host(tmp_path / "ca", Behaviour(keys={KEY}, vram_share=vram_share))
+
+
+def test_gpu_check_passes_a_declared_gpu_host_with_every_model_in_vram(tmp_path: Path) -> None:
+    with gpu_host(tmp_path, 1.0) as served:
+        result = run(target_for(served, gpu_vendor="nvidia"))["gpu"]
+    assert result.status is Status.PASS and result.figure == "100% GPU: tiny:latest"
+
+
+def test_gpu_check_fails_a_split_naming_the_share_on_cpu(tmp_path: Path) -> None:
+    with gpu_host(tmp_path, 0.59) as served:
+        result = run(target_for(served, gpu_vendor="amd"))["gpu"]
+    assert result.status is Status.FAIL
+    assert result.reason.startswith("tiny:latest 41% on CPU: the model does not fit the free VRAM")
+
+
+def test_gpu_check_fails_a_gpu_host_serving_from_the_cpu(tmp_path: Path) -> None:
+    with gpu_host(tmp_path, 0.0) as served:
+        result = run(target_for(served, gpu_vendor="nvidia"))["gpu"]
+    assert result.status is Status.FAIL
+    assert "tiny:latest 100% on CPU: likely nvidia_uvm or /dev/nvidia-uvm missing" in result.reason
+
+
+def test_gpu_check_only_shows_where_models_run_under_auto(tmp_path: Path) -> None:
+    with gpu_host(tmp_path, 0.0) as served:
+        result = run(target_for(served))["gpu"]
+    assert result.status is Status.NA
+    assert result.figure == "gpu_vendor auto, no GPU required (tiny:latest 100% CPU)"

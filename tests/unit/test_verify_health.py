@@ -6,11 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from verify_fakes import Behaviour, fake_host
 
-from ollama_fleet.health import SCRIPT_PATH, TAG, render_health_files
+from ollama_fleet.health import CPU_FALLBACK_EXIT, SCRIPT_PATH, TAG, render_health_files
 from ollama_fleet.settings import FleetSettings, SettingsError, settings_for_host, timespan_seconds
 from ollama_fleet.verify.status import parse_status, ssh_argv, stale_after
 from ollama_fleet.verify.targets import Target
@@ -144,3 +145,90 @@ def test_ssh_argv_follows_the_inventorys_ssh_data() -> None:
     assert argv[argv.index("-p") : argv.index("-p") + 2] == ["-p", "2222"]
     assert "UserKnownHostsFile=/dev/null" in argv and "StrictHostKeyChecking=no" in argv
     assert argv[-2:] == ["admin@10.213.4.11", "sudo -n sh -c 'journalctl -n 1'"]
+
+
+# --- on a GPU host: the CPU fallback ----------------------------------------------------------------------
+
+CUDA_START = (
+    'time=2026-05-20T10:01:02.123Z level=INFO source=types.go:42 msg="inference compute" id=GPU-8f6a4b2c '
+    'library=CUDA compute=8.6 name=CUDA0 description="NVIDIA GeForce RTX 3090" libdirs=ollama,cuda_v12'
+)
+CPU_START = (
+    'time=2026-05-21T07:00:00.000Z level=INFO source=types.go:60 msg="inference compute" id=cpu library=cpu'
+)
+
+
+def run_gpu_script(
+    tmp_path: Path, s: FleetSettings, journal: list[str], vendors: tuple[str, ...] = ("nvidia",)
+) -> subprocess.CompletedProcess[str]:
+    """The script as rendered for a GPU host, with journalctl replaced by a recorded journal."""
+    fake_journal = tmp_path / "journalctl"
+    (tmp_path / "journal.txt").write_text("".join(f"{line}\n" for line in journal))
+    fake_journal.write_text(f"#!/bin/sh\ncat {tmp_path / 'journal.txt'}\n")
+    fake_journal.chmod(0o755)
+    fake_smi = tmp_path / "nvidia-smi"  # its recorded --query-gpu=name,memory.used,memory.total answer
+    fake_smi.write_text("#!/bin/sh\necho 'NVIDIA GeForce RTX 3090, 412, 24576'\n")
+    fake_smi.chmod(0o755)
+    text = {str(i.path): i.text for i in render_health_files(s, vendors)}[str(SCRIPT_PATH)]
+    assert '["journalctl", "-u", "ollama.service"' in text and '["nvidia-smi", "--query-gpu' in text
+    script = tmp_path / "health-check.py"
+    text = text.replace('["journalctl",', f'["{fake_journal}",').replace('["nvidia-smi",', f'["{fake_smi}",')
+    script.write_text(text)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+
+
+def gpu_ollama(tmp_path: Path, share: float) -> Any:
+    return fake_host(
+        tmp_path / "ca", Behaviour(models=["tiny:latest", "llama3.2:1b"], vram_share=share), tls=False
+    )
+
+
+def test_a_gpu_host_in_vram_is_ok(tmp_path: Path) -> None:
+    with gpu_ollama(tmp_path, 1.0) as ollama:
+        done = run_gpu_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"), [CUDA_START])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("ok version=0.24.0")
+    # what `ollama-fleet status` shows of the host's GPUs and where its models run
+    assert done.stdout.rstrip().endswith(
+        " gpus=[NVIDIA GeForce RTX 3090 412/24576 MiB] loaded=[tiny:latest 100% GPU, llama3.2:1b 100% GPU]"
+    )
+
+
+def test_a_gpu_host_whose_models_run_on_the_cpu_fails_with_its_own_status(tmp_path: Path) -> None:
+    with gpu_ollama(tmp_path, 0.0) as ollama:
+        done = run_gpu_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"), [CUDA_START])
+    assert done.returncode == CPU_FALLBACK_EXIT
+    assert done.stdout.startswith(
+        "FAIL GPU host (nvidia) on the CPU: tiny:latest 100% on CPU, llama3.2:1b 100% on CPU; restart ollama"
+    )
+    assert "loaded=[tiny:latest 100% CPU, llama3.2:1b 100% CPU]" in done.stdout
+
+
+def test_a_gpu_host_that_started_without_its_gpu_fails_from_the_log(tmp_path: Path) -> None:
+    """The last start counts: CUDA found at an earlier start, none after the resume's restart."""
+    with gpu_ollama(tmp_path, 1.0) as ollama:
+        s = settings(ollama_listen=f"127.0.0.1:{ollama.port}")
+        done = run_gpu_script(tmp_path, s, [CUDA_START, "msg=other", CPU_START])
+    assert done.returncode == CPU_FALLBACK_EXIT
+    assert "Ollama found no GPU at its last start (library=cpu)" in done.stdout
+
+
+def test_a_cpu_host_is_not_checked_for_a_gpu(tmp_path: Path) -> None:
+    with gpu_ollama(tmp_path, 0.0) as ollama:
+        done = run_script(tmp_path, settings(ollama_listen=f"127.0.0.1:{ollama.port}"))
+    assert done.returncode == 0 and done.stdout.startswith("ok ")
+
+
+def test_the_gpu_unit_reads_the_journal_and_restarts_only_when_asked() -> None:
+    def service(s: FleetSettings, vendors: tuple[str, ...]) -> str:
+        return {str(i.path): i.text for i in render_health_files(s, vendors)}[
+            "/etc/systemd/system/ollama-fleet-health.service"
+        ]
+
+    cpu = service(settings(gpu_restart_on_cpu_fallback=True), ())
+    assert "SupplementaryGroups" not in cpu and "ExecStopPost" not in cpu
+    plain = service(settings(), ("amd",))
+    assert "SupplementaryGroups=systemd-journal\n" in plain and "ExecStopPost" not in plain
+    restarting = service(settings(gpu_restart_on_cpu_fallback=True), ("nvidia",))
+    assert f'ExecStopPost=+/bin/sh -c \'if [ "$$EXIT_STATUS" = {CPU_FALLBACK_EXIT} ]' in restarting
+    assert "systemctl restart --no-block ollama.service" in restarting and "-mmin -30" in restarting

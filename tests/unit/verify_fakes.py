@@ -39,6 +39,7 @@ class Behaviour:
     admin_keys: set[str] = field(default_factory=set)  # keys with the admin scope; the others: inference
     scopes_enforced: bool = True  # False: nginx letting inference keys reach admin paths
     tokens_seen: list[str] = field(default_factory=list)
+    vram_share: float = 0.0  # /api/ps: the share of each loaded model in VRAM (0: a CPU host; 1: all on GPU)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,6 +99,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(self.b.root_status, b"")
         if self.path == "/api/version":
             return self._json(200, {"version": self.b.version})
+        if self.path == "/api/ps":
+            size = 2_000_000_000
+            loaded = [
+                {"name": m, "size": size, "size_vram": int(size * self.b.vram_share)} for m in self.b.models
+            ]
+            return self._json(200, {"models": loaded})
         if self.path == "/api/tags":
             return self._json(200, {"models": [{"name": m, "model": m} for m in self.b.models]})
         if self.path == "/v1/models":

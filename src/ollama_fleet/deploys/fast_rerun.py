@@ -3,6 +3,7 @@ deploy lock, one state read and the quick client check, instead of the deploy's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import version
 
 from pyinfra import logger
@@ -26,9 +27,12 @@ from ollama_fleet.state_probe import (
 FAST_RERUN = "Host as its last verified deploy left it (found while planning)"
 
 
-def desired_state(s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None) -> str:
+def desired_state(
+    s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None, extra: Sequence[str] = ()
+) -> str:
     """The digest of what a full deploy would put on this host: every host's settings and address (a
-    seed's hosts), the certificate and key (`pair`), the gateway's plan, the GGUF files, this code."""
+    seed's hosts), the certificate and key (`pair`), the gateway's plan, the GGUF files, this code, and
+    `extra` (what the host's own facts decide, like its GPU setup)."""
     parts = [
         code_digest(builtin_templates_dir(), *s.nginx.template_dirs),
         f"pyinfra {version('pyinfra')}",
@@ -42,16 +46,18 @@ def desired_state(s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | No
     if plan is not None:
         parts.append(repr(plan))
     parts += [f"{name} {models.file_sha256(path)}" for name, path in sorted(s.models.gguf.items())]
-    return desired_digest(parts)
+    return desired_digest([*parts, *extra])
 
 
-def desired_if_fast(s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None) -> str | None:
+def desired_if_fast(
+    s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None, extra: Sequence[str] = ()
+) -> str | None:
     """The desired digest, or None for a host that always gets the whole deploy (fast_rerun_blocker)."""
     blocker = fast_rerun_blocker(s)
     if blocker:
         logger.debug(f"{host.print_prefix}whole deploy: {blocker}")
         return None
-    return desired_state(s, pair, plan)
+    return desired_state(s, pair, plan, extra)
 
 
 def as_last_verified(s: FleetSettings, desired: str) -> bool:

@@ -6,6 +6,8 @@ Files change only when their rendered text does, and systemd is reloaded/restart
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyinfra.api.deploy import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
@@ -16,8 +18,9 @@ from ollama_fleet.settings import FleetSettings
 
 
 @deploy("Ollama health timer")
-def health_monitoring(s: FleetSettings) -> None:
-    """Install (or, when health_enabled is false or there is no Ollama to check, remove) the health timer."""
+def health_monitoring(s: FleetSettings, gpu_vendors: Sequence[str] = ()) -> None:
+    """Install (or, when health_enabled is false or there is no Ollama to check, remove) the health timer;
+    on a GPU host (`gpu_vendors`) it also notices Ollama serving from the CPU."""
     if not (s.health.enabled and s.serves_api):
         _remove_health_monitoring()
         return
@@ -27,7 +30,7 @@ def health_monitoring(s: FleetSettings) -> None:
         textfile.text_file(
             name=f"Write {item.path}", text=item.text, dest=str(item.path), mode=int(item.mode, 8)
         )
-        for item in render_health_files(s)
+        for item in render_health_files(s, gpu_vendors)
     ]
     systemd.daemon_reload(name="Reload systemd for the health units", _if=any_changed(changed[1], changed[2]))
     systemd.service(name=f"Enable and start {TIMER}", service=TIMER, running=True, enabled=True)

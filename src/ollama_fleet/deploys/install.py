@@ -41,11 +41,17 @@ def gpu_groups(existing: list[str]) -> list[str]:
 
 @deploy("Install Ollama")
 def install_ollama(
-    s: FleetSettings, restart_triggers: list[OperationMeta], seed_address: str | None = None
+    s: FleetSettings,
+    restart_triggers: list[OperationMeta],
+    overlays: list[str] | None = None,
+    seed_address: str | None = None,
 ) -> None:
     """Appends to `restart_triggers` the operations whose change means the running binary is outdated.
+    `overlays`: the ones to unpack (ollama_overlays, and those the host's GPUs need; None: the settings');
     `seed_address`: where this host reaches the fleet's seed, when it fetches the release from it."""
     o = s.ollama
+    wanted = o if overlays is None else o.model_copy(update={"overlays": overlays})
+    archives = wanted.archive_names
     packages.packages_installed(name="Install download tools", packages=required_packages(s))
 
     # Like the official installer: a system user with its home as Ollama's data directory, no login shell.
@@ -70,17 +76,17 @@ def install_ollama(
     replaces_current = (
         releases["current"] == o.version
         and installed is not None
-        and release.variants(installed) != release.variants(o.archive_names)
+        and release.variants(installed) != release.variants(archives)
     )
     unpacked = release.release_installed(
         name=f"Download, verify and unpack Ollama {o.version}" + _from_where(s),
         version=o.version,
-        archive_name=o.archive_names,
+        archive_name=archives,
         install_dir=str(o.install_dir),
         staging_dir=str(RELEASE_STORE) if s.serves_releases else STAGING_DIR,
         download_base=release_bases(s, seed_address) if o.source in ("release", "mirror") else None,
         controller_dir=o.controller_dir if o.source == "controller" else None,
-        pinned_sha256=o.pins,
+        pinned_sha256=wanted.pins,
         keep_archives=s.serves_releases,
     )
     switched = release.current_release(

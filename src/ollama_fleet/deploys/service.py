@@ -15,9 +15,19 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 from pyinfra.operations import files, systemd
 
+from ollama_fleet import gpu
+from ollama_fleet.deploys.fleet import each
+from ollama_fleet.gpu import GpuSetup
 from ollama_fleet.operations import release, textfile
 from ollama_fleet.operations.running import OllamaProcess, ServiceProcess, ollama_restart_reason
-from ollama_fleet.render import OLLAMA_BIN, render_dropin, render_hardening, render_unit
+from ollama_fleet.render import (
+    OLLAMA_BIN,
+    render_dropin,
+    render_gpu_dropin,
+    render_gpu_nodes_unit,
+    render_hardening,
+    render_unit,
+)
 from ollama_fleet.settings import FleetSettings
 
 UNIT_PATH = "/etc/systemd/system/ollama.service"
@@ -38,7 +48,15 @@ def ollama_process(s: FleetSettings) -> ServiceProcess:
     o = s.ollama
     # The marker is written last when a version is unpacked (again, with other overlays: same path).
     marker = f"{o.install_dir}/{o.version}/{release.MARKER}"
-    files_read = [UNIT_PATH, DROPIN_PATH, HARDENING_PATH, f"{o.install_dir}/current", str(OLLAMA_BIN), marker]
+    files_read = [
+        UNIT_PATH,
+        DROPIN_PATH,
+        HARDENING_PATH,
+        gpu.GPU_DROPIN_PATH,
+        f"{o.install_dir}/current",
+        str(OLLAMA_BIN),
+        marker,
+    ]
     process: ServiceProcess = host.get_fact(OllamaProcess, service="ollama.service", files=files_read)
     return process
 
@@ -76,9 +94,10 @@ def api_base(s: FleetSettings) -> str:
 
 @deploy("Ollama service")
 def ollama_service(
-    s: FleetSettings, restart_triggers: Sequence[OperationMeta], rollback_to: str | None
+    s: FleetSettings, restart_triggers: Sequence[OperationMeta], rollback_to: str | None, setup: GpuSetup
 ) -> None:
-    """`rollback_to`: the version that served before this run (see `rollback_target_for`), if any."""
+    """`rollback_to`: the version that served before this run (see `rollback_target_for`), if any;
+    `setup`: the GPUs it serves from (gpu.gpu_setup of the GpuDetection fact)."""
     o = s.ollama
     process = ollama_process(s)
     stale = ollama_restart_reason(process, release_binary(s, o.version))
@@ -92,9 +111,10 @@ def ollama_service(
         )
     else:
         sandbox = files.file(name=f"Remove {HARDENING_PATH}", path=HARDENING_PATH, present=False)
+    gpu_files = gpu_files_installed(s, setup)
     systemd.daemon_reload(
         name="Reload systemd units",
-        _if=any_changed([unit, dropin, sandbox], or_if=process["need_daemon_reload"]),
+        _if=any_changed([unit, dropin, sandbox, *gpu_files], or_if=process["need_daemon_reload"]),
     )
     # Starts the service if it is stopped; restarts it when a file it reads changed in this run or since
     # it started, or when it runs another binary than the pinned one.
@@ -103,7 +123,7 @@ def ollama_service(
         service="ollama.service",
         running=True,
         restarted=True,
-        _if=any_changed([*restart_triggers, unit, dropin, sandbox], or_if=stale is not None),
+        _if=any_changed([*restart_triggers, unit, dropin, sandbox, *gpu_files], or_if=stale is not None),
     )
     systemd.service(name="Enable and start ollama", service="ollama.service", running=True, enabled=True)
     release.release_serving(
@@ -113,6 +133,23 @@ def ollama_service(
         install_dir=str(o.install_dir),
         rollback_to=rollback_to,
     )
+
+
+def gpu_files_installed(s: FleetSettings, setup: GpuSetup) -> list[OperationMeta]:
+    """The GPU parts of the service: written where the host serves from a GPU, removed where it no longer
+    does (a card taken out, gpu_vendor none); nothing at all on a host that never had them."""
+    wanted = [
+        (gpu.GPU_DROPIN_PATH, render_gpu_dropin(s, setup), "ollama.service's GPU drop-in"),
+        (gpu.NODES_UNIT_PATH, render_gpu_nodes_unit(s, setup), "NVIDIA uvm and device nodes unit"),
+        (gpu.MODULES_LOAD_PATH, gpu.modules_load_text(setup), "NVIDIA modules loaded at boot"),
+    ]
+    changed = []
+    for path, text, what in each(wanted):
+        if text is None:
+            changed.append(files.file(name=f"Remove {path} (no GPU for it)", path=path, present=False))
+        else:
+            changed.append(textfile.text_file(name=f"Install {path} ({what})", text=text, dest=path))
+    return changed
 
 
 @deploy("Ollama stopped")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pyinfra import logger
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 
+from ollama_fleet import gpu
 from ollama_fleet.deploys.fast_rerun import (
     as_last_verified,
     desired_if_fast,
@@ -21,6 +23,7 @@ from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stoppe
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
 from ollama_fleet.gateway import GatewayPlan
 from ollama_fleet.operations import connection, lock, release, ufw
+from ollama_fleet.operations.gpu import GpuDetection, gpu_driver_ready
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
@@ -35,7 +38,9 @@ def deploy_site() -> None:
     # Read once, for the desired digest and for the whole deploy's operations.
     pair = tls_pair(s) if s.nginx.enabled else None
     plan = fleet_gateway_plan(rollout_drained()) if s.is_gateway else None
-    desired = desired_if_fast(s, pair, plan)
+    setup = host_gpu_setup(s)
+    # A GPU the host changed (a card added) changes what a whole deploy would do: not "as last verified".
+    desired = desired_if_fast(s, pair, plan, extra=[repr(sorted(setup.items()))])
     fast = desired is not None and as_last_verified(s, desired)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
@@ -44,7 +49,7 @@ def deploy_site() -> None:
     if fast:
         found_as_verified()
     else:
-        rollback_to, too_wide = whole_deploy(s, pair, plan)
+        rollback_to, too_wide = whole_deploy(s, pair, plan, setup)
     # Check the host from the controller as a client would; a host that does not work fails the run
     # (and goes back to the release it served before, when this run changed it). A gateway_only host has no
     # API to check, but makes the call all the same: pyinfra orders operations by their place in each
@@ -71,8 +76,23 @@ def deploy_site() -> None:
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
 
 
+def host_gpu_setup(s: FleetSettings) -> gpu.GpuSetup:
+    """The host's GPUs (read while planning) and what the deploy sets up for them. A host declared to have
+    a GPU it cannot use fails in its first operation, before the deploy lock: nothing changes on it."""
+    if not s.serves_api:
+        return gpu.gpu_setup("none", gpu.empty_report(), s.ollama.arch)
+    report = host.get_fact(GpuDetection)
+    for warning in gpu.unused_gpu_warnings(s.gpu.vendor, report):
+        logger.warning(f"{host.print_prefix}{warning}")
+    gpu_driver_ready(
+        name="Check the GPU driver (gpu_vendor)",
+        problems=gpu.driver_problems(s.gpu.vendor, report, s.ollama.arch),
+    )
+    return gpu.gpu_setup(s.gpu.vendor, report, s.ollama.arch)
+
+
 def whole_deploy(
-    s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None
+    s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None, setup: gpu.GpuSetup
 ) -> tuple[str | None, list[ufw.ForeignAllow]]:
     """Every operation, in dependency order; returns the release to roll back to if the check fails, and
     the ufw rules not made by ollama-fleet that open more than the settings (each warned about)."""
@@ -82,7 +102,7 @@ def whole_deploy(
         firewall(s=s, too_wide=too_wide)
     rollback_to: str | None = None
     if s.serves_api and not s.fetches_release_from_seed:
-        rollback_to = ollama_installed_and_running(s)
+        rollback_to = ollama_installed_and_running(s, setup)
     elif not s.serves_api:
         ollama_stopped()
     if pair is not None:  # nginx is enabled
@@ -92,20 +112,26 @@ def whole_deploy(
     if s.serves_api and s.fetches_release_from_seed:
         # pyinfra runs each operation on every host before the next, in the order of these lines: the
         # seed has fetched the release (above) and serves it from its reloaded nginx before this fetch.
-        rollback_to = ollama_installed_and_running(s, seed_address(host, s.models.seed_host or ""))
+        seed = seed_address(host, s.models.seed_host or "")
+        rollback_to = ollama_installed_and_running(s, setup, seed)
     if s.serves_api:
         ollama_models(s=s)
-    health_monitoring(s=s)  # installs the timer, or removes it (health_enabled false, or gateway_only)
+    # Installs the timer, or removes it (health_enabled false, or gateway_only).
+    health_monitoring(s=s, gpu_vendors=setup["vendors"])
     return rollback_to, too_wide
 
 
-def ollama_installed_and_running(s: FleetSettings, seed: str | None = None) -> str | None:
-    """Install the pinned release and (re)start Ollama on it; returns the release to roll back to."""
+def ollama_installed_and_running(
+    s: FleetSettings, setup: gpu.GpuSetup, seed: str | None = None
+) -> str | None:
+    """Install the pinned release with the overlays its settings and its GPUs need (`setup`), and (re)start
+    Ollama on it; returns the release to roll back to. `seed`: where it fetches the release first."""
     # Read before anything is switched: the release serving now is the one to roll back to.
     rollback_to = rollback_target_for(s)
     restart_ollama_on: list[OperationMeta] = []
-    install_ollama(s=s, restart_triggers=restart_ollama_on, seed_address=seed)
-    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to)
+    overlays = sorted(set(s.ollama.overlays) | set(setup["overlays"]))
+    install_ollama(s=s, restart_triggers=restart_ollama_on, overlays=overlays, seed_address=seed)
+    ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to, setup=setup)
     return rollback_to
 
 

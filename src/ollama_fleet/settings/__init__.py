@@ -24,6 +24,7 @@ from ollama_fleet.settings.rules import listed_name, timespan_seconds
 from ollama_fleet.settings.sections import (
     DeploySettings,
     FirewallSettings,
+    GpuSettings,
     HealthSettings,
     NginxSettings,
     OllamaSettings,
@@ -57,6 +58,7 @@ SECTIONS: dict[str, type[Section]] = {
     "gateway": GatewaySettings,
     "deploy": DeploySettings,
     "service": ServiceSettings,
+    "gpu": GpuSettings,
 }
 
 
@@ -74,6 +76,7 @@ class FleetSettings(BaseModel):
     gateway: GatewaySettings
     deploy: DeploySettings
     service: ServiceSettings
+    gpu: GpuSettings
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSettings:
@@ -101,6 +104,9 @@ class FleetSettings(BaseModel):
                 f'{self.auth.secrets_file} ({{"api_keys": {{"name": "key"}}}}) or in '
                 "OLLAMA_FLEET_API_KEY_<NAME> environment variables"
             )
+        gpu_problem = self._gpu_env_problem()
+        if gpu_problem:
+            raise ValueError(gpu_problem)
         if self.is_model_seed:
             self._check_seed()
         if self.gateway.enabled:
@@ -116,6 +122,25 @@ class FleetSettings(BaseModel):
                     "nor in models_gguf; add it to one of them"
                 )
         return self
+
+    def _gpu_env_problem(self) -> str | None:
+        """ollama_env that would hide the GPU gpu_vendor declares."""
+        env, vendor = self.ollama.env, self.gpu.vendor
+        hiding = {"nvidia": ["CUDA_VISIBLE_DEVICES"], "amd": ["HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES"]}
+        for name in hiding.get(vendor, []):
+            if env.get(name) == "-1":
+                return (
+                    f"gpu_vendor is {vendor!r} but ollama_env {name}=-1 hides every {vendor} GPU from "
+                    "Ollama; drop it, or set gpu_vendor 'none' to run this host on the CPU"
+                )
+        library = env.get("OLLAMA_LLM_LIBRARY", "")
+        other = {"nvidia": ("rocm",), "amd": ("cuda_v12", "cuda_v13", "cuda_jetpack5", "cuda_jetpack6")}
+        if library in other.get(vendor, ()):
+            return (
+                f"gpu_vendor is {vendor!r} but ollama_env OLLAMA_LLM_LIBRARY={library} is another vendor's "
+                "library, so Ollama would use no GPU; drop OLLAMA_LLM_LIBRARY or fix it"
+            )
+        return None
 
     def _check_seed(self) -> None:
         if not self.models.lan_subnets:

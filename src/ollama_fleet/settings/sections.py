@@ -124,6 +124,9 @@ class OllamaSettings(Section):
                 raise ValueError(problem)
             if any(ord(c) < 32 or ord(c) == 127 for c in raw):
                 raise ValueError(f"{name}: the value holds a control character; Environment= cannot carry it")
+        problems = ollama_env.combination_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return {name: str(raw) for name, raw in value.items()}
 
     @model_validator(mode="after")
@@ -324,6 +327,17 @@ class HealthSettings(Section):
     def _interval_is_a_timespan(cls, value: str) -> str:
         timespan_seconds(value)
         return value
+
+
+class GpuSettings(Section):
+    """Which GPU a host serves from; see docs/gpu.md."""
+
+    # auto: the NVIDIA and AMD GPUs whose driver is loaded (none: a CPU host, as before); nvidia/amd: the
+    # host must serve from one, and a deploy fails before changing it when the driver is missing; none:
+    # no GPU setup even where one is present.
+    vendor: Literal["auto", "nvidia", "amd", "none"] = "auto"
+    # The health timer restarts Ollama when a GPU host's models run on the CPU (e.g. after a resume).
+    restart_on_cpu_fallback: bool = False
 
 
 class DeploySettings(Section):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from ollama_fleet import gpu
 from ollama_fleet.verify import probes
 from ollama_fleet.verify.context import (
     CheckResult,
@@ -333,6 +334,27 @@ def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
     return timing, total
 
 
+def check_gpu(ctx: HostContext) -> CheckResult:
+    """Where the loaded models run (/api/ps, after chat and stream loaded them): on a host declared to have
+    a GPU (gpu_vendor nvidia or amd) every one must sit fully in VRAM; Ollama's silent CPU fallback still
+    answers every other check."""
+    vendor = ctx.settings.gpu.vendor
+    if not ctx.target.models:
+        return not_applicable("no models configured: none is loaded to show where models run")
+    ps = ctx.api("GET", "/api/ps")
+    if vendor not in ("nvidia", "amd"):
+        loaded = [m for m in ps.get("models") or [] if isinstance(m, dict)]
+        where = ", ".join(
+            f"{m.get('name')} {gpu.offload(int(m.get('size') or 0), int(m.get('size_vram') or 0))}"
+            for m in loaded
+        )
+        return not_applicable(f"gpu_vendor {vendor}, no GPU required ({where or 'no model loaded'})")
+    verdict = gpu.gpu_verdict(ps, None, vendor)
+    if not verdict["ok"]:
+        raise CheckFailed(verdict["summary"])
+    return passed(verdict["summary"])
+
+
 def concrete_origin(pattern: str) -> str:
     """An origin matching an OLLAMA_ORIGINS entry (wildcards filled in): https://*.lan -> https://verify.lan."""
     return pattern.replace(":*", ":8443").replace("*", "verify")
@@ -569,6 +591,8 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("models", check_models, needs=("ollama", "key")),
     CheckSpec("chat", check_chat, needs=("models", "key"), quick=False),
     CheckSpec("stream", check_stream, needs=("models", "key"), quick=False),
+    # After chat and stream: the models they loaded are in /api/ps.
+    CheckSpec("gpu", check_gpu, needs=("models", "key"), quick=False),
     CheckSpec("cors", check_cors, needs=("https",)),
     # A dropped port is proven by a timeout (seconds): full check only.
     CheckSpec("raw_port", check_raw_port, needs=("reachable",), quick=False),
