@@ -124,7 +124,7 @@ def test_a_missing_model_fails_models_and_blocks_chat_and_stream(host: FakeHost)
 
 def test_a_host_with_no_models_is_a_finding_not_a_pass(host: FakeHost) -> None:
     results = run(target_for(host, models_pull=[]))
-    expected = HEALTHY | {"models": Status.FAIL, "chat": Status.BLOCKED, "stream": Status.BLOCKED}
+    expected = HEALTHY | {"models": Status.FAIL} | dict.fromkeys(("chat", "stream", "gpu"), Status.BLOCKED)
     assert statuses(results) == expected
     assert "the host's settings name no model" in results["models"].reason
 

@@ -79,15 +79,16 @@ def test_verify_strict_fails_on_not_applicable_checks_and_says_which(tmp_path: P
     write_fleet(tmp_path, host)
     lenient = ollama_fleet(tmp_path, "verify", "inventories/fleet.py", "--hosts", "fake-1")
     assert lenient.returncode == 0, lenient.stdout + lenient.stderr
-    # The firewall is off and this is no lab: raw_port, ipv6 and outsider proved nothing.
-    assert lenient.stdout.splitlines()[-1].startswith("PASS: 10/13 checks passed, 3 n/a")
+    # The firewall is off and this is no lab: raw_port, ipv6 and outsider proved nothing; gpu_vendor auto
+    # shows where models run without requiring a GPU.
+    assert lenient.stdout.splitlines()[-1].startswith("PASS: 10/14 checks passed, 4 n/a")
     strict = ollama_fleet(
         tmp_path, "verify", "inventories/fleet.py", "--hosts", "fake-1", "--strict", "--json"
     )
     assert strict.returncode == 1
     report = json.loads(strict.stdout)
     assert report["ok"] is False and report["failures"] == []
-    assert {item["check"] for item in report["not_applicable"]} == {"raw_port", "ipv6", "outsider"}
+    assert {item["check"] for item in report["not_applicable"]} == {"raw_port", "ipv6", "outsider", "gpu"}
 
 
 def test_verify_fails_with_exit_1_and_a_readable_table(tmp_path: Path, host: FakeHost) -> None:
