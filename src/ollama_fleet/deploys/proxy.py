@@ -36,12 +36,10 @@ NGINX_DIR = "/etc/nginx"
 SITE_NAME = "ollama-fleet"
 
 
-def fleet_gateway_plan() -> GatewayPlan:
-    """The gateway's plan from every inventory host's settings, dialling each at its address as this
-    gateway resolves it (an IP is used as it is)."""
-    fleet = fleet_settings(host.state)
+def _addresses(names: Sequence[str]) -> dict[str, str]:
+    """Each inventory host's IP address as this host resolves it (an IP is used as it is)."""
     addresses = {}
-    for name in fleet:
+    for name in names:
         address = inventory_address(host, name)
         try:
             addresses[name] = str(ipaddress.ip_address(address))
@@ -49,6 +47,14 @@ def fleet_gateway_plan() -> GatewayPlan:
             resolved = host.get_fact(ResolvedAddress, hostname=address)
             if resolved:
                 addresses[name] = resolved
+    return addresses
+
+
+def fleet_gateway_plan() -> GatewayPlan:
+    """The gateway's plan from every inventory host's settings, dialling each at its address as this
+    gateway resolves it (an IP is used as it is)."""
+    fleet = fleet_settings(host.state)
+    addresses = _addresses(list(fleet))
     try:
         return gateway_plan(fleet, addresses)
     except GatewayError as exc:
@@ -61,7 +67,10 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
     paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
     # The site template and the keys include must agree on where the include lives.
     assert str(API_KEYS_PATH) == paths.keys
-    loaded_check = answers_loaded_check(s, fleet_settings(host.state).values())
+    fleet = fleet_settings(host.state)
+    loaded_check = answers_loaded_check(s, fleet.values())
+    # A gateway's first-try header is honoured only from the gateways' own addresses.
+    gateway_addresses = _addresses([n for n, g in fleet.items() if g.is_gateway]) if loaded_check else {}
     njs = needs_njs(s, loaded_check)
     packages.packages_installed(
         name="Install nginx" + (f" and {NJS_PACKAGE}" if njs else ""),
@@ -75,7 +84,7 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
         )
     else:
         allow_list = files.file(
-            name=f"Remove {MODEL_ALLOW_LIST_JS_PATH} (no key has a model allow-list)",
+            name=f"Remove {MODEL_ALLOW_LIST_JS_PATH} (ollama_cloud on, no model allow-list, no gateway)",
             path=str(MODEL_ALLOW_LIST_JS_PATH),
             present=False,
         )
@@ -92,7 +101,9 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
         )
     site = nginx.site_validated(
         name=f"Install the {SITE_NAME} site{' and gateway' if plan else ''} after nginx -t on a staging copy",
-        site=render_nginx_site(s, gateway=plan, loaded_check=loaded_check),
+        site=render_nginx_site(
+            s, gateway=plan, loaded_check=loaded_check, gateway_addresses=list(gateway_addresses.values())
+        ),
         api_keys=Secret(render_api_keys(s)),
         nginx_dir=NGINX_DIR,
     )

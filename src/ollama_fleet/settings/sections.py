@@ -39,6 +39,10 @@ class OllamaSettings(Section):
     listen: str = "127.0.0.1:11434"
     origins: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    # Ollama's cloud (models named `...:cloud` run on ollama.com, with the prompt and the host's Ollama key;
+    # web search; model recommendations fetched at start). Off: OLLAMA_NO_CLOUD=1, and nginx refuses every
+    # request naming a cloud model. True only where prompts may leave the LAN.
+    cloud: bool = False
 
     @field_validator("version")
     @classmethod
@@ -146,6 +150,8 @@ class OllamaSettings(Section):
         managed = {"OLLAMA_HOST": self.listen, "OLLAMA_MODELS": str(self.models_dir)}
         if self.origins:
             managed["OLLAMA_ORIGINS"] = ",".join(self.origins)
+        if not self.cloud:
+            managed["OLLAMA_NO_CLOUD"] = "1"
         return {**managed, **dict(sorted(self.env.items()))}
 
 
