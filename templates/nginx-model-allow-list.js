@@ -56,8 +56,9 @@ function goFolded(key) {
 
 function readModel(r) {
     // {model: null} for a request that names no model (a GET other than retrieving one); {model: ""} for
-    // a body without one or that JSON.parse cannot read (a key with a list is refused; Ollama refuses it
-    // too); {ambiguous: why} for a body Go and JavaScript could read differently.
+    // no body or an object without one (a key with a list is refused; Ollama refuses it too); {ambiguous:
+    // why} for a body Go and JavaScript could read differently, or that JSON.parse does not read as one
+    // object (Go may still read a model from it: it stops after the first value).
     if (r.uri.indexOf(MODEL_PATH) === 0) {
         return {model: r.uri.slice(MODEL_PATH.length)}; // gin's :model, from the decoded path like $uri
     }
@@ -79,10 +80,10 @@ function readModel(r) {
     try {
         body = JSON.parse(text);
     } catch (e) {
-        return {model: ""};
+        body = undefined; // Go's decoder reads a first value and ignores what follows: JSON.parse does not
     }
     if (body === null || typeof body !== "object" || Array.isArray(body)) {
-        return {model: ""};
+        return {ambiguous: "the body is not one JSON object"};
     }
     var keys = Object.keys(body);
     for (var i = 0; i < keys.length; i++) {
