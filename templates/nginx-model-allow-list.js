@@ -66,8 +66,11 @@ function readModel(r) {
         return {model: null};
     }
     var bytes = r.requestBuffer;
+    if (bytes === undefined && (r.headersIn["Content-Length"] || r.headersIn["Transfer-Encoding"])) {
+        // In a file, not in memory: larger than client_body_buffer_size (nginx_api_max_body_size).
+        return {ambiguous: "the body is larger than this proxy reads (nginx_api_max_body_size)"};
+    }
     if (bytes === undefined || bytes.length === 0) {
-        // No body, or one not in memory (larger than client_body_buffer_size, the API's body limit).
         return {model: ""};
     }
     var text;

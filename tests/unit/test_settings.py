@@ -57,6 +57,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     ("client-auth-var", {"ollama_env": {"OLLAMA_AUTH": "1"}}, "ollama_env", "set auth_* to require API keys"),
     ("managed-host", {"ollama_env": {"OLLAMA_HOST": "0.0.0.0"}}, "ollama_env", "set ollama_listen instead"),
     ("managed-origins", {"ollama_env": {"OLLAMA_ORIGINS": "*"}}, "ollama_env", "set ollama_origins instead"),
+    ("api-body-unlimited", {"nginx_api_max_body_size": "0"}, "nginx_api_max_body_size", "give a size"),
     ("managed-cloud", {"ollama_env": {"OLLAMA_NO_CLOUD": "0"}}, "ollama_env", "set ollama_cloud instead"),
     ("cloud-not-a-bool", {"ollama_cloud": "maybe"}, "ollama_cloud", "bool"),
     # booleans Ollama would silently read as true

@@ -186,6 +186,16 @@ class NginxSettings(Section):
             raise ValueError(f"{value!r} is not an nginx size; write it like 64g, 512m or 0 (no limit)")
         return value
 
+    @field_validator("api_max_body_size")
+    @classmethod
+    def _api_body_in_memory(cls, value: str) -> str:
+        if int(value.rstrip("kKmMgG")) == 0:
+            raise ValueError(
+                "0 (no limit) would leave large bodies in files, where the model check cannot read them; "
+                "give a size, like 32m"
+            )
+        return value
+
     @field_validator("server_names")
     @classmethod
     def _server_names(cls, value: list[str]) -> list[str]:
