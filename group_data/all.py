@@ -60,6 +60,10 @@ ollama_origins = []
 # Other OLLAMA_* variables for the service's drop-in, e.g. {"OLLAMA_KEEP_ALIVE": "30m"}; unknown names,
 # removed variables and values Ollama would misread are rejected.
 ollama_env = {}
+# Ollama's cloud: models named `...:cloud` run on ollama.com (the prompt leaves the LAN, signed with the
+# host's Ollama key), plus web search and start-up fetches from ollama.com. Off (the default): the drop-in
+# sets OLLAMA_NO_CLOUD=1 and nginx refuses any request naming a cloud model (403 cloud_disabled).
+ollama_cloud = False
 
 # --- nginx_*: the TLS reverse proxy in front of Ollama ----------------------------------------------------
 # Serve the API through nginx (TLS, API keys, CORS). Off: no proxy and no firewall port for clients.

@@ -1,11 +1,11 @@
-// ollama-fleet: a key's model allow-list, checked by nginx (njs) before the request reaches Ollama, and
-// the gateway's routing by model (route, below), and a host's answer to a gateway's first try (ifLoaded).
-// nginx sends here only requests of keys that have a list ($ollama_fleet_key_models: the names, space
-// separated, as /api/tags lists them). A request naming another model, or no model, gets an OpenAI-shaped
-// 403 or 400; one naming an allowed model goes on to Ollama unchanged (body and streaming included).
+// ollama-fleet: the model a request names, checked by nginx (njs) before the request reaches Ollama: a
+// cloud model (unless ollama_cloud) and a key's model allow-list ($ollama_fleet_key_models: the names,
+// space separated, as /api/tags lists them); the gateway's routing by model (route, below); and a host's
+// answer to a gateway's first try (ifLoaded). A refused request gets an OpenAI-shaped 400 or 403; any other
+// goes on to Ollama unchanged (body and streaming included).
 
-// A gateway's first try names the model the host must have loaded (gateway.IF_LOADED_HEADER).
-var IF_LOADED = "X-Ollama-Fleet-If-Loaded";
+// A gateway's first try names the model the host must have loaded (gateway.IF_LOADED_HEADER), honoured only
+// from the fleet's gateways: the site maps it to $ollama_fleet_if_loaded for their addresses alone.
 // The site's internal location answering Ollama's /api/ps (cached for a second or two).
 var LOADED_URI = "/_ollama_fleet/loaded";
 
@@ -35,18 +35,97 @@ function refuse(r, status, code, message) {
     r.return(status, JSON.stringify({error: {message: message, type: type, param: "model", code: code}}));
 }
 
-function requestedModel(r) {
+// One reading: Ollama decodes a body with Go's encoding/json into its request structs, which takes a field
+// from any key equal to its name under Unicode simple case folding ("Model", "MODEL"), lets the last of
+// duplicated keys win except that a null leaves the field as it was, and turns invalid UTF-8 into U+FFFD.
+// JSON.parse does none of that, so this module decides only on bodies both read alike and refuses the
+// others (400 ambiguous_request) before any decision: not UTF-8; a key that Go folds to "model" or "name"
+// but is not exactly that; "model" or "name" anything but a string. On every other body that JSON.parse
+// reads, its "model" (or "name", Ollama's older field for show, pull, delete) is the string Go reads.
+var MODEL_FIELDS = ["model", "name"];
+// Retrieving one model names it in the path (GET /v1/models/{model}).
+var MODEL_PATH = "/v1/models/";
+
+function goFolded(key) {
+    // encoding/json's folding, for ASCII field names: ASCII letters fold with their other case and with
+    // U+017F (long s, to s) and U+212A (Kelvin sign, to k) only; every other rune folds to non-ASCII.
+    return key.replace(/\u017f/g, "s").replace(/\u212a/g, "k").replace(/[A-Z]/g, function (c) {
+        return c.toLowerCase();
+    });
+}
+
+function readModel(r) {
+    // {model: null} for a request that names no model (a GET other than retrieving one); {model: ""} for
+    // no body or an object without one (a key with a list is refused; Ollama refuses it too); {ambiguous:
+    // why} for a body Go and JavaScript could read differently, or that JSON.parse does not read as one
+    // object (Go may still read a model from it: it stops after the first value).
+    if (r.uri.indexOf(MODEL_PATH) === 0) {
+        return {model: r.uri.slice(MODEL_PATH.length)}; // gin's :model, from the decoded path like $uri
+    }
     if (r.method === "GET" || r.method === "HEAD" || r.method === "OPTIONS") {
-        return null;
+        return {model: null};
     }
+    var bytes = r.requestBuffer;
+    if (bytes === undefined && (r.headersIn["Content-Length"] || r.headersIn["Transfer-Encoding"])) {
+        // In a file, not in memory: larger than client_body_buffer_size (nginx_api_max_body_size).
+        return {ambiguous: "the body is larger than this proxy reads (nginx_api_max_body_size)"};
+    }
+    if (bytes === undefined || bytes.length === 0) {
+        return {model: ""};
+    }
+    var text;
     try {
-        // A body larger than client_body_buffer_size (the API's body limit) is not in memory: refused.
-        var body = JSON.parse(r.requestText);
-        var name = body.model || body.name;
-        return typeof name === "string" ? name : "";
+        text = new TextDecoder("utf-8", {fatal: true, ignoreBOM: true}).decode(bytes);
     } catch (e) {
-        return "";
+        return {ambiguous: "the body is not valid UTF-8"};
     }
+    var body;
+    try {
+        body = JSON.parse(text);
+    } catch (e) {
+        body = undefined; // Go's decoder reads a first value and ignores what follows: JSON.parse does not
+    }
+    if (body === null || typeof body !== "object" || Array.isArray(body)) {
+        return {ambiguous: "the body is not one JSON object"};
+    }
+    var keys = Object.keys(body);
+    for (var i = 0; i < keys.length; i++) {
+        if (MODEL_FIELDS.indexOf(keys[i]) < 0 && MODEL_FIELDS.indexOf(goFolded(keys[i])) >= 0) {
+            return {ambiguous: "the key " + JSON.stringify(keys[i]) + " is read by Ollama as \"" +
+                goFolded(keys[i]) + "\"; write it exactly so"};
+        }
+    }
+    for (var j = 0; j < MODEL_FIELDS.length; j++) {
+        var field = MODEL_FIELDS[j];
+        if (Object.prototype.hasOwnProperty.call(body, field) && typeof body[field] !== "string") {
+            return {ambiguous: "\"" + field + "\" must be a string"};
+        }
+    }
+    return {model: body.model || body.name || ""};
+}
+
+function isCloud(model) {
+    // Ollama (internal/modelref) sends a model to ollama.com when the text after its last ':', trimmed and
+    // lowercased, is "cloud" or ends in "-cloud": refused here for any such suffix holding "cloud".
+    var at = model.lastIndexOf(":");
+    return at >= 0 && model.slice(at + 1).toLowerCase().indexOf("cloud") >= 0;
+}
+
+function bodyDecided(r) {
+    // The model named (null: none), or undefined after answering a refusal: an ambiguous body, or a cloud
+    // model while this server refuses them ($ollama_fleet_refuse_cloud).
+    var read = readModel(r);
+    if (read.ambiguous) {
+        refuse(r, 400, "ambiguous_request", "The request is refused because Ollama could read it otherwise " +
+            "than this proxy: " + read.ambiguous + ".");
+        return undefined;
+    }
+    if (read.model && r.variables.ollama_fleet_refuse_cloud === "1" && isCloud(read.model)) {
+        refuse(r, 403, "cloud_disabled", "The model '" + read.model + "' would run on ollama.com, outside " +
+            "the LAN; this fleet does not send requests there (ollama_cloud).");
+        return undefined;
+    }
+    return read.model;
 }
 
 function keyAllows(r, model) {
@@ -72,7 +151,10 @@ function keyAllows(r, model) {
 }
 
 function check(r) {
-    var model = requestedModel(r);
+    var model = bodyDecided(r);
+    if (model === undefined) {
+        return;
+    }
     if (model === null) {
         r.internalRedirect("@ollama_fleet_upstream"); // nothing named: listing, version, ...
         return;
@@ -80,7 +162,7 @@ function check(r) {
     if (!keyAllows(r, model)) {
         return;
     }
-    if (r.headersIn[IF_LOADED]) {
+    if (r.variables.ollama_fleet_if_loaded) {
         ifLoaded(r);
         return;
     }
@@ -91,7 +173,7 @@ function ifLoaded(r) {
     // A fleet gateway's first try: the header names the model as /api/tags lists it. Taken only when this
     // host's Ollama has it loaded (/api/ps, under two seconds old), or a model on the same weights
     // ($ollama_fleet_runner_mates); else 404 at once, and the gateway tries its next host.
-    var wanted = r.headersIn[IF_LOADED];
+    var wanted = r.variables.ollama_fleet_if_loaded;
     var enough = (r.variables.ollama_fleet_runner_mates || wanted).split(" ");
     r.subrequest(LOADED_URI)
         .then(function (reply) {
@@ -119,9 +201,9 @@ function ifLoaded(r) {
 function route(r) {
     // The gateway: a request naming a model goes to the pool of the hosts serving it ($ollama_fleet_gw_pool,
     // a map of the model's listed name); one naming none goes to any host.
-    var model = requestedModel(r);
-    if (model === null && r.uri.indexOf("/v1/models/") === 0) {
-        model = r.uri.slice("/v1/models/".length); // retrieve one model: the name is in the path
+    var model = bodyDecided(r);
+    if (model === undefined) {
+        return;
     }
     if (model === null) {
         r.internalRedirect("@ollama_fleet_gw_all");

@@ -221,6 +221,7 @@ MANAGED = {
     "OLLAMA_HOST": "ollama_listen",
     "OLLAMA_ORIGINS": "ollama_origins",
     "OLLAMA_MODELS": "ollama_models_dir",
+    "OLLAMA_NO_CLOUD": "ollama_cloud",
 }
 
 REMOVED: dict[str, str] = {

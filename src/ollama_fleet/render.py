@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 import jinja2
 
@@ -102,13 +104,74 @@ def render_hardening(s: FleetSettings) -> str:
     return _render(s, HARDENING_TEMPLATE, writable=writable, protect_home="no" if personal else "yes")
 
 
-INFERENCE_PATHS = (
-    "~^/v1/(chat/completions|completions|embeddings|models)$",
-    "~^/v1/models/",
-    "~^/api/(chat|generate|embed|embeddings|tags|show|version|ps)$",
-    "/",
+RouteClass = Literal["inference", "admin", "refused"]
+
+ROUTES: tuple[tuple[str, str, RouteClass], ...] = (
+    # (method, path as Ollama's router writes it, class): every route of server/routes.go GenerateRoutes in
+    # the pinned Ollama (tests/unit/test_route_table.py compares the two). inference: any key; admin: admin
+    # keys; refused: no key (it reaches ollama.com, or its body is not one the proxy reads).
+    ("HEAD", "/", "inference"),
+    ("GET", "/", "inference"),
+    ("HEAD", "/api/version", "inference"),
+    ("GET", "/api/version", "inference"),
+    ("GET", "/api/status", "inference"),
+    ("POST", "/api/pull", "admin"),
+    ("POST", "/api/push", "admin"),
+    ("HEAD", "/api/tags", "inference"),
+    ("GET", "/api/tags", "inference"),
+    ("POST", "/api/show", "inference"),
+    ("DELETE", "/api/delete", "admin"),
+    ("POST", "/api/me", "refused"),  # ollama.com account
+    ("POST", "/api/signout", "refused"),
+    ("DELETE", "/api/user/keys/:encodedKey", "refused"),
+    ("POST", "/api/create", "admin"),
+    ("POST", "/api/blobs/:digest", "admin"),
+    ("HEAD", "/api/blobs/:digest", "admin"),
+    ("POST", "/api/copy", "admin"),
+    ("POST", "/api/experimental/web_search", "refused"),  # forwarded to ollama.com
+    ("POST", "/api/experimental/web_fetch", "refused"),
+    ("GET", "/api/experimental/model-recommendations", "refused"),
+    ("GET", "/api/ps", "inference"),
+    ("POST", "/api/generate", "inference"),
+    ("POST", "/api/chat", "inference"),
+    ("POST", "/api/embed", "inference"),
+    ("POST", "/api/embeddings", "inference"),
+    ("POST", "/v1/chat/completions", "inference"),
+    ("POST", "/v1/completions", "inference"),
+    ("POST", "/v1/embeddings", "inference"),
+    ("GET", "/v1/models", "inference"),
+    ("GET", "/v1/models/:model", "inference"),
+    ("POST", "/v1/responses", "inference"),
+    ("POST", "/v1/images/generations", "inference"),
+    ("POST", "/v1/images/edits", "inference"),
+    # A multipart form: the proxy does not read its model (allow-lists, cloud refusal) from it.
+    ("POST", "/v1/audio/transcriptions", "refused"),
+    ("POST", "/v1/messages", "inference"),
 )
-"""What an `inference` key may use (nginx map patterns against the normalized $uri); all else is admin."""
+
+
+def path_scopes(routes: tuple[tuple[str, str, RouteClass], ...] = ROUTES) -> list[tuple[str, RouteClass]]:
+    """The nginx map entries ($uri pattern, class) of the route table: an exact path as it is, a path with
+    a `:param` as a regex where the parameter is one segment. A path's methods must share one class (nginx
+    maps the path)."""
+    scopes: dict[str, RouteClass] = {}
+    for method, path, scope in routes:
+        if scopes.setdefault(path, scope) != scope:
+            raise ValueError(f"{method} {path} is {scope} but another method of that path is {scopes[path]}")
+    return [(_path_pattern(path), scope) for path, scope in scopes.items()]
+
+
+def _path_pattern(path: str) -> str:
+    if ":" not in path:
+        return path
+    segments = ("[^/]+" if part.startswith(":") else regex_literal(part) for part in path.split("/"))
+    return "~^" + "/".join(segments) + "$"
+
+
+def inference_paths() -> list[str]:
+    """What an `inference` key may use (nginx map patterns against the normalized $uri)."""
+    return [pattern for pattern, scope in path_scopes() if scope == "inference"]
+
 
 JSON_ERRORS = {
     413: (
@@ -142,10 +205,12 @@ def render_nginx_site(
     gateway: GatewayPlan | None = None,
     loaded_check: bool = False,
     gateway_members_dir: PurePosixPath = GATEWAY_MEMBERS_DIR,
+    gateway_addresses: Sequence[str] = (),
 ) -> str:
     """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama;
     on a gateway host (`gateway`: the fleet's plan) also the gateway server, balancing over the hosts.
-    `loaded_check` (gateway.answers_loaded_check): a gateway's first try is taken only with the model loaded.
+    `loaded_check` (gateway.answers_loaded_check): a gateway's first try is taken only with the model loaded;
+    `gateway_addresses`: the gateways' addresses, the only ones whose first-try header the host honours.
 
     `api_keys_path` is where the keys include lives; a deploy validating a staged copy points it there;
     `gateway_members_dir` holds the gateway members' server lines (gateway.member_confs).
@@ -164,7 +229,9 @@ def render_nginx_site(
         upstream=f"http://{upstream_address(s.ollama.listen_host)}:{s.ollama.listen_port}",
         upstream_host=f"localhost:{s.ollama.listen_port}",
         origin_patterns=[origin_regex(origin) for origin in s.ollama.origins],
-        inference_paths=INFERENCE_PATHS,
+        path_scopes=path_scopes(),
+        refuse_cloud=not s.ollama.cloud,
+        gateway_addresses=list(dict.fromkeys(ipaddress.ip_address(a).compressed for a in gateway_addresses)),
         policies=policies,
         limited=[(name, policy) for name, policy in policies if policy.rate or policy.concurrency],
         json_errors=JSON_ERRORS,
@@ -195,10 +262,11 @@ def lan_models(s: FleetSettings) -> list[tuple[ModelReference, ModelReference]]:
 
 
 def needs_njs(s: FleetSettings, loaded_check: bool = False) -> bool:
-    """A key with a model allow-list, or the gateway: nginx needs njs to read the model from the body; a
-    gateway's first try (`loaded_check`): to ask Ollama's /api/ps."""
+    """A key with a model allow-list, the gateway, or the cloud refusal (ollama_cloud off, the default):
+    nginx needs njs to read the model from the body; a gateway's first try (`loaded_check`): to ask
+    Ollama's /api/ps."""
     allow_lists = s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)
-    return s.is_gateway or loaded_check or allow_lists
+    return s.is_gateway or loaded_check or allow_lists or not s.ollama.cloud
 
 
 def model_allow_list_js(s: FleetSettings) -> str:

@@ -221,6 +221,85 @@ def test_a_model_no_host_serves_is_a_404_naming_it(gateway: Gateway) -> None:
     assert "'llama9:70b'" in str(raised.value)
 
 
+def _client(gateway: Gateway, base: str) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(gateway.fleet.ca_file))
+    return httpx.Client(base_url=base, verify=context, trust_env=False, timeout=120)
+
+
+# Bodies a key allowed only tiny got vehicle-assistant's answers with before njs read them as Go does.
+BYPASSES = {
+    "folded-key": b'{"model": "tiny", "Model": "vehicle-assistant", "max_tokens": 4, "messages": []}',
+    "null-after-model": b'{"model": "vehicle-assistant", "model": null, "name": "tiny", "messages": []}',
+    "trailing-data": b'{"model": "vehicle-assistant", "messages": []} {"model": "tiny"}',
+}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+@pytest.mark.parametrize("body", BYPASSES.values(), ids=BYPASSES.keys())
+def test_bodies_that_bypassed_the_allow_list_are_refused_at_the_gateway(
+    gateway: Gateway, path: str, body: bytes
+) -> None:
+    headers = {"Authorization": f"Bearer {gateway.fleet.keys['kiosk']}", "Content-Type": "application/json"}
+    with _client(gateway, gateway.url) as client:
+        response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "ambiguous_request"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/chat", {"model": "gpt-oss:20b-cloud", "messages": []}),
+        ("POST", "/v1/chat/completions", {"model": "tiny:cloud", "messages": []}),
+        ("GET", "/v1/models/gpt-oss:20b-cloud", None),
+    ],
+    ids=["api-chat", "openai-chat", "retrieve"],
+)
+def test_a_cloud_model_is_refused_at_the_gateway(
+    gateway: Gateway, method: str, path: str, body: object
+) -> None:
+    with _client(gateway, gateway.url) as client:
+        response = client.request(
+            method, path, json=body, headers={"Authorization": f"Bearer {gateway.fleet.keys['ci']}"}
+        )
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "cloud_disabled"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "tiny", "input": "hi", "max_output_tokens": 4}),
+        ("/v1/messages", {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+    ],
+    ids=["openai-responses", "anthropic-messages"],
+)
+def test_the_responses_and_messages_apis_answer_through_the_gateway(
+    gateway: Gateway, path: str, body: dict[str, object]
+) -> None:
+    with _client(gateway, gateway.url) as client:
+        reply = client.post(
+            path, json=body, headers={"Authorization": f"Bearer {gateway.fleet.keys['kiosk']}"}
+        )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == "tiny"
+
+
+def test_a_clients_first_try_header_steers_no_host(gateway: Gateway) -> None:
+    """Sent straight to a host by a client (not a gateway), the fleet's header is ignored: gw-two, not
+    loaded on lab-2, is served there instead of declined."""
+    two = gateway.fleet.hosts[1]
+    gateway.unload(two, "gw-two")
+    headers = {
+        "Authorization": f"Bearer {gateway.fleet.keys['ci']}",
+        "X-Ollama-Fleet-If-Loaded": "gw-two:latest",
+    }
+    body = {"model": "gw-two", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with _client(gateway, f"https://{gateway.fleet.address(two)}") as client:
+        reply = client.post("/v1/chat/completions", json=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+
+
 def test_each_model_reaches_only_the_hosts_serving_it(gateway: Gateway, marker: str) -> None:
     one, two, three = gateway.fleet.hosts
     for model, times in (("tiny", 6), ("vehicle-assistant", 4), ("gw-two", 3)):

@@ -3,6 +3,7 @@ rate-limited key each get, as a client sees it."""
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator
 
@@ -129,3 +130,81 @@ def test_a_stream_through_the_model_check_arrives_chunk_by_chunk(
         assert response.status_code == 200
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]" and len(events) > 2
+
+
+# --- one reading of each body, and nothing leaves the LAN (issue 19) ---
+
+# Bodies a key allowed only tiny got vehicle-assistant's answers with before njs read them as Go does.
+BYPASSES = {
+    "folded-key": b'{"model": "tiny", "Model": "vehicle-assistant", "max_tokens": 4, "messages": []}',
+    "null-after-model": b'{"model": "vehicle-assistant", "model": null, "name": "tiny", "messages": []}',
+    "trailing-data": b'{"model": "vehicle-assistant", "messages": []} {"model": "tiny"}',
+}
+CLOUD = "gpt-oss:20b-cloud"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+@pytest.mark.parametrize("body", BYPASSES.values(), ids=BYPASSES.keys())
+def test_bodies_that_bypassed_the_allow_list_are_refused(
+    api: httpx.Client, fleet: DeployedFleet, path: str, body: bytes
+) -> None:
+    response = api.post(
+        path, content=body, headers={**_as(fleet, "kiosk"), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "ambiguous_request"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/chat", {"model": CLOUD, "messages": []}),
+        ("POST", "/v1/chat/completions", {"model": CLOUD, "messages": []}),
+        ("POST", "/v1/messages", {"model": "tiny:cloud", "max_tokens": 4, "messages": []}),
+        ("POST", "/api/show", {"model": CLOUD}),
+        ("GET", f"/v1/models/{CLOUD}", None),
+    ],
+    ids=["api-chat", "openai-chat", "anthropic-messages", "show", "retrieve"],
+)
+@pytest.mark.parametrize("key", ["ci", "ops", "kiosk"])
+def test_a_cloud_model_is_refused_at_the_proxy_for_every_key(
+    api: httpx.Client, fleet: DeployedFleet, method: str, path: str, body: object, key: str
+) -> None:
+    response = api.request(method, path, json=body, headers=_as(fleet, key))
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "cloud_disabled"
+
+
+def test_ollamas_own_cloud_setting_is_off(api: httpx.Client, fleet: DeployedFleet) -> None:
+    """The drop-in sets OLLAMA_NO_CLOUD=1: Ollama says so, and refuses a cloud model sent past nginx."""
+    status = api.get("/api/status", headers=_as(fleet, "ci"))
+    assert status.status_code == 200, status.text
+    assert status.json()["cloud"] == {"disabled": True, "source": "env"}
+    body = json.dumps({"model": CLOUD, "messages": []})
+    direct = fleet.ssh(
+        fleet.hosts[0], f"curl -s -w ' %{{http_code}}' http://127.0.0.1:11434/api/chat -d '{body}'"
+    )
+    assert direct.stdout.rstrip().endswith(" 403"), direct.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "tiny", "input": "hi", "max_output_tokens": 4}),
+        ("/v1/messages", {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}),
+    ],
+    ids=["openai-responses", "anthropic-messages"],
+)
+def test_the_responses_and_messages_apis_answer_an_inference_key(
+    api: httpx.Client, fleet: DeployedFleet, path: str, body: dict[str, object]
+) -> None:
+    reply = api.post(path, json=body, headers=_as(fleet, "kiosk"))
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == "tiny"
+
+
+@pytest.mark.parametrize("key", ["ci", "ops"])
+def test_web_search_is_refused_for_every_key(api: httpx.Client, fleet: DeployedFleet, key: str) -> None:
+    response = api.post("/api/experimental/web_search", json={"query": "x"}, headers=_as(fleet, key))
+    assert response.status_code == 403, response.text
+    assert response.json()["error"]["code"] == "endpoint_refused"

@@ -609,3 +609,41 @@ def test_a_model_on_one_host_gets_no_first_try(tmp_path: Path) -> None:
     single, shared = plan.pool_of("only-busy:latest").name, plan.pool_of("tiny:latest").name
     assert f"location @{single}_any" not in site and f"location @{shared}_any" in site
     assert site.count("_any {") == len(plan.pools) - 2  # the all-hosts pool and only-busy's have none
+
+
+@pytest.mark.parametrize("prefer_loaded", [True, False], ids=["prefer-loaded", "any-host"])
+def test_a_clients_first_try_header_never_passes_the_gateway(
+    tmp_path: Path, ca: FleetCA, prefer_loaded: bool
+) -> None:
+    """The header is the fleet's own: a client's is replaced by the gateway's (a first try) or dropped."""
+    forged = {"X-Ollama-Fleet-If-Loaded": "steered"}
+    with (
+        running_gateway(tmp_path, ca, gateway_prefer_loaded=prefer_loaded) as gateway,
+        gateway.client() as client,
+    ):
+        for _ in range(4):
+            chat = client.post("/api/chat", json=_chat("tiny"), headers={**_bearer(ALICE_KEY), **forged})
+            assert chat.status_code == 200, chat.text
+        assert client.get("/api/version", headers={**_bearer(ALICE_KEY), **forged}).status_code == 200
+        sent = {seen["headers"].get("X-Ollama-Fleet-If-Loaded") for seen in gateway.ollama.seen}
+    # A first try carries the gateway's own value; /api/version and second tries carry none.
+    assert sent == ({None, "tiny:latest"} if prefer_loaded else {None})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "tiny", "Model": "big"}',
+        b'{"model": "big", "model": null, "name": "tiny"}',
+        b'{"model": "tiny:cloud"}',
+        b'{"model": "ti\xffny"}',
+    ],
+    ids=["folded-key", "null-after-model", "cloud", "invalid-utf-8"],
+)
+def test_the_gateway_routes_only_on_the_model_ollama_reads(gateway: Gateway, body: bytes) -> None:
+    start = len(gateway.ollama.seen)
+    with gateway.client() as client:
+        response = client.post("/v1/chat/completions", content=body, headers=_bearer(KIOSK_KEY))
+    assert response.status_code in (400, 403), response.text
+    assert response.json()["error"]["code"] in ("ambiguous_request", "cloud_disabled")
+    assert len(gateway.ollama.seen) == start

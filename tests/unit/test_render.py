@@ -306,6 +306,7 @@ def _binary(name: str) -> str:
 
 
 def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, loaded_check: bool = False) -> Path:
+    # A client of these tests on 127.0.0.1 plays the gateway: the first-try header is honoured from it.
     """A self-contained nginx prefix holding the rendered site, its keys include and a host certificate."""
     tls = render.tls_paths(s)
     Path(tls.cert).parent.mkdir(parents=True)
@@ -321,6 +322,7 @@ def _nginx_prefix(tmp: Path, s: FleetSettings, ca: FleetCA, loaded_check: bool =
         allow_list_js_path=PurePosixPath(allow_list_js),
         loaded_cache_dir=PurePosixPath(tmp / "loaded-cache"),
         loaded_check=loaded_check,
+        gateway_addresses=["127.0.0.1"],
     )
     # The lab and real hosts listen on every address; the test listens on loopback only.
     site = re.sub(r"^(\s*listen )(\d+)", r"\g<1>127.0.0.1:\2", site, flags=re.MULTILINE)
@@ -449,7 +451,12 @@ def test_nginx_accepts_the_site_inside_debians_own_nginx_conf(tmp_path: Path, ca
     site = (
         tmp_path / "site-as-deployed.conf"
     )  # listening on all addresses, as on a host (nginx -t binds nothing)
-    site.write_text(render.render_nginx_site(s, api_keys_path=PurePosixPath(tmp_path / "api-keys.conf")))
+    allow_list_js = PurePosixPath(render.builtin_templates_dir() / render.MODEL_ALLOW_LIST_JS)
+    site.write_text(
+        render.render_nginx_site(
+            s, api_keys_path=PurePosixPath(tmp_path / "api-keys.conf"), allow_list_js_path=allow_list_js
+        )
+    )
     conf = debian_conf.read_text()
     assert "include /etc/nginx/sites-enabled/*;" in conf
     wrapped = tmp_path / "debian-nginx.conf"
@@ -683,7 +690,13 @@ ADMIN_ONLY = [
     ("POST", "/v1/chat/completions/../../../api/pull"),
     ("POST", "/api/%70ull"),
     ("POST", "/API/PULL"),
+]
+REFUSED = [
     ("GET", "/api/some-endpoint-ollama-adds-later"),
+    ("POST", "/api/experimental/web_search"),
+    ("POST", "/api/me"),
+    ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/api/experimental/../experimental/web_fetch"),
 ]
 INFERENCE = [
     ("POST", "/v1/chat/completions"),
@@ -698,6 +711,10 @@ INFERENCE = [
     ("POST", "/api/show"),
     ("GET", "/api/version"),
     ("GET", "/api/ps"),
+    ("GET", "/api/status"),
+    ("POST", "/v1/responses"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/images/generations"),
 ]
 
 
@@ -721,6 +738,17 @@ def test_an_inference_key_gets_403_naming_its_scope_on_admin_paths(
         error = response.json()["error"]
         assert error["code"] == "insufficient_scope" and error["type"] == "permission_error"
         assert "'alice' has the 'inference' scope" in error["message"]
+
+
+@pytest.mark.parametrize(("method", "path"), REFUSED)
+@pytest.mark.parametrize("key", [ALICE_KEY, CI_KEY], ids=["inference", "admin"])
+def test_routes_that_leave_the_lan_or_ollama_lacks_are_refused_for_every_key(
+    proxy: Proxy, method: str, path: str, key: str
+) -> None:
+    before = len(proxy.upstream.seen)
+    response = _raw_request(proxy, method, path, key)
+    assert _error_code(response, 403) == "endpoint_refused"
+    assert len(proxy.upstream.seen) == before
 
 
 @pytest.mark.parametrize(("method", "path"), INFERENCE)
@@ -866,9 +894,8 @@ def test_a_key_with_a_model_list_reaches_its_models_with_the_body_intact(
         ({"model": "llama3.2:1b"}, 403, "model_not_allowed"),
         ({"model": "tiny:other-tag"}, 403, "model_not_allowed"),
         ({"messages": []}, 400, "model_required"),
-        (b"not json", 400, "model_required"),
     ],
-    ids=["other-model", "other-tag", "no-model", "not-json"],
+    ids=["other-model", "other-tag", "no-model"],
 )
 def test_a_key_with_a_model_list_is_refused_other_models_in_json(
     allow_listed: Proxy, body: object, status: int, code: str
@@ -880,6 +907,68 @@ def test_a_key_with_a_model_list_is_refused_other_models_in_json(
     assert "'alice'" in response.json()["error"]["message"]
     assert "tiny:latest, vehicle-assistant:latest" in response.json()["error"]["message"]
     assert len(allow_listed.upstream.seen) == before  # Ollama never saw it
+
+
+CLOUD_NAMES = ["gpt-oss:20b-cloud", "tiny:cloud", "tiny: Cloud ", "registry.ollama.ai/library/x:7B-CLOUD"]
+
+
+@pytest.mark.parametrize("model", CLOUD_NAMES)
+@pytest.mark.parametrize("key", [CI_KEY, ALICE_KEY], ids=["any-model", "allow-listed"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/show", "/v1/messages"])
+def test_a_cloud_model_is_refused_for_every_key_on_every_route(
+    allow_listed: Proxy, model: str, key: str, path: str
+) -> None:
+    before = len(allow_listed.upstream.seen)
+    with allow_listed.client() as client:
+        response = client.post(path, json={"model": model, "messages": []}, headers=_bearer(key))
+        retrieve = client.get(f"/v1/models/{model.strip()}", headers=_bearer(key))
+    assert _error_code(response, 403) == "cloud_disabled"
+    assert f"'{model}' would run on ollama.com" in response.json()["error"]["message"]
+    # A name with a '/' is no single path segment: no route of Ollama's takes it.
+    assert _error_code(retrieve, 403) == ("endpoint_refused" if "/" in model else "cloud_disabled")
+    assert len(allow_listed.upstream.seen) == before
+
+
+def test_with_ollama_cloud_on_a_cloud_model_reaches_ollama(tmp_path: Path, ca: FleetCA) -> None:
+    with running_nginx(tmp_path, ca, ollama_cloud=True) as proxy, proxy.client() as client:
+        response = _chat(client, CI_KEY, {"model": "gpt-oss:20b-cloud"})
+    assert response.status_code == 200, response.text
+
+
+# Bodies Go's encoding/json reads as naming another model than JSON.parse does (or may): refused for every
+# key, before any decision.
+AMBIGUOUS = {
+    "folded-key-last": b'{"model": "tiny", "Model": "llama3.2:1b"}',
+    "folded-key-escaped": b'{"model": "tiny", "\\u004dODEL": "llama3.2:1b"}',
+    "null-after-model": b'{"model": "llama3.2:1b", "model": null, "name": "tiny"}',
+    "folded-name": b'{"NAME": "llama3.2:1b", "name": "tiny"}',
+    "model-not-a-string": b'{"model": ["tiny"]}',
+    "invalid-utf-8": b'{"model": "tiny", "messages": [{"role": "user", "content": "\xff"}]}',
+    "not-json": b"not json",
+    "trailing-data": b'{"model": "tiny"} {"model": "llama3.2:1b"}',
+    "not-an-object": b'[{"model": "tiny"}]',
+}
+
+
+@pytest.mark.parametrize("body", AMBIGUOUS.values(), ids=AMBIGUOUS.keys())
+@pytest.mark.parametrize("key", [CI_KEY, ALICE_KEY], ids=["any-model", "allow-listed"])
+def test_a_body_go_could_read_otherwise_is_refused_before_any_decision(
+    allow_listed: Proxy, body: bytes, key: str
+) -> None:
+    before = len(allow_listed.upstream.seen)
+    with allow_listed.client() as client:
+        response = _chat(client, key, body)
+    assert _error_code(response, 400) == "ambiguous_request"
+    assert "Ollama could read it otherwise than this proxy" in response.json()["error"]["message"]
+    assert len(allow_listed.upstream.seen) == before
+
+
+def test_retrieving_a_model_keeps_the_allow_list(allow_listed: Proxy) -> None:
+    with allow_listed.client() as client:
+        allowed = client.get("/v1/models/tiny", headers=_bearer(ALICE_KEY))
+        other = client.get("/v1/models/llama3.2:1b", headers=_bearer(ALICE_KEY))
+    assert allowed.status_code == 200, allowed.text
+    assert _error_code(other, 403) == "model_not_allowed"
 
 
 def test_listing_needs_no_model_and_keys_without_a_list_are_not_checked(allow_listed: Proxy) -> None:
@@ -902,11 +991,13 @@ def test_a_stream_through_the_model_check_is_not_buffered(allow_listed: Proxy) -
     assert allow_listed.upstream.streamed_before_finish[-1] is True
 
 
-def test_the_model_check_is_left_out_when_no_key_has_a_list(tmp_path: Path) -> None:
-    site = render.render_nginx_site(fleet_settings(tmp_path))
-    assert "js_import" not in site and "418" not in site
-    assert not render.needs_njs(fleet_settings(tmp_path))
-    assert render.needs_njs(fleet_settings(tmp_path, **ALLOW_LISTED))
+def test_the_model_check_is_left_out_only_with_cloud_on_and_no_key_with_a_list(tmp_path: Path) -> None:
+    cloud_on = fleet_settings(tmp_path, ollama_cloud=True)
+    site = render.render_nginx_site(cloud_on)
+    assert "js_import" not in site and "418" not in site and "refuse_cloud" not in site
+    assert not render.needs_njs(cloud_on)
+    assert render.needs_njs(fleet_settings(tmp_path, ollama_cloud=True, **ALLOW_LISTED))
+    assert render.needs_njs(fleet_settings(tmp_path))  # cloud off: every request's model is read
 
 
 # --- a fleet gateway's first try: only a host that has the model loaded takes it ---
@@ -954,6 +1045,23 @@ def test_a_gateways_first_try_is_taken_only_with_the_model_loaded(behind_gateway
     chats = [s for s in behind_gateway.upstream.seen[before:] if s["path"] != "/api/ps"]
     assert [s["path"] for s in chats] == ["/v1/chat/completions", "/v1/chat/completions"]
     assert json.loads(chats[0]["body"])["model"] == "tiny" and json.loads(chats[1]["body"]) == vehicle
+
+
+def test_the_first_try_header_of_anyone_but_a_gateway_is_ignored_and_never_reaches_ollama(
+    behind_gateway: Proxy,
+) -> None:
+    """From 127.0.0.2 (not a gateway's address) the header neither steers nor probes: vehicle-assistant,
+    not loaded, is served as a plain request; from the gateway's address it is declined."""
+    port = behind_gateway.https.rsplit(":", 1)[1]
+    transport = httpx.HTTPTransport(verify=_strict_context(behind_gateway.ca_file), local_address="127.0.0.2")
+    vehicle = {"model": "vehicle-assistant", "messages": []}
+    with httpx.Client(base_url=f"https://127.0.0.1:{port}", transport=transport) as client:
+        from_client = _chat(client, CI_KEY, vehicle, {IF_LOADED: "vehicle-assistant:latest"})
+    with behind_gateway.client() as client:
+        from_gateway = _chat(client, CI_KEY, vehicle, {IF_LOADED: "vehicle-assistant:latest"})
+    assert from_client.status_code == 200, from_client.text
+    assert IF_LOADED not in behind_gateway.upstream.seen[-1]["headers"]
+    assert _error_code(from_gateway, 404) == "model_not_loaded"
 
 
 def test_a_first_try_looks_at_api_ps_once_for_a_burst(tmp_path: Path, ca: FleetCA) -> None:
@@ -1016,10 +1124,9 @@ def test_a_first_try_goes_on_to_ollama_when_it_cannot_tell(tmp_path: Path, ca: F
 
 
 def test_the_loaded_check_is_there_only_for_a_gateways_hosts(tmp_path: Path) -> None:
-    s = fleet_settings(tmp_path)
+    s = fleet_settings(tmp_path, ollama_cloud=True)
     assert "419" not in render.render_nginx_site(s) and not render.needs_njs(s)
-    site = render.render_nginx_site(s, loaded_check=True)
-    assert (
-        "if ($http_x_ollama_fleet_if_loaded) {" in site and "js_content ollama_fleet_models.ifLoaded;" in site
-    )
+    site = render.render_nginx_site(s, loaded_check=True, gateway_addresses=["10.0.0.5", "fd00:0::5"])
+    assert "if ($ollama_fleet_if_loaded) {" in site and "js_content ollama_fleet_models.ifLoaded;" in site
+    assert '"10.0.0.5" $http_x_ollama_fleet_if_loaded;' in site and '"fd00::5" $http_x' in site
     assert render.needs_njs(s, loaded_check=True)

@@ -57,6 +57,9 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
     ("client-auth-var", {"ollama_env": {"OLLAMA_AUTH": "1"}}, "ollama_env", "set auth_* to require API keys"),
     ("managed-host", {"ollama_env": {"OLLAMA_HOST": "0.0.0.0"}}, "ollama_env", "set ollama_listen instead"),
     ("managed-origins", {"ollama_env": {"OLLAMA_ORIGINS": "*"}}, "ollama_env", "set ollama_origins instead"),
+    ("api-body-unlimited", {"nginx_api_max_body_size": "0"}, "nginx_api_max_body_size", "give a size"),
+    ("managed-cloud", {"ollama_env": {"OLLAMA_NO_CLOUD": "0"}}, "ollama_env", "set ollama_cloud instead"),
+    ("cloud-not-a-bool", {"ollama_cloud": "maybe"}, "ollama_cloud", "bool"),
     # booleans Ollama would silently read as true
     ("bool-yes", {"ollama_env": {"OLLAMA_FLASH_ATTENTION": "yes"}}, "ollama_env", "use 1/true or 0/false"),
     ("bool-no", {"ollama_env": {"OLLAMA_NOPRUNE": "no"}}, "ollama_env", "treats unparsable booleans as TRUE"),
@@ -303,7 +306,9 @@ def test_defaults_proxy_a_loopback_ollama(tmp_path: Path) -> None:
     assert s.ollama.environment() == {
         "OLLAMA_HOST": "127.0.0.1:11434",
         "OLLAMA_MODELS": "/usr/share/ollama/.ollama/models",
+        "OLLAMA_NO_CLOUD": "1",  # nothing leaves the LAN unless ollama_cloud says so
     }
+    assert "OLLAMA_NO_CLOUD" not in settings(tmp_path, ollama_cloud=True).ollama.environment()
     assert s.nginx.read_timeout >= 600 and s.nginx.send_timeout >= 600
     assert [k.name for k in s.auth.keys] == ["alice"]
     assert s.auth.keys[0].key.get_secret_value() == KEY
@@ -363,6 +368,7 @@ def test_origins_and_extra_env_reach_the_dropin_environment_in_a_stable_order(tm
         ("OLLAMA_HOST", "127.0.0.1:11434"),
         ("OLLAMA_MODELS", "/usr/share/ollama/.ollama/models"),
         ("OLLAMA_ORIGINS", "https://a.lan,https://*.b.lan"),
+        ("OLLAMA_NO_CLOUD", "1"),
         ("HTTPS_PROXY", "http://proxy.lan:3128"),
         ("OLLAMA_NUM_PARALLEL", "2"),
     ]

@@ -58,20 +58,25 @@ def gateway_members_reload_reason(members: list[str]) -> str | None:
     return nginx_reload_reason(host.get_fact(NginxWorkers, files=members))
 
 
+def resolved_addresses(name: str) -> list[str]:
+    """Inventory host `name`'s addresses as this host resolves them (an IP is used as it is)."""
+    address = inventory_address(host, name)
+    try:
+        return [ipaddress.ip_address(address).compressed]
+    except ValueError:
+        found: list[str] = host.get_fact(ResolvedAddresses, hostname=address)
+        return found
+
+
 def fleet_gateway_plan(drained: Sequence[str] = ()) -> GatewayPlan:
     """The gateway's plan from every inventory host's settings, dialling each at its address as this
     gateway resolves it (an IP is used as it is); `drained` hosts (a rollout's) out of rotation."""
     fleet = fleet_settings(host.state)
     addresses = {}
     for name, member in fleet.items():
-        address = inventory_address(host, name)
-        try:
-            addresses[name] = ipaddress.ip_address(address).compressed
-        except ValueError:
-            resolved = host.get_fact(ResolvedAddresses, hostname=address)
-            chosen = dialled_address(resolved, member.serves_ipv6)
-            if chosen:
-                addresses[name] = chosen
+        chosen = dialled_address(resolved_addresses(name), member.serves_ipv6)
+        if chosen:
+            addresses[name] = chosen
     try:
         return gateway_plan(fleet, addresses, drained)
     except GatewayError as exc:
@@ -92,7 +97,11 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
     paths = nginx.SitePaths(NGINX_DIR, SITE_NAME)
     # The site template and the keys include must agree on where the include lives.
     assert str(API_KEYS_PATH) == paths.keys
-    loaded_check = answers_loaded_check(s, fleet_settings(host.state).values())
+    fleet = fleet_settings(host.state)
+    loaded_check = answers_loaded_check(s, fleet.values())
+    # A gateway's first-try header is honoured only from the gateways' own addresses.
+    gateways = [n for n, g in fleet.items() if g.is_gateway] if loaded_check else []
+    gateway_addresses = [a for name in gateways for a in resolved_addresses(name)]
     njs = needs_njs(s, loaded_check)
     packages.packages_installed(
         name="Install nginx" + (f" and {NJS_PACKAGE}" if njs else ""),
@@ -106,7 +115,7 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
         )
     else:
         allow_list = files.file(
-            name=f"Remove {MODEL_ALLOW_LIST_JS_PATH} (no key has a model allow-list)",
+            name=f"Remove {MODEL_ALLOW_LIST_JS_PATH} (ollama_cloud on, no model allow-list, no gateway)",
             path=str(MODEL_ALLOW_LIST_JS_PATH),
             present=False,
         )
@@ -125,7 +134,9 @@ def nginx_proxy(s: FleetSettings, plan: GatewayPlan | None, reload_triggers: Seq
         )
     site = nginx.site_validated(
         name=f"Install the {SITE_NAME} site{' and gateway' if plan else ''} after nginx -t on a staging copy",
-        site=render_nginx_site(s, gateway=plan, loaded_check=loaded_check),
+        site=render_nginx_site(
+            s, gateway=plan, loaded_check=loaded_check, gateway_addresses=gateway_addresses
+        ),
         api_keys=Secret(render_api_keys(s)),
         nginx_dir=NGINX_DIR,
         members=members,

@@ -59,6 +59,10 @@ class OllamaSettings(Section):
     listen: str = "127.0.0.1:11434"
     origins: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    # Ollama's cloud (models named `...:cloud` run on ollama.com, with the prompt and the host's Ollama key;
+    # web search; model recommendations fetched at start). Off: OLLAMA_NO_CLOUD=1, and nginx refuses every
+    # request naming a cloud model. True only where prompts may leave the LAN.
+    cloud: bool = False
 
     @field_validator("version")
     @classmethod
@@ -203,6 +207,8 @@ class OllamaSettings(Section):
         managed = {"OLLAMA_HOST": self.listen, "OLLAMA_MODELS": str(self.models_dir)}
         if self.origins:
             managed["OLLAMA_ORIGINS"] = ",".join(self.origins)
+        if not self.cloud:
+            managed["OLLAMA_NO_CLOUD"] = "1"
         return {**managed, **dict(sorted(self.env.items()))}
 
 
@@ -235,6 +241,16 @@ class NginxSettings(Section):
     def _size(cls, value: str) -> str:
         if not NGINX_SIZE.fullmatch(value):
             raise ValueError(f"{value!r} is not an nginx size; write it like 64g, 512m or 0 (no limit)")
+        return value
+
+    @field_validator("api_max_body_size")
+    @classmethod
+    def _api_body_in_memory(cls, value: str) -> str:
+        if int(value.rstrip("kKmMgG")) == 0:
+            raise ValueError(
+                "0 (no limit) would leave large bodies in files, where the model check cannot read them; "
+                "give a size, like 32m"
+            )
         return value
 
     @field_validator("server_names")

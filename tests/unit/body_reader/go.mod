@@ -1,0 +1,3 @@
+module ollamafleet.test/bodyreader
+
+go 1.21
