@@ -72,8 +72,8 @@ def test_the_docs_show_commands() -> None:
 @pytest.mark.parametrize(("page", "command", "whole"), ALL, ids=[f"{p}:{c[:60]}" for p, c, _ in ALL])
 def test_each_command_runs_as_written(page: str, command: str, whole: bool) -> None:
     for argv in pieces(command):
-        words = [w for w in argv if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes
-        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+        words = list(argv)
+        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):  # VAR=value prefixes
             words.pop(0)
         if not words:
             continue
@@ -99,3 +99,12 @@ def test_each_command_runs_as_written(page: str, command: str, whole: bool) -> N
             assert all((REPO / d).is_file() or not d.startswith("deploys/") for d in deploys), command
         elif tool == "bash":
             assert (REPO / args[0]).is_file(), f"{page}: {args[0]} does not exist"
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_every_link_resolves() -> None:
+    readme = (REPO / "README.md").read_text()
+    linked = set(re.findall(r"\]\(docs/([^)#]+\.md)", readme))
+    assert linked == {page.name for page in (REPO / "docs").glob("*.md")}
+    for page in PAGES:
+        for link in re.findall(r"\]\(([^)#:]+\.md)", page.read_text()):
+            assert (page.parent / link).is_file(), f"{page.name}: {link} does not exist"
