@@ -541,6 +541,29 @@ def test_an_amd_host_gets_the_gpu_drop_in_and_a_cpu_host_none(tmp_path: Path) ->
     )
 
 
+@pytest.mark.parametrize(
+    ("tree", "settings_overlays", "archives"),
+    [
+        ("amd", [], ["ollama-linux-amd64.tar.zst", "ollama-linux-amd64-rocm.tar.zst"]),
+        ("amd", ["rocm"], ["ollama-linux-amd64.tar.zst", "ollama-linux-amd64-rocm.tar.zst"]),
+        ("nvidia-535", [], ["ollama-linux-amd64.tar.zst"]),
+        ("none", [], ["ollama-linux-amd64.tar.zst"]),
+    ],
+)
+def test_a_host_whose_recorded_facts_say_amd_gets_the_rocm_overlay_in_its_release(
+    tmp_path: Path, tree: str, settings_overlays: list[str], archives: list[str]
+) -> None:
+    from ollama_fleet import gpu
+    from ollama_fleet.deploys.install import release_wanted
+    from ollama_fleet.settings import settings_for_host
+
+    report = gpu.parse_report(recorded_detection(tree).splitlines())
+    setup = gpu.gpu_setup("auto", report, "amd64")
+    data = {**host_data(tmp_path, 1), "ollama_overlays": settings_overlays}
+    s = settings_for_host("h1", data, {"OLLAMA_FLEET_API_KEY_TEAM": KEY})
+    assert release_wanted(s, setup["overlays"]).archive_names == archives
+
+
 def test_an_nvidia_host_gets_the_uvm_unit_and_modules_load(tmp_path: Path) -> None:
     operations = by_name(plan(tmp_path, fleet(tmp_path, count=1, h1=gpu_host(tmp_path, "nvidia-535"))))
     for name in (

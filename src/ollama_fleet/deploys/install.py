@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
@@ -11,6 +13,7 @@ from pyinfra.operations import files, server
 from ollama_fleet.operations import accounts, packages, release
 from ollama_fleet.render import OLLAMA_BIN, RELEASE_STORE, RELEASE_STORE_URL_PATH
 from ollama_fleet.settings import FleetSettings
+from ollama_fleet.settings.sections import OllamaSettings
 
 STAGING_DIR = "/var/lib/ollama-fleet/staging"
 GPU_GROUPS = ("render", "video")
@@ -50,7 +53,7 @@ def install_ollama(
     `overlays`: the ones to unpack (ollama_overlays, and those the host's GPUs need; None: the settings');
     `seed_address`: where this host reaches the fleet's seed, when it fetches the release from it."""
     o = s.ollama
-    wanted = o if overlays is None else o.model_copy(update={"overlays": overlays})
+    wanted = release_wanted(s, overlays)
     archives = wanted.archive_names
     packages.packages_installed(name="Install download tools", packages=required_packages(s))
 
@@ -79,7 +82,9 @@ def install_ollama(
         and release.variants(installed) != release.variants(archives)
     )
     unpacked = release.release_installed(
-        name=f"Download, verify and unpack Ollama {o.version}" + _from_where(s),
+        name=f"Download, verify and unpack Ollama {o.version}"
+        + _with_overlays(wanted.overlays)
+        + _from_where(s),
         version=o.version,
         archive_name=archives,
         install_dir=str(o.install_dir),
@@ -100,6 +105,17 @@ def install_ollama(
         target=f"{o.install_dir}/current/bin/ollama",
     )
     restart_triggers.extend([switched, linked, *([unpacked] if replaces_current else [])])
+
+
+def release_wanted(s: FleetSettings, gpu_overlays: list[str] | None) -> OllamaSettings:
+    """The release this host installs: its settings' overlays, and those its GPUs need (None: settings')."""
+    if gpu_overlays is None:
+        return s.ollama
+    return s.ollama.model_copy(update={"overlays": sorted(set(s.ollama.overlays) | set(gpu_overlays))})
+
+
+def _with_overlays(overlays: Sequence[str]) -> str:
+    return f" with {', '.join(overlays)}" if overlays else ""
 
 
 def _from_where(s: FleetSettings) -> str:

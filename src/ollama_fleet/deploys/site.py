@@ -129,8 +129,7 @@ def ollama_installed_and_running(
     # Read before anything is switched: the release serving now is the one to roll back to.
     rollback_to = rollback_target_for(s)
     restart_ollama_on: list[OperationMeta] = []
-    overlays = sorted(set(s.ollama.overlays) | set(setup["overlays"]))
-    install_ollama(s=s, restart_triggers=restart_ollama_on, overlays=overlays, seed_address=seed)
+    install_ollama(s=s, restart_triggers=restart_ollama_on, overlays=setup["overlays"], seed_address=seed)
     ollama_service(s=s, restart_triggers=restart_ollama_on, rollback_to=rollback_to, setup=setup)
     return rollback_to
 
