@@ -20,9 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from body_differential import ALLOWED, ROUTES, GoReader, Tally, bodies, violation
-from hypothesis import HealthCheck, given, seed, settings
-from hypothesis import strategies as st
+from body_differential import ALLOWED, GoReader, Tally, run_differential, violation
 from test_body_differential import send
 from test_render import ALICE_KEY, CI_KEY, running_nginx
 
@@ -45,21 +43,13 @@ def main() -> int:
         with running_nginx(tmp / "nginx", ca, **policies) as site, site.client(timeout=20) as client:
             site.upstream.first_chunk_read.set()
 
-            @seed(args.seed)
-            @settings(
-                max_examples=args.examples,
-                deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(route=st.sampled_from(ROUTES), body=bodies(), allow_listed=st.booleans())
             def one(route: str, body: bytes, allow_listed: bool) -> None:
                 status, code, reached = send(client, site, route, body, ALICE_KEY if allow_listed else CI_KEY)
                 go = reader.read(route, body)
                 why = violation(go, allow_listed) if reached is not None else None
                 tally.add(route, body, status, code, reached is not None, go, why)
 
-            one()
+            run_differential(args.seed, args.examples, one)
         reader.close()
     print(f"cases: {tally.cases} in {time.monotonic() - started:.0f} s (seed {args.seed})")
     print(f"reached Ollama: {tally.reached}")

@@ -9,10 +9,12 @@ import base64
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from ollama_fleet.lab.artifacts import go_binary
@@ -263,3 +265,15 @@ def js_model(body: bytes) -> str | None:
         return None
     model = value.get("model") or value.get("name")
     return model if isinstance(model, str) else None
+
+
+def run_differential(seed_value: int, examples: int, case: Callable[[str, bytes, bool], None]) -> None:
+    """`case(route, body, allow_listed)` on `examples` generated requests, the same ones for one seed."""
+
+    @seed(seed_value)
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(route=st.sampled_from(ROUTES), body=bodies(), allow_listed=st.booleans())
+    def one(route: str, body: bytes, allow_listed: bool) -> None:
+        case(route, body, allow_listed)
+
+    one()
