@@ -122,8 +122,9 @@ def test_a_gateway_dials_members_at_their_ipv6_service_address(fleet: DeployedFl
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         dialled = ", ".join(f"{host} at [{six[host]}]:443" for host in members)
         assert dialled in done.stderr
-        site = fleet.ssh_ok(gateway, "cat /etc/nginx/sites-available/ollama-fleet.conf")
-        assert all(f"server [{six[host]}]:443" in site for host in members)
+        # Each member's server line is a file of its own that the gateway's pools include.
+        site = fleet.ssh_ok(gateway, "cat /etc/nginx/ollama-fleet/gateway-members/*.conf")
+        assert all(f"server [{six[host]}]:443" in site for host in members), site
         trust = ssl.create_default_context(cafile=str(fleet.ca_file))
         with httpx.Client(verify=trust, trust_env=False, timeout=120) as client:
             for _ in range(2 * len(fleet.hosts)):

@@ -51,7 +51,12 @@ OLD, NEW = "proxy_read_timeout 900s;", "proxy_read_timeout 1200s;"
 def assert_fleet_serves(fleet: DeployedFleet) -> None:
     code, report = fleet.verify()
     assert code == 0, report
-    assert all(status == "pass" for checks in statuses(report).values() for status in checks.values())
+    # Every check passes; gpu says n/a (gpu_vendor auto on the lab's CPU hosts: nothing required).
+    assert all(
+        status == "pass" or (check, status) == ("gpu", "n/a")
+        for checks in statuses(report).values()
+        for check, status in checks.items()
+    )
 
 
 def test_a_failing_canary_stops_the_rollout(fleet: DeployedFleet, broken_canary: str, tmp_path: Path) -> None:
