@@ -170,8 +170,8 @@ def test_a_release_that_cannot_start_rolls_back_by_itself(fleet: DeployedFleet, 
     (broken / "bin" / "ollama").chmod(0o755)
     release = tmp_path / "release"
     release.mkdir()
-    archive = release / "ollama-linux-amd64.tgz"
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(broken), "bin", "lib"], check=True)
+    archive = release / "ollama-linux-amd64.tar.zst"
+    subprocess.run(["tar", "--zstd", "-cf", str(archive), "-C", str(broken), "bin", "lib"], check=True)
     subprocess.run(f"sha256sum {archive.name} > sha256sum.txt", shell=True, cwd=release, check=True)
     canary = fleet.hosts[0]
 

@@ -17,6 +17,7 @@ from cryptography import x509
 from infra_fleet import connection_address, fleet, hostspecs, ip_of
 
 from ollama_fleet.deploys.firewall import wanted_rules
+from ollama_fleet.deploys.proxy import dialled_address
 from ollama_fleet.gateway import (
     GATEWAY_MEMBERS_DIR,
     GatewayPlan,
@@ -25,7 +26,7 @@ from ollama_fleet.gateway import (
     member_confs,
 )
 from ollama_fleet.operations import ufw
-from ollama_fleet.operations.addresses import StableIpv6Addresses
+from ollama_fleet.operations.addresses import ResolvedAddresses, StableIpv6Addresses
 from ollama_fleet.pki import cert_sans, host_sans
 from ollama_fleet.render import render_dropin, render_hardening, render_nginx_site, tls_paths
 from ollama_fleet.settings import FleetSettings
@@ -44,15 +45,35 @@ def every_host() -> dict[str, FleetSettings]:
     return dict(fleet().values())
 
 
+def resolved(host: Any, name: str) -> list[str]:
+    """What `name` resolves to on `host`, as the deploy's fact reads it."""
+    return ResolvedAddresses().process(host.check_output(f"getent ahosts {name} || true").splitlines())
+
+
 def gateway_of(host: Any, s: FleetSettings) -> GatewayPlan | None:
     """The plan a gateway host's deploy made: every host at the address this host resolves it to."""
     if not s.is_gateway:
         return None
     addresses = {}
-    for name in every_host():
+    for name, member in every_host().items():
         reached = connection_address(name)
-        addresses[name] = ip_of(reached) or host.check_output(f"getent ahostsv4 {reached}").split()[0]
+        chosen = ip_of(reached) or dialled_address(resolved(host, reached), member.serves_ipv6)
+        assert chosen, f"{reached} does not resolve on {host.backend.hostname}"
+        addresses[name] = chosen
     return gateway_plan(every_host(), addresses)
+
+
+def gateway_sources(host: Any, loaded_check: bool) -> list[str]:
+    """The addresses a gateway's first tries come from, as this host resolves them (its deploy's view)."""
+    if not loaded_check:
+        return []
+    sources = []
+    for name, settings in every_host().items():
+        if settings.is_gateway:
+            reached = connection_address(name)
+            literal = ip_of(reached)
+            sources += [literal] if literal else resolved(host, reached)
+    return sources
 
 
 def test_ollama_service_is_enabled_and_active(host: Any, s: FleetSettings) -> None:
@@ -105,8 +126,9 @@ def test_nginx_site_streams_to_loopback_with_the_host_ollama_accepts(host: Any, 
     site = host.file("/etc/nginx/sites-available/ollama-fleet.conf")
     text = site.content_string
     plan = gateway_of(host, s)
+    loaded_check = answers_loaded_check(s, every_host().values())
     assert text == render_nginx_site(
-        s, gateway=plan, loaded_check=answers_loaded_check(s, every_host().values())
+        s, gateway=plan, loaded_check=loaded_check, gateway_addresses=gateway_sources(host, loaded_check)
     )
     # A gateway's members: exactly one server line per host, in rotation unless its settings drain it.
     members = member_confs(plan, s.gateway) if plan else {}

@@ -327,3 +327,19 @@ def test_the_lab_page_publishes_overlays_and_can_list_one_wrongly(build: Path) -
     assert listing.split() == ["lib/", "lib/ollama/", "lib/ollama/rocm/", "lib/ollama/rocm/STAND-IN"]
     artifacts.unpublish_release("0.24.1")
     assert not page.exists()
+
+
+def test_a_controller_dir_without_the_release_stops_the_run_naming_what_is_missing(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "ollama-linux-amd64.tgz").write_bytes(b"an old format")
+    data = {**BASE, "tls_ca_dir": str(tmp_path / "pki"), "ollama_source": "controller"}
+    fleet = {"h1": settings_for_host("h1", {**data, "ollama_controller_dir": str(release)}, {})}
+    assert release_check.missing_uploads(fleet) == [
+        f"host 'h1': ollama_controller_dir {str(release)!r} has no ollama-linux-amd64.tar.zst, sha256sum.txt "
+        "for ollama_version '0.24.0'; put the release's files there (or check ollama_version and "
+        "ollama_archive_format)"
+    ]
+    (release / MAIN).write_bytes(b"zst")
+    (release / "sha256sum.txt").write_text("")
+    assert release_check.missing_uploads(fleet) == []

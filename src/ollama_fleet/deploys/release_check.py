@@ -37,10 +37,29 @@ def answer(client: httpx.Client, url: str) -> int | None:
         return None
 
 
-def release_problems(settings: dict[str, FleetSettings]) -> list[str]:
-    if "--dry" in sys.argv:
-        return []  # a dry run sends no traffic
+def missing_uploads(settings: dict[str, FleetSettings]) -> list[str]:
+    """ollama_source "controller": the archives (and sha256sum.txt, unless every one is pinned) must be in
+    ollama_controller_dir on this controller."""
     problems = []
+    for host, s in sorted(settings.items()):
+        o = s.ollama
+        if not s.serves_api or o.source != "controller" or o.controller_dir is None:
+            continue
+        wanted = o.archive_names + ([] if set(o.pins) == set(o.archive_names) else ["sha256sum.txt"])
+        missing = [name for name in wanted if not (o.controller_dir / name).is_file()]
+        if missing:
+            problems.append(
+                f"host {host!r}: ollama_controller_dir {str(o.controller_dir)!r} has no {', '.join(missing)} "
+                f"for ollama_version {o.version!r}; put the release's files there (or check "
+                "ollama_version and ollama_archive_format)"
+            )
+    return problems
+
+
+def release_problems(settings: dict[str, FleetSettings]) -> list[str]:
+    problems = missing_uploads(settings)
+    if "--dry" in sys.argv:
+        return problems  # a dry run sends no traffic
     with httpx.Client(timeout=TIMEOUT, trust_env=True, follow_redirects=True) as client:
         for url, hosts in sorted(archive_urls(settings).items()):
             status = answer(client, url)
