@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_fleet.settings import SettingsError, settings_for_host
-from ollama_fleet.settings.auth import KeyPolicy
+from ollama_fleet.settings.auth import KeyPolicy, key_env_name
 from ollama_fleet.settings.rules import KEY_NAME
 
 INVENTORY = "inventory.py"
@@ -173,7 +173,7 @@ def check_plan(plan: FleetPlan) -> None:
         raise FleetRepoError("no hosts: give each with --host NAME or --host NAME=ADDRESS")
     if plan.gateway and plan.gateway not in plan.hosts:
         raise FleetRepoError(f"--gateway {plan.gateway!r} is not one of the --host names")
-    environ = {f"OLLAMA_FLEET_API_KEY_{n.upper().replace('-', '_')}": new_key() for n in plan.keys}
+    environ = {key_env_name(name): new_key() for name in plan.keys}
     data = {
         "firewall_client_subnets": plan.client_subnets,
         "firewall_admin_subnets": plan.admin_subnets,

@@ -79,7 +79,7 @@ def install_ollama(
     replaces_current = (
         releases["current"] == o.version
         and installed is not None
-        and release.variants(installed) != release.variants(archives)
+        and not release.unpacked_as(installed, archives)
     )
     unpacked = release.release_installed(
         name=f"Download, verify and unpack Ollama {o.version}"

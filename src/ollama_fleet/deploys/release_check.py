@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import httpx
 
+from ollama_fleet.operations import release
 from ollama_fleet.settings import FleetSettings
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
@@ -45,7 +46,7 @@ def missing_uploads(settings: dict[str, FleetSettings]) -> list[str]:
         o = s.ollama
         if not s.serves_api or o.source != "controller" or o.controller_dir is None:
             continue
-        wanted = o.archive_names + ([] if set(o.pins) == set(o.archive_names) else ["sha256sum.txt"])
+        wanted = release.files_to_fetch(o.archive_names, o.pins)
         missing = [name for name in wanted if not (o.controller_dir / name).is_file()]
         if missing:
             problems.append(

@@ -96,6 +96,17 @@ def pin_mismatches(installed: dict[str, str], pins: dict[str, str]) -> list[str]
     return found
 
 
+def unpacked_as(installed: dict[str, str] | None, archives: list[str]) -> bool:
+    """Whether an installed version (its marker, or None) was unpacked from these archives' variants."""
+    return installed is not None and variants(installed) == variants(archives)
+
+
+def files_to_fetch(archives: list[str], pins: dict[str, str], keep_archives: bool = False) -> list[str]:
+    """The archives, and sha256sum.txt unless every archive is pinned (a seed keeps it for the others)."""
+    pinned = all(name in pins for name in archives)
+    return archives if pinned and not keep_archives else [*archives, "sha256sum.txt"]
+
+
 version_key = release_key
 
 
@@ -217,7 +228,7 @@ def release_installed(
     installed = releases["versions"].get(version)
     stage = posixpath.join(staging_dir, f"v{version}" if keep_archives else version)
     kept = keep_archives and host.get_fact(StagedArchives, stage=stage) == sorted(
-        [*archives, "sha256sum.txt"]
+        files_to_fetch(archives, pins, keep_archives=True)
     )
     mismatched = pin_mismatches(installed or {}, pins)
     if mismatched:
@@ -226,7 +237,7 @@ def release_installed(
             f"({'; '.join(mismatched)}); check the pin, then remove {install_dir}/{version} to reinstall"
         )
         return
-    unpacked = installed is not None and variants(installed) == variants(archives)
+    unpacked = unpacked_as(installed, archives)
     if unpacked and (kept or not keep_archives):
         with_overlays = f" with {', '.join(archives[1:])}" if archives[1:] else ""
         host.noop(f"Ollama {version} is installed{with_overlays}")
@@ -244,8 +255,7 @@ def release_installed(
     yield (
         f"mkdir -p -m 755 {shlex.quote(stage)}" if keep_archives else f"mkdir -p -m 700 {shlex.quote(stage)}"
     )
-    unpinned = [name for name in archives if name not in pins]
-    names = [*archives, "sha256sum.txt"] if unpinned or keep_archives else archives
+    names = files_to_fetch(archives, pins, keep_archives)
     if bases:
         # sha256sum.txt is small and may change with a re-published release: always fetched anew.
         yield f"rm -f {shlex.quote(sums)}"

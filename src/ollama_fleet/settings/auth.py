@@ -115,7 +115,7 @@ def resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[s
     for name in names if isinstance(names, list) else []:
         if not KEY_NAME.fullmatch(str(name)):
             continue  # AuthSettings reports the bad name; a lookup hint for it would mislead
-        env_name = f"OLLAMA_FLEET_API_KEY_{str(name).upper().replace('-', '_')}"
+        env_name = key_env_name(str(name))
         key = environ.get(env_name) or from_file.get(str(name))
         if not key:
             problems.append(
@@ -136,6 +136,11 @@ def resolve_api_keys(auth: dict[str, Any], environ: Mapping[str, str]) -> list[s
     problems += _shared_keys(keys)
     auth["keys"] = keys
     return problems
+
+
+def key_env_name(name: str) -> str:
+    """The environment variable a key's value may come from: OLLAMA_FLEET_API_KEY_<NAME>."""
+    return f"OLLAMA_FLEET_API_KEY_{name.upper().replace('-', '_')}"
 
 
 def looks_guessable(key: str) -> bool:
