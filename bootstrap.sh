@@ -2,8 +2,9 @@
 # From a fresh Debian 12 machine to a verified lab fleet, as root:   bash bootstrap.sh
 # It installs what the lab needs (Debian packages, Go for the Ollama build, the project in .venv), builds the
 # artifacts (Ollama from source, the tiny model; cached in /var/cache/ollama-fleet), then brings a lab of
-# $OLLAMA_FLEET_HOSTS hosts (default 3) up, deploys it and verifies it like a client. A second run reuses
-# every installed and cached piece (the lab itself is made afresh). `--setup-only` stops before the lab.
+# $OLLAMA_FLEET_HOSTS hosts (default 3; Debian 12 unless $OLLAMA_FLEET_LAB_RELEASE names others) up, deploys
+# it and verifies it like a client. A second run reuses every installed and cached piece (the lab itself is
+# made afresh). `--setup-only` stops before the lab.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
@@ -61,7 +62,7 @@ step "lab fleet"
 # `lab up` writes inventories/lab.py for slot 0, inventories/lab<S>.py for slot S ($OLLAMA_FLEET_LAB_SLOT).
 slot=${OLLAMA_FLEET_LAB_SLOT:-0}
 inventory=inventories/lab.py; [ "$slot" = 0 ] || inventory="inventories/lab$slot.py"
-ollama-fleet lab up --hosts "${OLLAMA_FLEET_HOSTS:-3}"
+ollama-fleet lab up --hosts "${OLLAMA_FLEET_HOSTS:-3}" --release "${OLLAMA_FLEET_LAB_RELEASE:-bookworm}"
 pyinfra -y "$inventory" deploys/ollama.py
 ollama-fleet verify "$inventory"
 step "done: the fleet serves; run every test with .venv/bin/python -m pytest"

@@ -1,6 +1,10 @@
 """The lab every end-to-end test runs on: brought up once per session, torn down even when tests fail.
 
-Slot: $OLLAMA_FLEET_LAB_SLOT (default 0); hosts: $OLLAMA_FLEET_LAB_HOSTS (default 3).
+Slot: $OLLAMA_FLEET_LAB_SLOT (default 0); hosts: $OLLAMA_FLEET_LAB_HOSTS (default 3); their Debian releases:
+$OLLAMA_FLEET_LAB_RELEASE (default trixie,bookworm, taken in turn: lab-1 and lab-3 run Debian 13, lab-2 Debian
+12). One mixed lab runs every module on both releases at the cost of one lab: the canary and the gateway
+(lab-1) are Debian 13 hosts, every fleet-wide deploy, re-run, verify and rollout covers a Debian 12 host
+too, and each rollout is a mixed-fleet rollout.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ import pytest
 
 from ollama_fleet.lab import lifecycle
 from ollama_fleet.lab.plan import default_slot
+from ollama_fleet.lab.releases import RELEASES_ENV, parse_releases
 from ollama_fleet.lab.state import LabState
+
+E2E_RELEASES = "trixie,bookworm"
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[LabState]:
     slot = default_slot()
     try:
-        state = lifecycle.up(int(os.environ.get("OLLAMA_FLEET_LAB_HOSTS", "3")), slot)
+        releases = parse_releases(os.environ.get(RELEASES_ENV, E2E_RELEASES))
+        state = lifecycle.up(int(os.environ.get("OLLAMA_FLEET_LAB_HOSTS", "3")), slot, releases=releases)
     except BaseException:
         lifecycle.down(slot)
         raise

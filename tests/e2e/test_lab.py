@@ -94,14 +94,22 @@ def test_controller_forwards_only_lab_traffic() -> None:
     assert sysctls.read(sysctls.IP_FORWARD) == "1"
 
 
+def test_each_host_runs_its_release(lab: LabState) -> None:
+    for host in lab.hosts:
+        assert ssh_ok(lab, host.name, ". /etc/os-release; echo $VERSION_CODENAME") == host.release
+
+
 def test_mirror_is_the_hosts_only_apt_source(lab: LabState) -> None:
-    host = lab.hosts[0].name
-    sources = ssh_ok(lab, host, "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d")
-    assert sources == lab.plan.apt_source_line
-    ssh_ok(lab, host, "apt-get -q update")
-    policy = ssh_ok(lab, host, "apt-cache policy nginx ufw zstd")
-    assert policy.count(f"{lab.mirror_url}/debian ./ Packages") == 3
-    assert "Candidate: (none)" not in policy
+    first_of_each_release = {h.release: h for h in reversed(lab.hosts)}.values()
+    for lab_host in first_of_each_release:
+        host = lab_host.name
+        sources = ssh_ok(lab, host, "cat /etc/apt/sources.list; ls /etc/apt/sources.list.d")
+        source_line = lab.plan.apt_source_line_for(lab_host.release)
+        assert sources == source_line
+        ssh_ok(lab, host, "apt-get -q update")
+        policy = ssh_ok(lab, host, "apt-cache policy nginx ufw zstd")
+        assert policy.count(f"{source_line.split()[2]} ./ Packages") == 3
+        assert "Candidate: (none)" not in policy
     assert (
         ssh_ok(lab, host, f"curl -s -o /dev/null -w '%{{http_code}}' {lab.mirror_url}/nothing-here") == "404"
     )

@@ -25,6 +25,7 @@ from ollama_fleet.lab.inventory import (
 )
 from ollama_fleet.lab.paths import repo_root
 from ollama_fleet.lab.plan import SlotPlan
+from ollama_fleet.lab.releases import ReleaseError, parse_releases, release_of_host
 from ollama_fleet.lab.state import HostState, LabState
 from ollama_fleet.settings import settings_for_host
 
@@ -354,6 +355,41 @@ def test_old_bases_are_pruned_and_the_current_one_kept(
         tmp_path / "rootfs" / "0ld0ld0ld0ld0ld0"
     ]
     assert sorted(p.name for p in (tmp_path / "rootfs").iterdir()) == [".build-current-1", ".lock", "current"]
+
+
+def test_every_releases_current_base_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_FLEET_CACHE", str(tmp_path))
+    bookworm, trixie = (tmp_path / "rootfs" / rootfs.recipe_hash(r) for r in ("bookworm", "trixie"))
+    for base in (bookworm, trixie, tmp_path / "rootfs" / "0ld0ld0ld0ld0ld0"):
+        base.mkdir(parents=True)
+    assert rootfs.prune_unused_bases(keep=trixie) == [tmp_path / "rootfs" / "0ld0ld0ld0ld0ld0"]
+    assert bookworm.is_dir() and trixie.is_dir()
+
+
+def test_each_release_has_its_own_base_repository_and_apt_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_FLEET_CACHE", str(tmp_path))
+    assert rootfs.recipe("trixie")["suite"] == "trixie"
+    assert rootfs.recipe_hash("bookworm") != rootfs.recipe_hash("trixie")
+    assert "trixie trixie-updates main" in mirror.debian_sources("trixie")
+    assert "trixie-security main" in mirror.debian_sources("trixie")
+    routes = mirror.routes()
+    assert routes["/debian/"] == tmp_path / "debs" / mirror.debs_recipe_hash("bookworm")
+    assert routes["/debian-trixie/"] == tmp_path / "debs" / mirror.debs_recipe_hash("trixie")
+    assert mirror.debs_recipe_hash("bookworm") != mirror.debs_recipe_hash("trixie")
+    plan = SlotPlan(0)
+    assert plan.apt_source_line_for("bookworm") == plan.apt_source_line
+    assert plan.apt_source_line_for("trixie") == "deb [trusted=yes] http://10.213.0.1:8080/debian-trixie ./"
+
+
+def test_releases_alternate_over_the_hosts_and_unknown_ones_are_refused() -> None:
+    assert parse_releases(None) == parse_releases("") == ["bookworm"]
+    mixed = parse_releases("bookworm, trixie")
+    assert [release_of_host(mixed, i) for i in (1, 2, 3, 4)] == ["bookworm", "trixie", "bookworm", "trixie"]
+    assert [release_of_host(["trixie"], i) for i in (1, 2)] == ["trixie", "trixie"]
+    with pytest.raises(ReleaseError, match="unknown lab release bullseye: the lab boots bookworm"):
+        parse_releases("trixie,bullseye")
 
 
 def test_base_recipe_hash_changes_with_the_package_list(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,11 +39,24 @@ DIR_STAT = (
 )
 
 
-def fake_facts(**extra: Any) -> dict[Any, Any]:
+OS_RELEASE_COMMAND = "ls -pdL *-release"
+"""pyinfra's LinuxDistribution fact lists /etc/*-release with this."""
+
+
+def os_release(**fields: str) -> list[str]:
+    """What LinuxDistribution's command prints for a host whose /etc/os-release has `fields`."""
+    return ["/etc/os-release", *(f'{key}="{value}"' for key, value in fields.items()), "---"]
+
+
+DEBIAN_12 = os_release(PRETTY_NAME="Debian GNU/Linux 12 (bookworm)", ID="debian", VERSION_ID="12")
+
+
+def fake_facts(os_release_lines: list[str] = DEBIAN_12, **extra: Any) -> dict[Any, Any]:
     """Canned answers of a bare Debian host; unmatched commands succeed with no output (nothing exists)."""
     dirs = "|".join(re.escape(d) for d in EXISTING_DIRS)
     return {
         **extra,
+        OS_RELEASE_COMMAND: os_release_lines,
         "uname -s": "Linux",
         "command -v useradd": "/usr/sbin/useradd",
         re.compile(rf"^! \(test -e ({dirs}) "): DIR_STAT,
@@ -587,3 +600,61 @@ def test_a_host_declared_nvidia_without_the_driver_fails_in_the_first_operation(
     # under auto the same host deploys as a CPU host: the check has nothing to run
     auto = plan(tmp_path, fleet(tmp_path, h1=gpu_host(tmp_path, "nvidia-nouveau")))
     assert auto[0]["name"] == "Check the GPU driver (gpu_vendor)" and auto[0]["hosts_with_change"] == []
+
+
+# --- the host's operating system -----------------------------------------------------------------------
+
+DEBIAN_13 = os_release(PRETTY_NAME="Debian GNU/Linux 13 (trixie)", ID="debian", VERSION_ID="13")
+UBUNTU_2204 = os_release(PRETTY_NAME="Ubuntu 22.04.5 LTS", ID="ubuntu", VERSION_ID="22.04")
+UBUNTU_2404 = os_release(PRETTY_NAME="Ubuntu 24.04.3 LTS", ID="ubuntu", VERSION_ID="24.04")
+
+
+def on_os(lines: list[str], **extra: Any) -> dict[str, Any]:
+    return {"fake_responses": fake_facts(os_release_lines=lines, **extra)}
+
+
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        (os_release(PRETTY_NAME="Red Hat Enterprise Linux 9.4 (Plow)", ID="rhel", VERSION_ID="9.4"),
+         "Red Hat Enterprise Linux 9.4 (Plow)"),
+        (os_release(PRETTY_NAME="Alpine Linux v3.20", ID="alpine", VERSION_ID="3.20.3"),
+         "Alpine Linux v3.20"),
+        (os_release(PRETTY_NAME="Debian GNU/Linux 11 (bullseye)", ID="debian", VERSION_ID="11"),
+         "Debian GNU/Linux 11 (bullseye)"),
+    ],
+)  # fmt: skip
+def test_a_host_on_an_unsupported_os_stops_the_run_before_any_change(
+    tmp_path: Path, lines: list[str], named: str
+) -> None:
+    inventory = fleet(tmp_path, count=3, h3=on_os(lines))
+    result = pyinfra("-y", str(inventory), "deploys/ollama.py")
+    assert result.returncode != 0
+    assert f"@fake/h3: {named} is not supported; supported: Debian 12 or 13 (tested)" in result.stderr
+    assert "Ubuntu 24.04" in result.stderr
+    assert "@fake/h1:" not in result.stderr and "@fake/h2:" not in result.stderr
+    assert "Beginning operation run" not in result.stderr
+
+
+def test_debian_13_and_ubuntu_24_04_hosts_get_the_same_plan_as_debian_12(tmp_path: Path) -> None:
+    inventory = fleet(tmp_path, count=3, h2=on_os(DEBIAN_13), h3=on_os(UBUNTU_2404))
+    operations = plan(tmp_path, inventory)
+    nginx = by_name(operations)["Install nginx and libnginx-mod-http-js"]
+    assert nginx["hosts_with_change"] == ["@fake/h1", "@fake/h2", "@fake/h3"]
+
+
+def test_ubuntu_22_04_refuses_what_needs_njs_before_any_change(tmp_path: Path) -> None:
+    inventory = fleet(tmp_path, count=2, h2=on_os(UBUNTU_2204))
+    result = pyinfra("-y", str(inventory), "deploys/ollama.py")
+    assert result.returncode != 0
+    assert "@fake/h2: Ubuntu 22.04.5 LTS has no libnginx-mod-http-js (njs) package" in result.stderr
+    assert "refusing cloud models (ollama_cloud false)" in result.stderr  # the default needs njs
+    assert "Beginning operation run" not in result.stderr
+
+
+def test_ubuntu_22_04_deploys_without_njs_features_or_with_njs_installed_by_hand(tmp_path: Path) -> None:
+    without_njs = {**on_os(UBUNTU_2204), "ollama_cloud": True}
+    njs_by_hand = on_os(UBUNTU_2204, **{"dpkg -l": ["ii  libnginx-mod-http-js  0.8.9-1  amd64  njs"]})
+    operations = plan(tmp_path, fleet(tmp_path, count=2, h1=without_njs, h2=njs_by_hand))
+    njs_module = by_name(operations)["Install /usr/share/ollama-fleet/nginx-model-allow-list.js"]
+    assert njs_module["hosts_with_change"] == ["@fake/h2"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pyinfra import logger
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import LinuxDistribution
 
 from ollama_fleet import gpu
 from ollama_fleet.deploys.fast_rerun import (
@@ -14,14 +16,15 @@ from ollama_fleet.deploys.fast_rerun import (
     record_verified,
 )
 from ollama_fleet.deploys.firewall import firewall
-from ollama_fleet.deploys.fleet import fleet_settings, host_data, seed_address, settings_for
+from ollama_fleet.deploys.fleet import FleetError, fleet_settings, host_data, seed_address, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.models import ollama_models
 from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy, rollout_drained
 from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stopped, rollback_target_for
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
-from ollama_fleet.gateway import GatewayPlan
+from ollama_fleet.gateway import GatewayPlan, answers_loaded_check
+from ollama_fleet.host_os import host_os, host_os_problems, needs_njs_package_check
 from ollama_fleet.operations import connection, lock, release, ufw
 from ollama_fleet.operations.gpu import GpuDetection, gpu_driver_ready
 from ollama_fleet.operations.shell import fail_command
@@ -34,6 +37,7 @@ def deploy_site() -> None:
     """Validate every host's settings (raises before any operation exists), then deploy this host: whole,
     or, when it is exactly as its last verified deploy of the same desired state left it, only checked."""
     s = settings_for(host.state, host.name)
+    check_host_os(s)
     connection.without_nagle(host)
     # Read once, for the desired digest and for the whole deploy's operations.
     pair = tls_pair(s) if s.nginx.enabled else None
@@ -74,6 +78,18 @@ def deploy_site() -> None:
         if desired is not None and not too_wide:
             record_verified(s, desired)
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
+
+
+def check_host_os(s: FleetSettings) -> None:
+    """A host on an OS the deploy does not support, or without the njs its settings need, stops the whole
+    run while planning: no operation has run on any host yet."""
+    found = host_os(host.get_fact(LinuxDistribution)["release_meta"])
+    loaded_check = answers_loaded_check(s, fleet_settings(host.state).values())
+    # dpkg is asked only where njs is missing from the archive and something needs it.
+    installed = host.get_fact(DebPackages) if needs_njs_package_check(found, s, loaded_check) else {}
+    problem = host_os_problems(host.name, found, s, loaded_check, installed or {})
+    if problem:
+        raise FleetError(problem)
 
 
 def host_gpu_setup(s: FleetSettings) -> gpu.GpuSetup:

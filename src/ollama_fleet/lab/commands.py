@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from ollama_fleet.lab.plan import MAX_HOSTS, default_slot
+from ollama_fleet.lab.releases import DEFAULT_RELEASE, RELEASES, ReleaseError, parse_releases
 from ollama_fleet.lab.run import LabError
 
 LAB_OLLAMA_VERSION = "0.24.0"  # the release the lab builds (lab.artifacts.DEFAULT_VERSION; a test keeps both)
@@ -53,6 +54,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="the Vagrantfile's machines (vagrant-lxc on a box made from the lab's rootfs), not nspawn",
     )
+    up.add_argument(
+        "--release",
+        default=None,
+        help=f"Debian release of the hosts: {', '.join(RELEASES)}, or a comma list the hosts take in turn "
+        f"(bookworm,trixie: lab-1 bookworm, lab-2 trixie, ...); default {DEFAULT_RELEASE}",
+    )
     _add_slot(up)
     up.set_defaults(func=_guarded(_up))
     down = actions.add_parser("down", help="remove every host, mount, bridge, netns, nft table, cgroup")
@@ -75,9 +82,13 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    lab = _lab_module("lifecycle").up(args.hosts, _slot(args), vagrant=args.vagrant)
+    try:
+        releases = parse_releases(args.release)
+    except ReleaseError as exc:
+        raise LabError(str(exc)) from None
+    lab = _lab_module("lifecycle").up(args.hosts, _slot(args), vagrant=args.vagrant, releases=releases)
     for host in lab.hosts:
-        print(f"{host.name}\t{host.ip}")
+        print(f"{host.name}\t{host.ip}\t{host.release}")
     kind = "Vagrant machines (lxc)" if args.vagrant else "hosts"
     print(
         f"lab slot {lab.slot}: {len(lab.hosts)} {kind} SSH-ready in {lab.timings['total_s']}s\n"
@@ -108,7 +119,7 @@ def _status(args: argparse.Namespace) -> int:
     for row in report["hosts"]:
         run_state = "running" if row["running"] else "stopped"
         ready = "ssh-ready" if row["ssh_ready"] else "no-ssh"
-        print(f"  {row['name']}\t{row['ip']}\t{run_state}\t{ready}")
+        print(f"  {row['name']}\t{row['ip']}\t{row['release']}\t{run_state}\t{ready}")
     return 0
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ollama_fleet.lab import cgroups
 from ollama_fleet.lab.plan import LAB_SUPERNET, HostPlan, SlotPlan
+from ollama_fleet.lab.releases import DEFAULT_RELEASE
 from ollama_fleet.lab.run import LabError, run
 
 LAB_SUDO_USER = "deployer"
@@ -51,9 +52,16 @@ def networkd_config(me: HostPlan, plan: SlotPlan) -> str:
 
 
 def prepare_root(
-    base: Path, host_dir: Path, me: HostPlan, plan: SlotPlan, everyone: list[HostPlan], public_key: str
+    base: Path,
+    host_dir: Path,
+    me: HostPlan,
+    plan: SlotPlan,
+    everyone: list[HostPlan],
+    public_key: str,
+    release: str = DEFAULT_RELEASE,
 ) -> Path:
-    """Mount a fresh overlay for the host and write its identity into the upper layer."""
+    """Mount a fresh overlay over `release`'s base for the host and write its identity into the upper
+    layer."""
     upper, work, root = host_dir / "upper", host_dir / "work", host_dir / "root"
     for directory in (upper, work, root):
         directory.mkdir(parents=True, exist_ok=True)
@@ -68,7 +76,7 @@ def prepare_root(
     (etc / "hostname").write_text(f"{me.name}\n")
     (etc / "hosts").write_text(etc_hosts(me, plan, everyone))
     (etc / "machine-id").write_text(f"{uuid.uuid4().hex}\n")
-    (etc / "apt/sources.list").write_text(f"{plan.apt_source_line}\n")
+    (etc / "apt/sources.list").write_text(f"{plan.apt_source_line_for(release)}\n")
     (etc / "systemd/network/10-host0.network").write_text(networkd_config(me, plan))
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)

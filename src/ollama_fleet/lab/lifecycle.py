@@ -23,6 +23,7 @@ from ollama_fleet.lab.inventory import (
 )
 from ollama_fleet.lab.paths import inventory_path, runtime_dir, state_dir
 from ollama_fleet.lab.plan import MIRROR_PORT, HostPlan, SlotPlan
+from ollama_fleet.lab.releases import DEFAULT_RELEASE, release_of_host
 from ollama_fleet.lab.run import LabError, run
 from ollama_fleet.lab.state import HostState, LabState
 
@@ -85,31 +86,44 @@ def refuse_if_owned_elsewhere(slot: int) -> None:
         )
 
 
-def up(host_count: int, slot: int, log: bool = True, vagrant: bool = False) -> LabState:
+def up(
+    host_count: int,
+    slot: int,
+    log: bool = True,
+    vagrant: bool = False,
+    releases: list[str] | None = None,
+) -> LabState:
     """Bring a lab of `host_count` hosts up in `slot` (after clearing any stale lab of that slot): nspawn
-    hosts, or with `vagrant` the Vagrantfile's machines (vagrant-lxc) on the slot's network.
+    hosts, or with `vagrant` the Vagrantfile's machines (vagrant-lxc) on the slot's network. Host i runs
+    `releases[(i - 1) % len(releases)]` (default: the default release on every host).
 
     When any step fails the half-made lab is torn down again (its console logs stay in .lab/slot<S>/logs).
     """
+    releases = releases or [DEFAULT_RELEASE]
     check_prerequisites()
     if vagrant:
         vagrant_fleet.check_prerequisites()
+        if releases != [DEFAULT_RELEASE]:
+            raise LabError(f"the Vagrant box is made from the {DEFAULT_RELEASE} base only; drop --release")
     SlotPlan(slot).hosts(host_count)  # validate before touching anything
     refuse_if_owned_elsewhere(slot)
     down(slot, log=False)
     try:
-        return _bring_up(host_count, slot, log, vagrant)
+        return _bring_up(host_count, slot, log, vagrant, releases)
     except BaseException:
         down(slot, log=False)
         raise
 
 
-def _bring_up(host_count: int, slot: int, log: bool, vagrant: bool) -> LabState:
+def _bring_up(host_count: int, slot: int, log: bool, vagrant: bool, releases: list[str]) -> LabState:
     t0 = time.monotonic()
-    base = rootfs.ensure_base(log=log)
-    mirror.ensure_debs(base)
+    bases = {}
+    for release in dict.fromkeys(releases):
+        bases[release] = rootfs.ensure_base(release, log=log)
+        mirror.ensure_debs(bases[release], release)
     registry.ensure_registry(ensure_tiny_model())
     t_prepared = time.monotonic()
+    base = bases[releases[0]]
     lab = _new_state(slot, base)
     lab.provider = "vagrant" if vagrant else "nspawn"
     # Recorded before anything is made, so `down` can clear a crash at any point below.
@@ -120,7 +134,7 @@ def _bring_up(host_count: int, slot: int, log: bool, vagrant: bool) -> LabState:
         lab.hosts = vagrant_fleet.up(lab.plan, host_count, base)
         lab.ssh_config_path = str(vagrant_fleet.ssh_config_path(slot))
     else:
-        started = _start_hosts(lab, base, SlotPlan(slot).hosts(host_count))
+        started = _start_hosts(lab, bases, releases, SlotPlan(slot).hosts(host_count))
         results = _wait_all_ready(lab, started)
     t_ready = time.monotonic()
     lab.timings = {
@@ -179,16 +193,22 @@ def _start_controller_side(lab: LabState, host_count: int) -> None:
     state.save(lab)
 
 
-def _start_hosts(lab: LabState, base: Path, everyone: list[HostPlan]) -> dict[str, float]:
-    """Prepare and boot every host (recording each PID as soon as it exists); return their start times."""
+def _start_hosts(
+    lab: LabState, bases: dict[str, Path], releases: list[str], everyone: list[HostPlan]
+) -> dict[str, float]:
+    """Prepare and boot every host on its release's base (recording each PID as soon as it exists); return
+    their start times."""
     public_key = Path(f"{lab.key_path}.pub").read_text()
     started: dict[str, float] = {}
     for me in everyone:
+        release = release_of_host(releases, me.index)
         root = hosts.prepare_root(
-            base, Path(lab.runtime_dir) / me.machine, me, lab.plan, everyone, public_key
+            bases[release], Path(lab.runtime_dir) / me.machine, me, lab.plan, everyone, public_key, release
         )
         host_cgroups = [Path(r) / me.machine for r in lab.cgroup_roots]
-        lab.hosts.append(HostState(me.name, me.machine, me.ip, str(root), [str(c) for c in host_cgroups]))
+        lab.hosts.append(
+            HostState(me.name, me.machine, me.ip, str(root), [str(c) for c in host_cgroups], release=release)
+        )
         state.save(lab)
         started[me.name] = time.monotonic()
         lab.hosts[-1].pid = hosts.start(root, me, lab.plan, host_cgroups, _logs(lab.slot) / f"{me.name}.log")
@@ -363,7 +383,14 @@ def status(slot: int) -> dict[str, object]:
         ready = running and subprocess.run(
             probe, capture_output=True, timeout=15, check=False, stdin=subprocess.DEVNULL
         ).returncode == 0  # fmt: skip
-        return {"name": host.name, "ip": host.ip, "pid": host.pid, "running": running, "ssh_ready": ready}
+        return {
+            "name": host.name,
+            "ip": host.ip,
+            "release": host.release,
+            "pid": host.pid,
+            "running": running,
+            "ssh_ready": ready,
+        }
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         host_rows = list(pool.map(host_status, lab.hosts))

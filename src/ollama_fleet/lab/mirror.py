@@ -2,8 +2,10 @@
 artifacts, models and an Ollama registry (registry.py), served over HTTP by a small background server on the
 controller's lab bridge address.
 
-The .debs are fetched once with ordinary apt, resolving against the base rootfs' dpkg status (so only what the
-base lacks is downloaded), with an apt configuration of its own that reads only Debian's archives.
+Each Debian release the lab boots has its own repository (/debian/ for the default release,
+/debian-<release>/ for the others). The .debs are fetched once with ordinary apt, resolving against that
+release's base rootfs' dpkg status (so only what the base lacks is downloaded), with an apt configuration of
+its own that reads only Debian's archives.
 """
 
 from __future__ import annotations
@@ -28,31 +30,44 @@ from typing import BinaryIO, ClassVar
 from ollama_fleet.lab import rootfs
 from ollama_fleet.lab.paths import cache_dir
 from ollama_fleet.lab.progress import apt_bytes
+from ollama_fleet.lab.releases import DEFAULT_RELEASE, RELEASES
 from ollama_fleet.lab.run import LabError, run, run_long
 from ollama_fleet.localfiles import exclusive_lock
 
 MIRROR_PACKAGES = ("nginx", "libnginx-mod-http-js", "ufw", "zstd")
 """What the deploy installs on hosts (their dependencies come along). Add here when the deploy needs more."""
 
-DEBIAN_SOURCES = (
-    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian "
-    "bookworm bookworm-updates main\n"
-    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security "
-    "bookworm-security main\n"
-)
 SERVER_MODULE = "ollama_fleet.lab.mirror"
 
 
-def debs_recipe_hash() -> str:
-    recipe = {"base": rootfs.recipe_hash(), "packages": sorted(MIRROR_PACKAGES), "sources": DEBIAN_SOURCES}
+def debian_sources(release: str = DEFAULT_RELEASE) -> str:
+    """Debian's archives for `release`: the release with its point updates and its security updates."""
+    signed = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]"
+    return (
+        f"{signed} http://deb.debian.org/debian {release} {release}-updates main\n"
+        f"{signed} http://deb.debian.org/debian-security {release}-security main\n"
+    )
+
+
+def debs_recipe_hash(release: str = DEFAULT_RELEASE) -> str:
+    recipe = {
+        "base": rootfs.recipe_hash(release),
+        "packages": sorted(MIRROR_PACKAGES),
+        "sources": debian_sources(release),
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def debian_route(release: str = DEFAULT_RELEASE) -> str:
+    """The URL prefix of `release`'s repository: the default release keeps /debian/, as before releases."""
+    return "/debian/" if release == DEFAULT_RELEASE else f"/debian-{release}/"
 
 
 def routes() -> dict[str, Path]:
     """URL prefix -> directory. Directories that do not exist (yet) simply answer 404."""
     artifacts = cache_dir() / "artifacts"
     return {
-        "/debian/": cache_dir() / "debs" / debs_recipe_hash(),
+        **{debian_route(release): cache_dir() / "debs" / debs_recipe_hash(release) for release in RELEASES},
         "/ollama/": artifacts / "ollama" / "pages",  # a release page: v<version>/<archive>, sha256sum.txt
         "/ollama-builds/": artifacts / "ollama",  # the lab's builds, both formats (by-hand installs)
         "/models/": artifacts / "models",
@@ -60,8 +75,12 @@ def routes() -> dict[str, Path]:
     }
 
 
-def _apt_options(base: Path, repo: Path) -> list[str]:
-    apt_dir = cache_dir() / "apt"
+def _apt_dir(release: str) -> Path:
+    return cache_dir() / "apt" / release
+
+
+def _apt_options(base: Path, repo: Path, release: str) -> list[str]:
+    apt_dir = _apt_dir(release)
     options = {
         "Dir::Etc::SourceList": str(apt_dir / "sources.list"),
         "Dir::Etc::SourceParts": str(apt_dir / "empty"),
@@ -79,16 +98,17 @@ def _apt_options(base: Path, repo: Path) -> list[str]:
     return [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
 
 
-def _prepare_apt_dirs() -> None:
-    apt_dir = cache_dir() / "apt"
+def _prepare_apt_dirs(release: str) -> None:
+    apt_dir = _apt_dir(release)
     for sub in ("empty", "lists/partial", "cache"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
-    (apt_dir / "sources.list").write_text(DEBIAN_SOURCES)
+    (apt_dir / "sources.list").write_text(debian_sources(release))
 
 
-def ensure_debs(base: Path) -> Path:
-    """Return the apt repository for the current package list, downloading and indexing it when missing."""
-    final = routes()["/debian/"]
+def ensure_debs(base: Path, release: str = DEFAULT_RELEASE) -> Path:
+    """Return `release`'s apt repository for the current package list (`base` is that release's base
+    rootfs), downloading and indexing it when missing."""
+    final = routes()[debian_route(release)]
     if (final / "Release").is_file():
         return final
     with exclusive_lock(cache_dir() / "debs" / ".lock"):
@@ -97,13 +117,16 @@ def ensure_debs(base: Path) -> Path:
         building = final.with_name(f".build-{final.name}-{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)
         (building / "partial").mkdir(parents=True)
-        print(f"lab: downloading mirror packages {', '.join(MIRROR_PACKAGES)} into {final}", flush=True)
-        _prepare_apt_dirs()
-        options = _apt_options(base, building)
+        print(
+            f"lab: downloading {release}'s mirror packages {', '.join(MIRROR_PACKAGES)} into {final}",
+            flush=True,
+        )
+        _prepare_apt_dirs(release)
+        options = _apt_options(base, building, release)
         run(["apt-get", "-q", *options, "update"], timeout=900)
         run_long(
             ["apt-get", "-q", "-y", *options, "install", "--download-only", *MIRROR_PACKAGES],
-            "downloading mirror packages",
+            f"downloading {release}'s mirror packages",
             count_bytes=apt_bytes,
             timeout=900,
         )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ollama_fleet.lab.releases import DEFAULT_RELEASE
+
 MAX_SLOT = 127
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 240
@@ -119,7 +121,12 @@ class SlotPlan:
 
     @property
     def apt_source_line(self) -> str:
-        return f"deb [trusted=yes] {self.mirror_base_url}/debian ./"
+        return self.apt_source_line_for(DEFAULT_RELEASE)
+
+    def apt_source_line_for(self, release: str) -> str:
+        """A host of `release`'s only apt source: its release's repository on the lab mirror."""
+        path = "debian" if release == DEFAULT_RELEASE else f"debian-{release}"
+        return f"deb [trusted=yes] {self.mirror_base_url}/{path} ./"
 
     def host(self, index: int) -> HostPlan:
         if not 1 <= index <= MAX_HOSTS:

@@ -1,7 +1,8 @@
 """The base root filesystem every lab host boots from (read-only lower layer of its overlay).
 
-Built with debootstrap once per recipe and cached under <cache>/rootfs/<recipe-hash>/. It is built in a
-temporary directory and renamed into place only when complete, so a crash never leaves a half base behind.
+Built with debootstrap once per recipe (one per Debian release, releases.RELEASES; the release is part of the
+recipe) and cached under <cache>/rootfs/<recipe-hash>/. It is built in a temporary directory and renamed into
+place only when complete, so a crash never leaves a half base behind.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import shutil
 from pathlib import Path
 
 from ollama_fleet.lab.paths import cache_dir
+from ollama_fleet.lab.releases import DEFAULT_RELEASE, RELEASES
 from ollama_fleet.lab.run import run, run_long
 from ollama_fleet.localfiles import exclusive_lock
 
-SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 VARIANT = "minbase"
 INCLUDE = (
@@ -37,9 +38,9 @@ CUSTOMIZATION_VERSION = 1
 SSHD_LAB_CONF = "HostKey /etc/ssh/ssh_host_ed25519_key\nUseDNS no\n"
 
 
-def recipe() -> dict[str, object]:
+def recipe(release: str = DEFAULT_RELEASE) -> dict[str, object]:
     return {
-        "suite": SUITE,
+        "suite": release,
         "mirror": DEBIAN_MIRROR,
         "variant": VARIANT,
         "include": sorted(INCLUDE),
@@ -47,17 +48,17 @@ def recipe() -> dict[str, object]:
     }
 
 
-def recipe_hash() -> str:
-    return hashlib.sha256(json.dumps(recipe(), sort_keys=True).encode()).hexdigest()[:16]
+def recipe_hash(release: str = DEFAULT_RELEASE) -> str:
+    return hashlib.sha256(json.dumps(recipe(release), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def rootfs_cache() -> Path:
     return cache_dir() / "rootfs"
 
 
-def ensure_base(log: bool = True) -> Path:
-    """Return the cached base for the current recipe, building it first when missing."""
-    final = rootfs_cache() / recipe_hash()
+def ensure_base(release: str = DEFAULT_RELEASE, log: bool = True) -> Path:
+    """Return the cached base of `release` for the current recipe, building it first when missing."""
+    final = rootfs_cache() / recipe_hash(release)
     if final.is_dir():
         return final
     with exclusive_lock(rootfs_cache() / ".lock"):
@@ -65,13 +66,13 @@ def ensure_base(log: bool = True) -> Path:
             return final
         for stale in rootfs_cache().glob(".build-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        building = rootfs_cache() / f".build-{recipe_hash()}-{os.getpid()}"
+        building = rootfs_cache() / f".build-{final.name}-{os.getpid()}"
         if log:
-            print(f"lab: building base rootfs {final} (debootstrap {SUITE}, ~1-2 min, once)", flush=True)
+            print(f"lab: building base rootfs {final} (debootstrap {release}, ~1-2 min, once)", flush=True)
         run_long(
-            ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}", SUITE, str(building),
+            ["debootstrap", f"--variant={VARIANT}", f"--include={','.join(INCLUDE)}", release, str(building),
              DEBIAN_MIRROR],
-            f"debootstrap {SUITE}",
+            f"debootstrap {release}",
         )  # fmt: skip
         _customize(building)
         building.rename(final)
@@ -80,11 +81,15 @@ def ensure_base(log: bool = True) -> Path:
 
 
 def prune_unused_bases(keep: Path) -> list[Path]:
-    """Drop bases of older recipes, except any still a lower layer of a mounted host overlay."""
+    """Drop bases of older recipes, except any still a lower layer of a mounted host overlay (every
+    release's current base stays)."""
     mountinfo = Path("/proc/self/mountinfo").read_text()
+    current = {rootfs_cache() / recipe_hash(release) for release in RELEASES}
     pruned = []
     for candidate in rootfs_cache().iterdir():
-        if candidate == keep or candidate.name.startswith(".") or not candidate.is_dir():
+        if candidate == keep or candidate in current:
+            continue
+        if candidate.name.startswith(".") or not candidate.is_dir():
             continue
         if f"lowerdir={candidate}" in mountinfo:
             continue

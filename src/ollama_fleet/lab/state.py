@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ollama_fleet.lab.paths import state_dir
 from ollama_fleet.lab.plan import SlotPlan
+from ollama_fleet.lab.releases import DEFAULT_RELEASE
 from ollama_fleet.lab.run import LabError
 
 
@@ -27,6 +28,8 @@ class HostState:
     cgroups: list[str]
     pid: int | None = None
     """PID of this host's systemd-nspawn (the only process `down` signals for it)."""
+    release: str = DEFAULT_RELEASE
+    """The Debian release it boots (releases.RELEASES)."""
 
 
 @dataclass
@@ -41,6 +44,7 @@ class LabState:
     mirror_url: str
     """Base URL of the mirror: `<mirror_url>/debian/`, `/ollama/`, `/models/`."""
     base_rootfs: str
+    """The base rootfs of the first host's release (each host's release: HostState.release)."""
     runtime_dir: str
     cgroup_roots: list[str]
     mirror_pid: int | None = None

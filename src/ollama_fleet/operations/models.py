@@ -176,8 +176,10 @@ def custom_model(
 
 # mawk (Debian's awk) reads a pipe in blocks unless interactive: progress would come in bursts.
 LINE_AWK = "$(command -v mawk >/dev/null && echo mawk -W interactive || echo awk)"
+# now(): POSIX awk's clock, srand() returning the last seed (the time of day): seconds in mawk 1.3.4-20200120
+# (Debian 12), nanoseconds in 1.3.4-20250131 (Debian 13); whatever the unit, scaled down to seconds.
 PULL_PROGRESS_PROGRAM = r"""
-function now() { srand(); return srand() }  # POSIX awk's clock: srand() returns the last seed
+function now(    t) { srand(); t = srand(); while (t >= 100000000000) t /= 1000; return int(t) }
 function mb(n) { return sprintf("%.1f", n / 1048576) }
 function done_so_far() {
     return last == "" ? "" : sprintf(" (%s: %s of %s MB done)", last, mb(best[last]), mb(size[last]))
