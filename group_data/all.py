@@ -251,3 +251,12 @@ service_address = None
 gpu_vendor = "auto"
 # The health timer restarts Ollama when a GPU host's loaded models run on the CPU (as after a resume).
 gpu_restart_on_cpu_fallback = False
+
+# --- metrics_*: per-request metrics for Prometheus (docs/metrics.md) ---------------------------------------
+# nginx logs each request's key name (never its value), model, route, status, time to first token and
+# tokens; mtail (Debian's package) turns that log into Prometheus series served at https://HOST/metrics, to
+# a key with the `metrics` scope (auth_key_policies, e.g. {"monitor": {"scope": "metrics"}}).
+metrics_enabled = True
+# Where /metrics may be asked from, besides the key: e.g. the monitoring hosts' subnet; empty: anywhere the
+# firewall lets in. With auth_enabled false nobody else may read it (no key to ask for).
+metrics_subnets = []

@@ -26,6 +26,7 @@ from ollama_fleet.settings.sections import (
     FirewallSettings,
     GpuSettings,
     HealthSettings,
+    MetricsSettings,
     NginxSettings,
     OllamaSettings,
     ServiceSettings,
@@ -59,6 +60,7 @@ SECTIONS: dict[str, type[Section]] = {
     "deploy": DeploySettings,
     "service": ServiceSettings,
     "gpu": GpuSettings,
+    "metrics": MetricsSettings,
 }
 
 
@@ -77,6 +79,7 @@ class FleetSettings(BaseModel):
     deploy: DeploySettings
     service: ServiceSettings
     gpu: GpuSettings
+    metrics: MetricsSettings
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSettings:
@@ -190,6 +193,11 @@ class FleetSettings(BaseModel):
         """Its own API on nginx_https_port: what clients call there, and what the fleet's gateways balance
         over."""
         return self.serves_api and self.nginx.enabled
+
+    @property
+    def serves_metrics(self) -> bool:
+        """nginx logs each request for the metrics and serves /metrics (metrics_enabled, behind nginx)."""
+        return self.metrics.enabled and self.nginx.enabled
 
     @property
     def is_gateway(self) -> bool:
