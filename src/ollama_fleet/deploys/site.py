@@ -19,6 +19,7 @@ from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.metrics import request_metrics
 from ollama_fleet.deploys.models import ollama_models
+from ollama_fleet.deploys.monitoring import monitoring_role
 from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy, rollout_drained
 from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stopped, rollback_target_for
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
@@ -120,6 +121,8 @@ def whole_deploy(
         ollama_models(s=s)
     # Installs the timer, or removes it (health_enabled false, or gateway_only).
     health_monitoring(s=s, gpu_vendors=setup["vendors"])
+    if s.monitoring.enabled and pair is not None and pair.ca_pem:
+        monitoring_role(s=s, ca_pem=pair.ca_pem)
     return rollback_to, too_wide
 
 
