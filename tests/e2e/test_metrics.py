@@ -61,8 +61,17 @@ class Monitored:
             for r in answer["data"]["result"]
         }
 
+    def scraped_after(self, moment: float, timeout: float = 60) -> None:
+        """Wait until Prometheus has scraped every host after `moment` (the lab shares this clock)."""
+        up = 'up{job="ollama_fleet"}'
+        promql = f"min(timestamp({up})) > {moment} and count({up}) == {len(self.fleet.hosts)}"
+        deadline = time.monotonic() + timeout
+        while not self.query(promql):
+            assert time.monotonic() < deadline, f"Prometheus scraped no host after {moment} in {timeout} s"
+            time.sleep(2)
+
     def alerts(self) -> list[dict[str, Any]]:
-        out = self.fleet.ssh_ok(self.monitoring, "curl -sf http://127.0.0.1:9093/api/v2/alerts?active=true")
+        out = self.fleet.ssh_ok(self.monitoring, "curl -sf 'http://127.0.0.1:9093/api/v2/alerts?active=true'")
         return list(json.loads(out))
 
 
@@ -165,15 +174,17 @@ def _settled(monitored: Monitored, promql: str, expected: Series, timeout: float
 
 def test_prometheus_holds_exactly_the_requests_and_tokens_the_clients_saw(monitored: Monitored) -> None:
     fleet = monitored.fleet
-    api = 'server="api", route=~"/api/chat|/v1/chat/completions", status="200"'
+    api = 'server="api", route=~"/api/chat|/v1/chat/completions"'
     queries = {
-        "requests": f"sum by (key, model) (ollama_fleet_requests_total{{{api}}})",
+        "requests": f'sum by (key, model) (ollama_fleet_requests_total{{{api}, status="200"}})',
+        # Observed for answers only (status 200), so the histogram has no status label.
         "ttft": f"sum by (key, model) (ollama_fleet_ttft_seconds_count{{{api}}})",
         "prompt": 'sum by (key, model) (ollama_fleet_prompt_tokens_total{server="api"})',
         "output": 'sum by (key, model) (ollama_fleet_output_tokens_total{server="api"})',
         "gateway": 'sum by (key, model) (ollama_fleet_gateway_requests_total{status="200"})',
     }
-    # What the hosts counted before (earlier tests' traffic), read as it is now once Prometheus caught up.
+    # What the hosts counted before (earlier tests' traffic), once every host was scraped after now.
+    monitored.scraped_after(time.time())
     before = {name: monitored.query(q) for name, q in queries.items()}
     seen: dict[str, Counter[tuple[str, str]]] = {name: Counter() for name in queries}
     direct = [monitored.url(h) for h in fleet.hosts]

@@ -4,9 +4,11 @@ open to a key with the `metrics` scope only."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -129,27 +131,53 @@ def metered(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[M
         upstream.server.server_close()
 
 
-def _mtail_series(program: Path, log: Path) -> dict[tuple[str, ...], float]:
-    """The series mtail makes of `log` with `program`: (name, label values...) -> value (a histogram: its
-    count)."""
-    done = subprocess.run(
-        [_binary("mtail"), "--one_shot", "--progs", str(program), "--logs", str(log), "--logtostderr"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+@contextlib.contextmanager
+def running_mtail(program: Path, log: Path) -> Iterator[str]:
+    """Debian's mtail as the hosts run it (a daemon following `log`, from its end), for the `with` block;
+    yields its /metrics URL."""
+    port = _free_port()
+    argv = [_binary("mtail"), "--progs", str(program), "--logs", str(log), "--address", "127.0.0.1"]
+    argv += ["--port", str(port), "--logtostderr", "--emit_prog_label=false"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(url, timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline, "mtail did not start"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def scraped(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(series name, its labels) -> value, from a Prometheus text page."""
     series = {}
-    for metrics in json.loads(done.stdout).values():
-        for metric in metrics:
-            for labelled in metric.get("LabelValues", []):
-                value = labelled["Value"]
-                series[(metric["Name"], *labelled["Labels"])] = value.get("Value", value.get("Count"))
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        sample = SAMPLE.match(line)
+        if sample:
+            labels = frozenset(LABEL.findall(sample.group(2) or ""))
+            series[(sample.group(1), labels)] = float(sample.group(3))
     return series
 
 
+def value(series: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return series.get((name, frozenset(labels.items())), 0.0)
+
+
 def test_answers_pass_unchanged_and_their_counts_become_series(metered: Metered, tmp_path: Path) -> None:
-    with metered.client() as client:
+    program = tmp_path / "ollama-fleet.mtail"
+    program.write_text(mtail_program())
+    with running_mtail(program, metered.log) as mtail, metered.client() as client:
         with client.stream(
             "POST", "/api/chat", json={"model": "tiny"}, headers={"Authorization": f"Bearer {ALICE_KEY}"}
         ) as streamed:
@@ -161,22 +189,32 @@ def test_answers_pass_unchanged_and_their_counts_become_series(metered: Metered,
             headers={"Authorization": f"Bearer {ALICE_KEY}"},
         )
         refused = client.post("/api/chat", json={"model": "tiny"}, headers={"Authorization": "Bearer wrong"})
-    assert received == metered.upstream.sent[0]  # byte for byte, a split UTF-8 character included
-    assert answer.content == OPENAI_ANSWER and refused.status_code == 401
+        assert received == metered.upstream.sent[0]  # byte for byte, a split UTF-8 character included
+        assert answer.content == OPENAI_ANSWER and refused.status_code == 401
+        # mtail reads the lines as nginx writes them: wait for the last one.
+        chat = {"server": "api", "key": "alice", "model": "tiny:latest", "route": "/api/chat"}
+        deadline = time.monotonic() + 10
+        while not value(
+            series := scraped(mtail),
+            "ollama_fleet_requests_total",
+            **{**chat, "key": "", "model": "", "status": "401"},
+        ):
+            assert time.monotonic() < deadline, "mtail did not count the 401"
+            time.sleep(0.1)
     log = metered.log.read_text()
     assert ALICE_KEY not in log and "key=alice" in log  # the key's name, never its value
-    program = tmp_path / "ollama-fleet.mtail"
-    program.write_text(mtail_program())
-    series = _mtail_series(program, metered.log)
-    assert series[("ollama_fleet_requests_total", "api", "alice", "tiny:latest", "/api/chat", "200")] == 1
-    assert series[("ollama_fleet_prompt_tokens_total", "api", "alice", "tiny:latest", "/api/chat")] == 26
-    assert series[("ollama_fleet_output_tokens_total", "api", "alice", "tiny:latest", "/api/chat")] == 5
-    assert series[("ollama_fleet_eval_seconds_total", "api", "alice", "tiny:latest", "/api/chat")] == 0.5
-    assert series[("ollama_fleet_ttft_seconds", "api", "alice", "tiny:latest", "/api/chat")] == 1
-    route = "/v1/chat/completions"
-    assert series[("ollama_fleet_prompt_tokens_total", "api", "alice", "tiny:latest", route)] == 11
-    assert series[("ollama_fleet_output_tokens_total", "api", "alice", "tiny:latest", route)] == 3
-    assert series[("ollama_fleet_requests_total", "api", "", "", "/api/chat", "401")] == 1
+    assert value(series, "ollama_fleet_requests_total", **chat, status="200") == 1
+    assert value(series, "ollama_fleet_prompt_tokens_total", **chat) == 26
+    assert value(series, "ollama_fleet_output_tokens_total", **chat) == 5
+    assert value(series, "ollama_fleet_eval_seconds_total", **chat) == 0.5
+    assert value(series, "ollama_fleet_ttft_seconds_count", **chat) == 1
+    assert value(series, "ollama_fleet_request_seconds_count", **chat) == 1
+    openai = {**chat, "route": "/v1/chat/completions"}
+    assert value(series, "ollama_fleet_prompt_tokens_total", **openai) == 11
+    assert value(series, "ollama_fleet_output_tokens_total", **openai) == 3
+    # A refused request is counted, with no key name and no model, and no time to a first token.
+    refused_labels = {**chat, "key": "", "model": ""}
+    assert value(series, "ollama_fleet_ttft_seconds_count", **refused_labels) == 0
 
 
 def test_metrics_answer_only_a_key_with_the_metrics_scope(metered: Metered) -> None:

@@ -36,7 +36,8 @@ def mtail_defaults() -> str:
         f"LOGS={METRICS_LOG}\n"
         f"HOST={address}\n"
         f"PORT={port}\n"
-        'EXTRA_ARGS=""\n'
+        # One program: its name as a label on every series would say nothing.
+        'EXTRA_ARGS="--emit_prog_label=false"\n'
     )
 
 
