@@ -1,7 +1,8 @@
 """What the per-request metrics cost a streamed answer, as ratios to the same nginx without them, in this run.
 
-Two nginx instances serve the rendered site on loopback, one with metrics_enabled (the metrics log and the
-njs body filter that reads each answer's tokens) and one without, in front of one fake Ollama that streams
+Two nginx instances serve the rendered site on loopback with the default settings (njs reads each request's
+model for the cloud refusal), one with metrics_enabled (the metrics log and the njs body filter that reads
+each answer's tokens) and one without, in front of one fake Ollama that streams
 an NDJSON chat of N lines (Ollama's shape, the counts in the last). Rounds alternate between the two, each
 over a fresh TLS connection. Printed: the median time to the first chunk and to the end, metrics on as a
 multiple of off. Needs nginx and Debian's njs (as the unit tier); contacts loopback only.
@@ -82,7 +83,6 @@ def start_nginx(
             "firewall_enabled": False,
             "auth_key_names": ["alice"],
             "auth_secrets_file": str(tmp / "none.json"),
-            "ollama_cloud": True,  # no model check: the difference measured is the metrics alone
             "metrics_enabled": metrics,
         },
         ENVIRON,

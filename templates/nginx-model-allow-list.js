@@ -247,6 +247,8 @@ function setMetric(r, name, value) {
 // request its own copy of this module's variables), up to this many bytes: a longer line (a large embedding
 // answer) is not read, and its tokens go uncounted rather than held in memory.
 var MAX_LINE = 1048576;
+// Ollama's last chunk (Go writes no spaces; other servers may).
+var DONE = /"done"\s*:\s*true/;
 var pending = "";
 var modelSeen = false;
 
@@ -255,7 +257,7 @@ function recordAnswer(r, line) {
     // line of the OpenAI API (a "usage" object: the last chunk with stream_options.include_usage), or a
     // whole JSON answer. The model comes from the first line naming one, unless the request named it.
     var text = line.indexOf("data: ") === 0 ? line.slice(6) : line;
-    var counts = text.indexOf('"done":true') >= 0 || text.indexOf('"usage"') >= 0;
+    var counts = DONE.test(text) || text.indexOf('"usage"') >= 0;
     if (text.charAt(0) !== "{" || (modelSeen && !counts)) {
         return;
     }
