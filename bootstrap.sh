@@ -32,6 +32,10 @@ else
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${packages[@]}"
 fi
+# The tests use promtool (prometheus) and mtail's one-shot mode; their daemons have no job here.
+if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service mtail.service 2>/dev/null || true
+fi
 
 step "Go $GO_VERSION"
 if [ "$("$GO_ROOT/bin/go" env GOVERSION 2>/dev/null || true)" = "go$GO_VERSION" ]; then

@@ -251,3 +251,24 @@ service_address = None
 gpu_vendor = "auto"
 # The health timer restarts Ollama when a GPU host's loaded models run on the CPU (as after a resume).
 gpu_restart_on_cpu_fallback = False
+
+# --- metrics_*: per-request metrics for Prometheus (docs/metrics.md) ---------------------------------------
+# nginx logs each request's key name (never its value), model, route, status, time to first token and
+# tokens; mtail (Debian's package) turns that log into Prometheus series served at https://HOST/metrics, to
+# a key with the `metrics` scope (auth_key_policies, e.g. {"monitor": {"scope": "metrics"}}).
+metrics_enabled = True
+# Where /metrics may be asked from, besides the key: e.g. the monitoring hosts' subnet; empty: anywhere the
+# firewall lets in. With auth_enabled false nobody else may read it (no key to ask for).
+metrics_subnets = []
+
+# --- monitoring_*: Prometheus, Alertmanager and the blackbox exporter (docs/metrics.md) ---------------------
+# Hosts in the inventory group `monitoring` run them (None: the group decides; True or False overrides).
+# They scrape every host's /metrics and probe its /health over TLS (fleet CA), on loopback-only ports:
+# reach them with `ssh -L 9090:localhost:9090 -L 9093:localhost:9093 HOST`.
+monitoring_enabled = None
+# The key Prometheus sends to /metrics: one with the metrics scope that every host lists in auth_key_names.
+monitoring_metrics_key = None
+# Scrape, probe and rule evaluation interval: with 15s a stopped Ollama fires its alert in about a minute.
+monitoring_scrape_interval = "15s"
+# Alertmanager's receiver: a webhook URL taking its JSON. None: alerts stay in Alertmanager, sent nowhere.
+monitoring_alert_webhook_url = None

@@ -1,7 +1,8 @@
 // ollama-fleet: the model a request names, checked by nginx (njs) before the request reaches Ollama: a
 // cloud model (unless ollama_cloud) and a key's model allow-list ($ollama_fleet_key_models: the names,
-// space separated, as /api/tags lists them); the gateway's routing by model (route, below); and a host's
-// answer to a gateway's first try (ifLoaded). A refused request gets an OpenAI-shaped 400 or 403; any other
+// space separated, as /api/tags lists them); the gateway's routing by model (route, below); a host's
+// answer to a gateway's first try (ifLoaded); and, for the metrics log, the tokens an answer reports
+// (tokens, a body filter) and the gateway's tries (tries). A refused request gets an OpenAI-shaped 400 or 403; any other
 // goes on to Ollama unchanged (body and streaming included).
 
 // A gateway's first try names the model the host must have loaded (gateway.IF_LOADED_HEADER), honoured only
@@ -155,6 +156,9 @@ function check(r) {
     if (model === undefined) {
         return;
     }
+    if (model) {
+        setMetric(r, "ollama_fleet_model", listedName(model));
+    }
     if (model === null) {
         r.internalRedirect("@ollama_fleet_upstream"); // nothing named: listing, version, ...
         return;
@@ -218,6 +222,7 @@ function route(r) {
         return;
     }
     r.variables.ollama_fleet_gw_model = listedName(model);
+    setMetric(r, "ollama_fleet_model", listedName(model));
     var pool = r.variables.ollama_fleet_gw_pool;
     if (!pool) {
         refuse(r, 404, "model_not_found", "The model '" + model + "' is not served by any host of the " +
@@ -227,4 +232,94 @@ function route(r) {
     r.internalRedirect(pool);
 }
 
-export default {check: check, ifLoaded: ifLoaded, route: route, listedName: listedName};
+// --- Metrics (metrics_enabled): what the access log's metrics line needs that nginx does not know ----------
+
+function setMetric(r, name, value) {
+    // A site template without the metrics log (metrics_enabled false, or an override) lacks the js_var.
+    try {
+        r.variables[name] = String(value);
+    } catch (e) {
+        // nothing to record into
+    }
+}
+
+// The body filter keeps only the unfinished last line of what it has seen (per request: njs gives each
+// request its own copy of this module's variables), up to this many bytes: a longer line (a large embedding
+// answer) is not read, and its tokens go uncounted rather than held in memory.
+var MAX_LINE = 1048576;
+// Ollama's last chunk (Go writes no spaces; other servers may).
+var DONE = /"done"\s*:\s*true/;
+var pending = "";
+var modelSeen = false;
+
+function recordAnswer(r, line) {
+    // One line of an answer: Ollama's NDJSON (the last, "done": true, carries the counts), an SSE "data:"
+    // line of the OpenAI API (a "usage" object: the last chunk with stream_options.include_usage), or a
+    // whole JSON answer. The model comes from the first line naming one, unless the request named it.
+    var text = line.indexOf("data: ") === 0 ? line.slice(6) : line;
+    var counts = DONE.test(text) || text.indexOf('"usage"') >= 0;
+    if (text.charAt(0) !== "{" || (modelSeen && !counts)) {
+        return;
+    }
+    var answer;
+    try {
+        answer = JSON.parse(text);
+    } catch (e) {
+        return;
+    }
+    if (!modelSeen && typeof answer.model === "string" && answer.model) {
+        modelSeen = true;
+        if (!r.variables.ollama_fleet_model) {
+            setMetric(r, "ollama_fleet_model", listedName(answer.model));
+        }
+    }
+    var usage = answer.usage && typeof answer.usage === "object" ? answer.usage : null;
+    if (answer.done === true && typeof answer.eval_count === "number") {
+        setMetric(r, "ollama_fleet_tokens_in", answer.prompt_eval_count || 0);
+        setMetric(r, "ollama_fleet_tokens_out", answer.eval_count);
+        setMetric(r, "ollama_fleet_eval_seconds", ((answer.eval_duration || 0) / 1e9).toFixed(6));
+    } else if (answer.done === true && typeof answer.prompt_eval_count === "number") {
+        setMetric(r, "ollama_fleet_tokens_in", answer.prompt_eval_count); // embeddings
+        setMetric(r, "ollama_fleet_tokens_out", 0);
+    } else if (usage) {
+        // chat/completions and completions: prompt/completion_tokens; responses and messages: input/output.
+        setMetric(r, "ollama_fleet_tokens_in", usage.prompt_tokens || usage.input_tokens || 0);
+        setMetric(r, "ollama_fleet_tokens_out", usage.completion_tokens || usage.output_tokens || 0);
+    }
+}
+
+function tokens(r, data, flags) {
+    // The answer passes on unchanged, chunk by chunk as it came (streaming is untouched); its complete
+    // lines are read on the way.
+    r.sendBuffer(data, flags);
+    var text = pending + data.toString();
+    var lines = text.split("\n");
+    pending = lines.pop();
+    for (var i = 0; i < lines.length; i++) {
+        recordAnswer(r, lines[i].trim());
+    }
+    if (pending.length > MAX_LINE) {
+        pending = "";
+        modelSeen = true; // give up on this answer: no more parsing of its lines
+    }
+    if (flags.last && pending) {
+        recordAnswer(r, pending.trim()); // a JSON answer without a final newline
+        pending = "";
+    }
+}
+
+function tries(r) {
+    // The gateway's tries: $upstream_addr lists each host tried (", " between hosts, " : " before a try in
+    // another location, such as the second try after a first one for a host with the model loaded).
+    var addr = r.variables.upstream_addr;
+    return addr ? String(addr.split(/, | : /).length) : "0";
+}
+
+export default {
+    check: check,
+    ifLoaded: ifLoaded,
+    route: route,
+    listedName: listedName,
+    tokens: tokens,
+    tries: tries,
+};

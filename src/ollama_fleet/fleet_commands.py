@@ -7,10 +7,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ollama_fleet import fleetrepo, reference
 from ollama_fleet.fleetrepo import FleetPlan, FleetRepoError
+from ollama_fleet.settings.auth import Scope
 
 APPLY = (
     "apply it with a deploy from {dir}: pyinfra -y inventory.py deploy.py "
@@ -227,7 +228,7 @@ def register(subparsers: Any) -> None:
     actions.add_parser("list", help="each key's scope and limits, never its value")
     add = actions.add_parser("add", help="a new key with a fresh value")
     add.add_argument("name")
-    add.add_argument("--scope", choices=("inference", "admin"))
+    add.add_argument("--scope", choices=get_args(Scope))
     add.add_argument("--models", action="append", help="the only models it may name (a,b)")
     add.add_argument("--rate", help="an nginx rate, e.g. 60r/m")
     add.add_argument("--burst", type=int)

@@ -24,9 +24,16 @@ GATEWAY_GROUP = "gateway"
 """Hosts of this inventory group serve the fleet's gateway (gateway_enabled, unless their data says)."""
 
 
+MONITORING_GROUP = "monitoring"
+"""Hosts of this inventory group run Prometheus, Alertmanager and the blackbox exporter for the fleet."""
+
+
 def with_gateway_group(data: dict[str, Any], groups: Iterable[str]) -> dict[str, Any]:
     """A host's data with gateway_enabled decided: as set (true or false), else (None, the default) whether
-    the host is in the `gateway` group."""
+    the host is in the `gateway` group; monitoring_enabled likewise from the `monitoring` group."""
+    groups = list(groups)
+    if data.get("monitoring_enabled") is None:
+        data = {**data, "monitoring_enabled": MONITORING_GROUP in groups}
     if data.get("gateway_enabled") is None:
         return {**data, "gateway_enabled": GATEWAY_GROUP in groups}
     return data

@@ -39,6 +39,10 @@ MODEL_ALLOW_LIST_JS_PATH = PurePosixPath("/usr/share/ollama-fleet/nginx-model-al
 LOADED_CACHE_DIR = PurePosixPath("/var/lib/nginx/ollama-fleet-loaded")
 """The loaded check's cache of /api/ps; nginx makes it (its parent comes with Debian's nginx)."""
 NJS_PACKAGE = "libnginx-mod-http-js"
+METRICS_LOG = PurePosixPath("/var/log/nginx/ollama-fleet-metrics.log")
+"""nginx's metrics log (one line per request), which mtail reads."""
+METRICS_EXPORTER = "127.0.0.1:3903"
+"""Where mtail serves its Prometheus page, on loopback only: clients reach it through nginx's /metrics."""
 OLLAMA_BIN = PurePosixPath("/usr/local/bin/ollama")
 RELEASE_STORE = PurePosixPath("/var/lib/ollama-fleet/releases")
 """On the models seed: the Ollama archives it fetched, v<version>/<archive>, served to the other hosts."""
@@ -168,6 +172,13 @@ def _path_pattern(path: str) -> str:
     return "~^" + "/".join(segments) + "$"
 
 
+def metric_routes(routes: tuple[tuple[str, str, RouteClass], ...] = ROUTES) -> list[tuple[str, str]]:
+    """($uri pattern, route label) for the metrics: each route of Ollama's router as its router writes it
+    (a path parameter stays `:name`, so the labels stay few); any other path is `other`."""
+    paths = dict.fromkeys(path for _, path, _ in routes)
+    return [(_path_pattern(path), path) for path in paths]
+
+
 def inference_paths() -> list[str]:
     """What an `inference` key may use (nginx map patterns against the normalized $uri)."""
     return [pattern for pattern, scope in path_scopes() if scope == "inference"]
@@ -206,6 +217,7 @@ def render_nginx_site(
     loaded_check: bool = False,
     gateway_members_dir: PurePosixPath = GATEWAY_MEMBERS_DIR,
     gateway_addresses: Sequence[str] = (),
+    metrics_log: PurePosixPath = METRICS_LOG,
 ) -> str:
     """The nginx site: HTTP->HTTPS redirect, TLS, key check, CORS preflight, streaming proxy to Ollama;
     on a gateway host (`gateway`: the fleet's plan) also the gateway server, balancing over the hosts.
@@ -251,6 +263,9 @@ def render_nginx_site(
         gateway_errors=GATEWAY_ERRORS,
         tags_json=tags_json(gateway) if gateway else "",
         openai_models_json=openai_models_json(gateway) if gateway else "",
+        metric_routes=metric_routes(),
+        metrics_log=metrics_log,
+        metrics_exporter=METRICS_EXPORTER,
     )
 
 
@@ -264,9 +279,9 @@ def lan_models(s: FleetSettings) -> list[tuple[ModelReference, ModelReference]]:
 def needs_njs(s: FleetSettings, loaded_check: bool = False) -> bool:
     """A key with a model allow-list, the gateway, or the cloud refusal (ollama_cloud off, the default):
     nginx needs njs to read the model from the body; a gateway's first try (`loaded_check`): to ask
-    Ollama's /api/ps."""
+    Ollama's /api/ps; the metrics (metrics_enabled): to read the tokens from the answers."""
     allow_lists = s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)
-    return s.is_gateway or loaded_check or allow_lists or not s.ollama.cloud
+    return s.is_gateway or loaded_check or allow_lists or not s.ollama.cloud or s.serves_metrics
 
 
 def model_allow_list_js(s: FleetSettings) -> str:

@@ -29,8 +29,17 @@ from ollama_fleet.render import OLLAMA_BIN, RELEASE_STORE
 from ollama_fleet.settings import FleetSettings
 
 RECORD_PATH = "/var/lib/ollama-fleet/verified-state"
-UNITS = ("ollama.service", "nginx.service", TIMER)
-PACKAGES = ("ufw", "curl", "ca-certificates", "zstd", "nginx", "libnginx-mod-http-js", "python3")
+UNITS = (
+    "ollama.service",
+    "nginx.service",
+    TIMER,
+    "mtail.service",
+    # the monitoring role's (deploys/monitoring.py)
+    "prometheus.service",
+    "prometheus-alertmanager.service",
+    "prometheus-blackbox-exporter.service",
+)
+PACKAGES = ("ufw", "curl", "ca-certificates", "zstd", "nginx", "libnginx-mod-http-js", "python3", "mtail")
 # Whose every file is read (sha256) besides its metadata: small configuration trees.
 CONTENT_PATHS = (
     "/etc/systemd/system/ollama.service",
@@ -46,6 +55,12 @@ CONTENT_PATHS = (
     "/var/lib/ollama-fleet/models",
     "/etc/default/ufw",
     "/etc/ufw",
+    "/etc/mtail",  # metrics (deploys/metrics.py)
+    "/etc/default/mtail",
+    "/etc/prometheus",  # the monitoring role (deploys/monitoring.py)
+    "/etc/default/prometheus",
+    "/etc/default/prometheus-alertmanager",
+    "/etc/default/prometheus-blackbox-exporter",
 )
 # Not SubState: a timer is "running" while the health check it started runs.
 UNIT_PROPERTIES = (

@@ -61,7 +61,8 @@ MODULE_ORDER = (
     "test_doctor",
     "test_rollout",
     "test_day2",
-    "test_gateway",  # last: it leaves lab-1 a gateway and lab-2 an extra model
+    "test_gateway",  # it leaves lab-1 a gateway and lab-2 an extra model
+    "test_metrics",  # last: it leaves lab-3 a monitoring host and every host granting a metrics key
 )
 
 

@@ -127,10 +127,17 @@ def test_a_host_without_an_ip_is_named(tmp_path: Path) -> None:
 
 def test_the_gateway_group_turns_the_gateway_on_unless_the_data_says() -> None:
     # group_data/all.py gives every host gateway_enabled = None
-    assert with_gateway_group({"gateway_enabled": None}, ["all", "gateway"]) == {"gateway_enabled": True}
-    assert with_gateway_group({}, ["all", "gateway"]) == {"gateway_enabled": True}
-    assert with_gateway_group({"gateway_enabled": False}, ["gateway"]) == {"gateway_enabled": False}
-    assert with_gateway_group({"gateway_enabled": None}, ["all"]) == {"gateway_enabled": False}
+    def decided(data: dict[str, Any], groups: list[str]) -> bool:
+        return bool(with_gateway_group(data, groups)["gateway_enabled"])
+
+    assert decided({"gateway_enabled": None}, ["all", "gateway"]) is True
+    assert decided({}, ["all", "gateway"]) is True
+    assert decided({"gateway_enabled": False}, ["gateway"]) is False
+    assert decided({"gateway_enabled": None}, ["all"]) is False
+    # The `monitoring` group decides monitoring_enabled the same way.
+    assert with_gateway_group({}, ["monitoring"])["monitoring_enabled"] is True
+    assert with_gateway_group({}, ["gateway"])["monitoring_enabled"] is False
+    assert with_gateway_group({"monitoring_enabled": False}, ["monitoring"])["monitoring_enabled"] is False
 
 
 def test_gateway_settings_are_checked(tmp_path: Path) -> None:
@@ -542,9 +549,12 @@ def test_a_request_the_gateway_sends_its_own_host_counts_once_against_the_keys_l
             url = f"https://localhost:{api_port[1]}/api/chat"
             refused = direct.post(url, json=_chat("own"), headers=_bearer(ALICE_KEY))
     assert refused.status_code == 429, refused.text
-    assert re.search(
-        r"limiting requests, excess: 3\.000 .* client: 127\.0\.0\.7", (tmp_path / "error.log").read_text()
+    # Three counted before it (a fourth would be excess 4): nginx's bucket leaks 1/60 a second at 1r/m, so
+    # on a loaded machine the excess shows a little under 3.
+    excess = re.search(
+        r"limiting requests, excess: ([\d.]+) .* client: 127\.0\.0\.7", (tmp_path / "error.log").read_text()
     )
+    assert excess is not None and 2.9 < float(excess[1]) <= 3.0, excess
 
 
 def test_a_host_whose_certificate_does_not_name_it_gets_nothing(tmp_path: Path, ca: FleetCA) -> None:

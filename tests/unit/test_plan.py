@@ -124,12 +124,13 @@ def test_bare_hosts_get_every_concern_in_dependency_order(tmp_path: Path) -> Non
     groups = [name.split(" | ")[0] for name in names if " | " in name]
     order = list(dict.fromkeys(groups))
     # (no models are listed by default, so the models deploy adds nothing here)
-    assert order[:6] == [
+    assert order[:7] == [
         "ufw firewall",
         "Install Ollama",
         "Ollama service",
         "TLS certificate",
         "nginx proxy",
+        "Per-request metrics (mtail)",
         "Ollama health timer",
     ]
     ops = by_name(operations)

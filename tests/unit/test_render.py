@@ -992,10 +992,13 @@ def test_a_stream_through_the_model_check_is_not_buffered(allow_listed: Proxy) -
 
 
 def test_the_model_check_is_left_out_only_with_cloud_on_and_no_key_with_a_list(tmp_path: Path) -> None:
-    cloud_on = fleet_settings(tmp_path, ollama_cloud=True)
+    cloud_on = fleet_settings(tmp_path, ollama_cloud=True, metrics_enabled=False)
     site = render.render_nginx_site(cloud_on)
     assert "js_import" not in site and "418" not in site and "refuse_cloud" not in site
     assert not render.needs_njs(cloud_on)
+    # The metrics read each answer's tokens with njs; no request is refused for its model.
+    metered = render.render_nginx_site(fleet_settings(tmp_path, ollama_cloud=True))
+    assert "js_body_filter" in metered and "refuse_cloud" not in metered
     assert render.needs_njs(fleet_settings(tmp_path, ollama_cloud=True, **ALLOW_LISTED))
     assert render.needs_njs(fleet_settings(tmp_path))  # cloud off: every request's model is read
 
@@ -1124,7 +1127,7 @@ def test_a_first_try_goes_on_to_ollama_when_it_cannot_tell(tmp_path: Path, ca: F
 
 
 def test_the_loaded_check_is_there_only_for_a_gateways_hosts(tmp_path: Path) -> None:
-    s = fleet_settings(tmp_path, ollama_cloud=True)
+    s = fleet_settings(tmp_path, ollama_cloud=True, metrics_enabled=False)
     assert "419" not in render.render_nginx_site(s) and not render.needs_njs(s)
     site = render.render_nginx_site(s, loaded_check=True, gateway_addresses=["10.0.0.5", "fd00:0::5"])
     assert "if ($ollama_fleet_if_loaded) {" in site and "js_content ollama_fleet_models.ifLoaded;" in site

@@ -132,7 +132,12 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
         "auth_key_policies",
         "than 0",
     ),
-    ("default-scope", {"auth_default_scope": "all"}, "auth_default_scope", "'inference' or 'admin'"),
+    (
+        "default-scope",
+        {"auth_default_scope": "all"},
+        "auth_default_scope",
+        "'inference', 'admin' or 'metrics'",
+    ),
     # clashing ports
     (
         "https-is-http",

@@ -19,7 +19,9 @@ from ollama_fleet.deploys.firewall import firewall
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, host_data, seed_address, settings_for
 from ollama_fleet.deploys.health import health_monitoring
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
+from ollama_fleet.deploys.metrics import request_metrics
 from ollama_fleet.deploys.models import ollama_models
+from ollama_fleet.deploys.monitoring import monitoring_role
 from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy, rollout_drained
 from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stopped, rollback_target_for
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
@@ -125,6 +127,7 @@ def whole_deploy(
         reload_nginx_on: list[OperationMeta] = []
         tls_material(s=s, pair=pair, reload_triggers=reload_nginx_on)
         nginx_proxy(s=s, plan=plan, reload_triggers=reload_nginx_on)
+        request_metrics(s=s)
     if s.serves_api and s.fetches_release_from_seed:
         # pyinfra runs each operation on every host before the next, in the order of these lines: the
         # seed has fetched the release (above) and serves it from its reloaded nginx before this fetch.
@@ -134,6 +137,8 @@ def whole_deploy(
         ollama_models(s=s)
     # Installs the timer, or removes it (health_enabled false, or gateway_only).
     health_monitoring(s=s, gpu_vendors=setup["vendors"])
+    if s.monitoring.enabled and pair is not None and pair.ca_pem:
+        monitoring_role(s=s, ca_pem=pair.ca_pem)
     return rollback_to, too_wide
 
 

@@ -34,7 +34,16 @@ from ollama_fleet.lab.releases import DEFAULT_RELEASE, RELEASES
 from ollama_fleet.lab.run import LabError, run, run_long
 from ollama_fleet.localfiles import exclusive_lock
 
-MIRROR_PACKAGES = ("nginx", "libnginx-mod-http-js", "ufw", "zstd")
+MIRROR_PACKAGES = (
+    "nginx",
+    "libnginx-mod-http-js",
+    "ufw",
+    "zstd",
+    "mtail",  # metrics (deploys/metrics.py)
+    "prometheus",  # the monitoring role (deploys/monitoring.py)
+    "prometheus-alertmanager",
+    "prometheus-blackbox-exporter",
+)
 """What the deploy installs on hosts (their dependencies come along). Add here when the deploy needs more."""
 
 SERVER_MODULE = "ollama_fleet.lab.mirror"

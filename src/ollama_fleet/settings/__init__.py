@@ -20,12 +20,14 @@ from ollama_fleet.settings.base import Section
 from ollama_fleet.settings.errors import SettingsError, closest
 from ollama_fleet.settings.gateway import GatewaySettings
 from ollama_fleet.settings.models import CustomModel, ModelsSettings
+from ollama_fleet.settings.monitoring import MonitoringSettings
 from ollama_fleet.settings.rules import listed_name, timespan_seconds
 from ollama_fleet.settings.sections import (
     DeploySettings,
     FirewallSettings,
     GpuSettings,
     HealthSettings,
+    MetricsSettings,
     NginxSettings,
     OllamaSettings,
     ServiceSettings,
@@ -59,6 +61,8 @@ SECTIONS: dict[str, type[Section]] = {
     "deploy": DeploySettings,
     "service": ServiceSettings,
     "gpu": GpuSettings,
+    "metrics": MetricsSettings,
+    "monitoring": MonitoringSettings,
 }
 
 
@@ -77,6 +81,8 @@ class FleetSettings(BaseModel):
     deploy: DeploySettings
     service: ServiceSettings
     gpu: GpuSettings
+    metrics: MetricsSettings
+    monitoring: MonitoringSettings
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSettings:
@@ -104,6 +110,8 @@ class FleetSettings(BaseModel):
                 f'{self.auth.secrets_file} ({{"api_keys": {{"name": "key"}}}}) or in '
                 "OLLAMA_FLEET_API_KEY_<NAME> environment variables"
             )
+        if self.monitoring.enabled:
+            self._check_monitoring()
         gpu_problem = self._gpu_env_problem()
         if gpu_problem:
             raise ValueError(gpu_problem)
@@ -165,6 +173,31 @@ class FleetSettings(BaseModel):
                 "tls_mode to 'fleet_ca' on the gateway host"
             )
 
+    def _check_monitoring(self) -> None:
+        key = self.monitoring.metrics_key
+        if not key:
+            raise ValueError(
+                "monitoring_enabled: Prometheus needs a key to read the hosts' /metrics; add one with the "
+                "metrics scope (auth_key_policies {'monitor': {'scope': 'metrics'}}) and set "
+                "monitoring_metrics_key to its name"
+            )
+        if key not in self.auth.key_names or self.auth.policy(key).scope != "metrics":
+            raise ValueError(
+                f"monitoring_metrics_key: {key!r} must be in auth_key_names with the metrics scope "
+                f"(auth_key_policies {{{key!r}: {{'scope': 'metrics'}}}})"
+            )
+        if not self.nginx.enabled or self.tls.mode != "fleet_ca":
+            raise ValueError(
+                "monitoring_enabled: Prometheus checks the hosts' certificates against the fleet CA; set "
+                "nginx_enabled true and tls_mode 'fleet_ca' on the monitoring host"
+            )
+
+    @property
+    def metrics_key_value(self) -> str:
+        """The value of monitoring_metrics_key (resolved like every key). SECRET."""
+        found = [k for k in self.auth.keys if k.name == self.monitoring.metrics_key]
+        return found[0].key.get_secret_value() if found else ""
+
     def _check_gateway_only(self) -> None:
         if not self.is_gateway:
             raise ValueError(
@@ -190,6 +223,11 @@ class FleetSettings(BaseModel):
         """Its own API on nginx_https_port: what clients call there, and what the fleet's gateways balance
         over."""
         return self.serves_api and self.nginx.enabled
+
+    @property
+    def serves_metrics(self) -> bool:
+        """nginx logs each request for the metrics and serves /metrics (metrics_enabled, behind nginx)."""
+        return self.metrics.enabled and self.nginx.enabled
 
     @property
     def is_gateway(self) -> bool:

@@ -22,9 +22,9 @@ class ApiKey(Section):
     key: SecretStr
 
 
-Scope = Literal["inference", "admin"]
+Scope = Literal["inference", "admin", "metrics"]
 """inference: chat, completions, embeddings and the read-only model API; admin: everything (pull, push,
-create, delete, copy, blob uploads)."""
+create, delete, copy, blob uploads); metrics: the metrics path only (/metrics, for Prometheus), no API."""
 
 RATE = re.compile(r"[1-9]\d*r/[sm]")
 

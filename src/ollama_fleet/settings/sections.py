@@ -345,6 +345,17 @@ class HealthSettings(Section):
         return value
 
 
+class MetricsSettings(Section):
+    """Per-request metrics (docs/metrics.md): nginx logs each request's key name, model, route, status,
+    time to first token and tokens; mtail turns the log into Prometheus series at /metrics, over TLS, for a
+    key with the `metrics` scope."""
+
+    enabled: bool = True
+    # Where /metrics may be asked from (besides the key): e.g. the monitoring hosts' subnet; empty: any
+    # address the firewall lets in (firewall_client_subnets).
+    subnets: list[IPNetwork] = Field(default_factory=list)
+
+
 class GpuSettings(Section):
     """Which GPU a host serves from; see docs/gpu.md."""
 

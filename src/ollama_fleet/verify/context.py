@@ -84,7 +84,10 @@ class HostContext:
         return self.target.settings
 
     def configured_keys(self) -> list[tuple[str, str]]:
-        return [(k.name, k.key.get_secret_value()) for k in self.settings.auth.keys]
+        """The API's keys; a `metrics` key reaches /metrics only, never the API these checks call."""
+        auth = self.settings.auth
+        api_keys = [k for k in auth.keys if auth.policy(k.name).scope != "metrics"]
+        return [(k.name, k.key.get_secret_value()) for k in api_keys]
 
     def refused_keys(self) -> list[tuple[str, str]]:
         """Keys the host must answer 401 to: ungranted or revoked in the secrets file."""

@@ -1,0 +1,236 @@
+"""Metrics and alerts on the lab: every host's nginx logs each request for mtail; lab-3 (the inventory group
+`monitoring`) runs Prometheus, Alertmanager and the blackbox exporter; lab-1 is the gateway.
+
+After chats and streams with two keys over two models, direct and through the gateway, Prometheus holds
+exactly those requests per key and model, and token totals equal the answers' own counts; /metrics answers
+only the key with the `metrics` scope and holds no key's value; stopping Ollama on a host fires the
+Ollama-down alert in Alertmanager's API, which resolves once it runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from verify_fleet import DeployedFleet, deploy_fleet
+
+from ollama_fleet.lab.state import LabState
+
+pytestmark = pytest.mark.e2e
+
+PYINFRA = str(Path(sys.executable).parent / "pyinfra")
+MONITOR = "monitor"
+GATEWAY_PORT = 8443
+MODELS = ("tiny:latest", "vehicle-assistant:latest")
+KEYS = ("ci", "ops")
+Series = dict[tuple[str, str], float]  # (key, model) -> value
+
+
+@dataclass(frozen=True)
+class Monitored:
+    fleet: DeployedFleet
+    monitor_key: str
+    gateway: str  # lab-1
+    monitoring: str  # lab-3
+
+    def client(self) -> httpx.Client:
+        trust = ssl.create_default_context(cafile=str(self.fleet.ca_file))
+        return httpx.Client(verify=trust, trust_env=False, timeout=120)
+
+    def url(self, host: str, port: int = 443) -> str:
+        return f"https://{self.fleet.address(host)}:{port}"
+
+    def query(self, promql: str) -> Series:
+        """Prometheus's answer on the monitoring host (its loopback), summed by key and model."""
+        url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(promql)
+        answer = json.loads(self.fleet.ssh_ok(self.monitoring, f"curl -sf '{url}'"))
+        return {
+            (r["metric"].get("key", ""), r["metric"].get("model", "")): float(r["value"][1])
+            for r in answer["data"]["result"]
+        }
+
+    def scraped_after(self, moment: float, timeout: float = 60) -> None:
+        """Wait until Prometheus has scraped every host after `moment` (the lab shares this clock)."""
+        up = 'up{job="ollama_fleet"}'
+        promql = f"min(timestamp({up})) > {moment} and count({up}) == {len(self.fleet.hosts)}"
+        deadline = time.monotonic() + timeout
+        while not self.query(promql):
+            assert time.monotonic() < deadline, f"Prometheus scraped no host after {moment} in {timeout} s"
+            time.sleep(2)
+
+    def alerts(self) -> list[dict[str, Any]]:
+        out = self.fleet.ssh_ok(self.monitoring, "curl -sf 'http://127.0.0.1:9093/api/v2/alerts?active=true'")
+        return list(json.loads(out))
+
+
+def write_inventory(fleet: DeployedFleet, path: Path) -> Path:
+    """The lab's inventory, every host granting the metrics key, lab-1 the gateway, lab-3 monitoring."""
+    path.write_text(
+        Path(fleet.lab.inventory_path).read_text()
+        + "def _metrics(name, data):\n"
+        + f"    keys = [*data['auth_key_names'], {MONITOR!r}]\n"
+        + f"    policies = {{**data['auth_key_policies'], {MONITOR!r}: {{'scope': 'metrics'}}}}\n"
+        + "    return name, {**data, 'auth_key_names': keys, 'auth_key_policies': policies,\n"
+        + f"                  'monitoring_metrics_key': {MONITOR!r}}}\n"
+        + "lab_canary = [_metrics(n, d) for n, d in lab_canary]\n"
+        + "lab_rest = [_metrics(n, d) for n, d in lab_rest]\n"
+        + "lab_hosts = lab_canary + lab_rest\n"
+        + "gateway = [lab_canary[0][0]]\n"
+        + "monitoring = [lab_rest[-1][0]]\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def monitored(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
+    fleet = deploy_fleet(lab)
+    inventory = write_inventory(fleet, tmp_path_factory.mktemp("metrics") / "fleet.py")
+    monitor_key = secrets.token_urlsafe(24)
+    done = subprocess.run(
+        [PYINFRA, "-y", str(inventory), "deploys/ollama.py"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "OLLAMA_FLEET_API_KEY_MONITOR": monitor_key},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert monitor_key not in done.stdout + done.stderr
+    assert "alerts are sent nowhere" in done.stdout + done.stderr
+    return Monitored(fleet, monitor_key, fleet.hosts[0], fleet.hosts[-1])
+
+
+def test_metrics_answer_the_metrics_key_only_and_hold_no_key(monitored: Monitored) -> None:
+    fleet, host = monitored.fleet, monitored.fleet.hosts[1]
+    with monitored.client() as client:
+        as_ci = client.get(
+            f"{monitored.url(host)}/metrics", headers={"Authorization": f"Bearer {fleet.keys['ci']}"}
+        )
+        page = client.get(
+            f"{monitored.url(host)}/metrics", headers={"Authorization": f"Bearer {monitored.monitor_key}"}
+        )
+        monitor_on_api = client.get(
+            f"{monitored.url(host)}/v1/models", headers={"Authorization": f"Bearer {monitored.monitor_key}"}
+        )
+    assert as_ci.status_code == 403 and as_ci.json()["error"]["code"] == "insufficient_scope"
+    assert page.status_code == 200 and "ollama_fleet_requests_total" in page.text
+    assert monitor_on_api.status_code == 403
+    for value in [*fleet.keys.values(), monitored.monitor_key]:
+        assert value not in page.text
+    # mtail listens on the host's loopback only: nothing answers on its port from the LAN.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{fleet.address(host)}:3903/metrics", timeout=3)
+
+
+def _chat_native(client: httpx.Client, url: str, key: str, model: str) -> tuple[int, int]:
+    """A streamed /api/chat; (prompt, output) tokens as its final chunk reports them."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "options": {"num_predict": 6}}
+    with client.stream("POST", f"{url}/api/chat", json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status_code == 200
+        last = [json.loads(line) for line in r.iter_lines() if line][-1]
+    assert last["done"] is True
+    return int(last["prompt_eval_count"]), int(last["eval_count"])
+
+
+def _chat_openai(client: httpx.Client, url: str, key: str, model: str, stream: bool) -> tuple[int, int]:
+    """A /v1/chat/completions answer, whole or streamed with usage; (prompt, completion) tokens from it."""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+    headers = {"Authorization": f"Bearer {key}"}
+    if not stream:
+        reply = client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+        assert reply.status_code == 200, reply.text
+        usage = reply.json()["usage"]
+    else:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+            assert r.status_code == 200
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        usage = next(c["usage"] for c in chunks if c.get("usage"))
+    return int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+
+
+def _settled(monitored: Monitored, promql: str, expected: Series, timeout: float = 75) -> Series:
+    """Prometheus's values once they equal `expected` (scrapes lag the requests), else the last seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {k: v for k, v in monitored.query(promql).items() if k in expected}
+        if found == expected or time.monotonic() > deadline:
+            return found
+        time.sleep(3)
+
+
+def test_prometheus_holds_exactly_the_requests_and_tokens_the_clients_saw(monitored: Monitored) -> None:
+    fleet = monitored.fleet
+    api = 'server="api", route=~"/api/chat|/v1/chat/completions"'
+    queries = {
+        "requests": f'sum by (key, model) (ollama_fleet_requests_total{{{api}, status="200"}})',
+        # Observed for answers only (status 200), so the histogram has no status label.
+        "ttft": f"sum by (key, model) (ollama_fleet_ttft_seconds_count{{{api}}})",
+        "prompt": 'sum by (key, model) (ollama_fleet_prompt_tokens_total{server="api"})',
+        "output": 'sum by (key, model) (ollama_fleet_output_tokens_total{server="api"})',
+        "gateway": 'sum by (key, model) (ollama_fleet_gateway_requests_total{status="200"})',
+    }
+    # What the hosts counted before (earlier tests' traffic), once every host was scraped after now.
+    monitored.scraped_after(time.time())
+    before = {name: monitored.query(q) for name, q in queries.items()}
+    seen: dict[str, Counter[tuple[str, str]]] = {name: Counter() for name in queries}
+    direct = [monitored.url(h) for h in fleet.hosts]
+    gateway = monitored.url(monitored.gateway, GATEWAY_PORT)
+    with monitored.client() as client:
+        for i, (key, model) in enumerate((k, m) for k in KEYS for m in MODELS):
+            value = fleet.keys[key]
+            answers = [
+                _chat_native(client, direct[i % 3], value, model),
+                _chat_openai(client, direct[(i + 1) % 3], value, model, stream=False),
+                _chat_openai(client, gateway, value, model, stream=True),
+            ]
+            seen["requests"][(key, model)] += len(answers)
+            seen["ttft"][(key, model)] += len(answers)
+            seen["gateway"][(key, model)] += 1
+            for prompt, output in answers:
+                seen["prompt"][(key, model)] += prompt
+                seen["output"][(key, model)] += output
+    for name, promql in queries.items():
+        expected = {k: before[name].get(k, 0.0) + n for k, n in seen[name].items()}
+        assert _settled(monitored, promql, expected) == expected, name
+
+
+def test_stopping_ollama_fires_its_alert_and_starting_it_resolves_it(monitored: Monitored) -> None:
+    fleet, host = monitored.fleet, monitored.fleet.hosts[1]
+
+    def firing() -> bool:
+        return any(
+            a["labels"].get("alertname") == "OllamaFleetOllamaDown" and a["labels"].get("host") == host
+            for a in monitored.alerts()
+        )
+
+    assert not firing()
+    fleet.ssh_ok(host, "systemctl stop ollama")
+    stopped = time.monotonic()
+    try:
+        while not firing():
+            assert time.monotonic() - stopped < 120, f"no OllamaFleetOllamaDown for {host} in 120 s"
+            time.sleep(2)
+        print(
+            f"OllamaFleetOllamaDown fired in Alertmanager {time.monotonic() - stopped:.0f} s after the stop"
+        )
+    finally:
+        fleet.ssh_ok(host, "systemctl start ollama")
+    started = time.monotonic()
+    while firing():
+        assert time.monotonic() - started < 120, f"OllamaFleetOllamaDown for {host} still active after 120 s"
+        time.sleep(2)
+    print(f"resolved {time.monotonic() - started:.0f} s after the start")
