@@ -458,7 +458,8 @@ def check_raw_port(ctx: HostContext) -> CheckResult:
         ctx,
         target.address,
         target.address,
-        unfiltered=f"the firewall lets it through (is there a ufw rule for {port}? `ufw status numbered`); "
+        unfiltered=f"the firewall lets it through or rejects it (is there a ufw rule for {port}? "
+        "`ufw status numbered`); "
         "nothing listens there now, but nothing guards it",
     )
     if probe.outcome == "timeout":
