@@ -262,10 +262,10 @@ def check_models(ctx: HostContext) -> CheckResult:
 
 
 def check_chat(ctx: HostContext) -> CheckResult:
-    """One short completion per model. The models Ollama has loaded answer at once (each is its own
-    runner and loads nothing, so nothing is evicted); a model that must be loaded first is asked alone,
-    after them, as a client's first request would load it, so the check never holds more models at once
-    than one client does."""
+    """One short completion per model. The models Ollama has loaded are asked at once, as many at a time
+    as OLLAMA_NUM_PARALLEL lets the host run (with `stream`'s generation counted), and load nothing, so
+    nothing is evicted; a model that must be loaded first is asked alone, after them, as a client's first
+    request would load it, so the check never holds more models at once than one client does."""
     models = ctx.target.models
     if not models:
         return not_applicable("no models configured")
@@ -277,7 +277,7 @@ def check_chat(ctx: HostContext) -> CheckResult:
         seconds = [answer.result() for answer in answers]  # the first failure in the models' order
     seconds += [_chat_once(ctx, model) for model in cold]
     return passed(
-        f"{len(models)} model(s) answered ({len(warm)} loaded, at once), slowest {max(seconds):.2f} s",
+        f"{len(models)} model(s) answered ({len(warm)} already loaded), slowest {max(seconds):.2f} s",
         slowest_s=round(max(seconds), 3),
     )
 
@@ -292,10 +292,11 @@ def _loaded_models(ctx: HostContext) -> set[str]:
 
 
 def _chat_once(ctx: HostContext, model: str) -> float:
-    started = time.perf_counter()
     body = {"model": model, "messages": PROMPT, "max_tokens": CHAT_MAX_TOKENS, "stream": False}
-    reply = ctx.api("POST", "/v1/chat/completions", json=body)
-    elapsed = time.perf_counter() - started
+    with ctx.generation_slot():
+        started = time.perf_counter()
+        reply = ctx.api("POST", "/v1/chat/completions", json=body)
+        elapsed = time.perf_counter() - started
     try:
         content = reply["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
@@ -335,6 +336,11 @@ def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
     """Stream one completion, noting when each read arrived after the response's headers (Ollama sends them
     once generation starts, so a model load is not in the timing); returns it and the total time."""
     body = {"model": model, "messages": PROMPT, "max_tokens": STREAM_MAX_TOKENS, "stream": True}
+    with ctx.generation_slot():
+        return _stream_reads(ctx, body)
+
+
+def _stream_reads(ctx: HostContext, body: dict[str, object]) -> tuple[StreamTiming, float]:
     what = "POST /v1/chat/completions (stream)"
     reads: list[tuple[float, bytes]] = []
     started = time.perf_counter()

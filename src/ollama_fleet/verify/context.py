@@ -84,6 +84,10 @@ class HostContext:
     # Looked up when the context is made, not when this module is imported: `verify` gevent-patches threading
     # only when it loads the inventory, and a real lock held across a greenlet's connect blocks them all.
     _control_lock: threading.Lock = field(default_factory=lambda: threading.Lock(), repr=False)
+    # Generations in flight on the host, at most OLLAMA_NUM_PARALLEL: Ollama would queue the rest, and a
+    # request queued behind another's generation can run out its timeout (seen: chat behind a 64-token
+    # stream on a busy host). Waiting here does not count against the request's timeout.
+    _generation_slots: threading.Semaphore | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> FleetSettings:
@@ -113,6 +117,12 @@ class HostContext:
                 "and reachable"
             )
         return probes.closed_port_timeout(rtt, self.timeout), rtt
+
+    def generation_slot(self) -> threading.Semaphore:
+        with self._control_lock:
+            if self._generation_slots is None:
+                self._generation_slots = threading.Semaphore(self.settings.num_parallel)
+            return self._generation_slots
 
     def auth_header(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
