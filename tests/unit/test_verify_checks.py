@@ -297,6 +297,20 @@ def test_one_after_another_gives_the_same_verdicts_in_order(host: FakeHost) -> N
     assert {r.check: r.status for r in results} == HEALTHY
 
 
+@pytest.mark.parametrize("num_parallel", [1, 2])
+def test_at_most_num_parallel_generations_at_once(host: FakeHost, num_parallel: int) -> None:
+    """chat (two loaded models) and stream start together; the host runs OLLAMA_NUM_PARALLEL at a time."""
+    host.behaviour.models = ["tiny:latest", "other:latest"]
+    host.behaviour.chat_seconds = 0.2
+    target = target_for(
+        host, models_pull=["tiny", "other"], ollama_env={"OLLAMA_NUM_PARALLEL": str(num_parallel)}
+    )
+    results = run(target)
+    assert results["chat"].status is results["stream"].status is Status.PASS
+    assert results["chat"].figure.startswith("2 model(s) answered (2 already loaded)")
+    assert host.behaviour.most_generating == num_parallel
+
+
 def test_what_each_check_waits_for() -> None:
     waits = {spec.name: checks.waits_for(spec) for spec in checks.CHECKS}
     assert waits["tls"] == ()
