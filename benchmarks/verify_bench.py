@@ -1,8 +1,16 @@
-"""How long `ollama-fleet verify` takes on a deployed fleet, as ratios to baselines measured in this run.
+"""How long the full client check takes on a deployed fleet, as ratios to baselines measured in this run.
 
-- fleet: all hosts checked in parallel (as `verify` does) vs the baseline of one host after another;
-- per check: its median share of one host's verification time (where the time goes);
-- stream: time to the first chunk as a fraction of the time to the last (unbuffered: far below 0.5).
+Each round runs, interleaved (so the machine's load hits every mode alike):
+
+- host, side by side: the full check of the first host as `verify` and the deploy run it (checks side by side,
+  dropped ports proven after a positive control);
+- host, old way (baseline): the same checks one after another, each dropped port waited out for 2 s once
+  (what the check did before);
+- host, --quick: the quick check of the same host (no generation, no dropped port);
+- fleet, side by side / old way: every host in parallel, as `verify` does, each host checked either way.
+
+It prints medians, the ratios, each check's median seconds side by side, and the load average before and
+after (the machine is shared: compare the ratios, not the seconds, with other runs).
 
     python benchmarks/verify_bench.py INVENTORY [--group-data DIR] [--rounds 3] [--timeout 30]
 
@@ -13,20 +21,35 @@ contacted. Loading the inventory gevent-patches this process, exactly as `verify
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
+from ollama_fleet.verify import probes
 from ollama_fleet.verify.checks import check_host
-from ollama_fleet.verify.fleet import verify_fleet
-from ollama_fleet.verify.targets import Target, load_targets
+from ollama_fleet.verify.context import CheckResult
+from ollama_fleet.verify.targets import load_targets
 
 
-def sequential(targets: list[Target], timeout: float) -> float:
+@contextmanager
+def old_dropped_port_waits() -> Iterator[None]:
+    """Every dropped port waited out for RAW_PORT_TIMEOUT, once, as before the positive control."""
+    saved = probes.CLOSED_PORT_FLOOR, probes.CLOSED_PORT_TRIES
+    probes.CLOSED_PORT_FLOOR, probes.CLOSED_PORT_TRIES = probes.RAW_PORT_TIMEOUT, 1
+    try:
+        yield
+    finally:
+        probes.CLOSED_PORT_FLOOR, probes.CLOSED_PORT_TRIES = saved
+
+
+def timed(run: Callable[[], list[list[CheckResult]]]) -> tuple[float, list[list[CheckResult]]]:
     started = time.perf_counter()
-    for target in targets:
-        check_host(target, timeout)
-    return time.perf_counter() - started
+    results = run()
+    return time.perf_counter() - started, results
 
 
 def main() -> None:
@@ -38,38 +61,59 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
     targets = load_targets(args.inventory, group_data=args.group_data)
+    first = targets[0]
 
-    parallel_times, sequential_times = [], []
+    def host(concurrent: bool, quick: bool = False) -> list[list[CheckResult]]:
+        return [check_host(first, args.timeout, quick=quick, concurrent=concurrent)]
+
+    def fleet(concurrent: bool) -> list[list[CheckResult]]:
+        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            return list(pool.map(lambda t: check_host(t, args.timeout, concurrent=concurrent), targets))
+
+    def old(run: Callable[[], list[list[CheckResult]]]) -> Callable[[], list[list[CheckResult]]]:
+        def wrapped() -> list[list[CheckResult]]:
+            with old_dropped_port_waits():
+                return run()
+
+        return wrapped
+
+    modes: dict[str, Callable[[], list[list[CheckResult]]]] = {
+        "host, side by side": lambda: host(True),
+        "host, old way": old(lambda: host(False)),
+        "host, --quick": lambda: host(True, quick=True),
+        f"fleet of {len(targets)}, side by side": lambda: fleet(True),
+        f"fleet of {len(targets)}, old way": old(lambda: fleet(False)),
+    }
+    load_before = os.getloadavg()
+    seconds: dict[str, list[float]] = defaultdict(list)
     check_seconds: dict[str, list[float]] = defaultdict(list)
-    host_seconds: list[float] = []
-    first_share: list[float] = []
-    failures = 0
+    failures: dict[str, int] = defaultdict(int)
     for _ in range(args.rounds):
-        report = verify_fleet(targets, args.timeout)
-        parallel_times.append(report.seconds)
-        failures += len(report.failures())
-        for host in report.hosts:
-            host_seconds.append(sum(r.seconds for r in host.results))
-            for result in host.results:
-                check_seconds[result.check].append(result.seconds)
-                if result.check == "stream" and result.ok:
-                    first_share.append(float(result.metrics["first_ms"]) / float(result.metrics["last_ms"]))
-        sequential_times.append(sequential(targets, args.timeout))
+        for mode, run in modes.items():
+            elapsed, results = timed(run)
+            seconds[mode].append(elapsed)
+            failures[mode] += sum(not r.ok for host_results in results for r in host_results)
+            if mode == "host, side by side":
+                for result in results[0]:
+                    check_seconds[result.check].append(result.seconds)
+    load_after = os.getloadavg()
 
-    parallel, serial = statistics.median(parallel_times), statistics.median(sequential_times)
-    per_host = statistics.median(host_seconds)
-    print(f"hosts: {len(targets)}, rounds: {args.rounds}, failed checks seen: {failures}")
-    print(f"fleet, parallel:            {parallel:6.2f} s  = {parallel / serial:.2f} x one-after-another")
-    print(f"fleet, one after another:   {serial:6.2f} s  (baseline)")
-    print(f"one host (median):          {per_host:6.2f} s")
-    for check, seconds in check_seconds.items():
-        median = statistics.median(seconds)
-        print(f"  {check:<10} {median:6.2f} s  = {median / per_host:.2f} of a host's time")
-    if first_share:
-        print(
-            f"stream first chunk / last chunk: median {statistics.median(first_share):.3f}, "
-            f"max {max(first_share):.3f} (buffered: ~1.0)"
-        )
+    median = {mode: statistics.median(values) for mode, values in seconds.items()}
+    print(f"host: {first.name}; fleet: {len(targets)} hosts; rounds: {args.rounds}, interleaved")
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}, on {os.cpu_count()} CPUs")
+    for mode in modes:
+        print(f"  {mode:<26} median {median[mode]:6.2f} s  failed checks seen: {failures[mode]}")
+    host_ratio = median["host, side by side"] / median["host, old way"]
+    fleet_ratio = (
+        median[f"fleet of {len(targets)}, side by side"] / median[f"fleet of {len(targets)}, old way"]
+    )
+    print(f"full check of one host, side by side / old way: {host_ratio:.2f}x")
+    quick_ratio = median["host, side by side"] / median["host, --quick"]
+    print(f"full check of one host, side by side / --quick: {quick_ratio:.2f}x")
+    print(f"fleet, side by side / old way:                  {fleet_ratio:.2f}x")
+    print("each check side by side (median seconds from its start to its end):")
+    for check, values in check_seconds.items():
+        print(f"  {check:<10} {statistics.median(values):6.2f} s")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,22 @@ FAULTS = [
         fix="ufw rule for 11434",
     ),
     Fault(
+        "ufw opens 11434 over ipv6 only",  # filtered for IPv4 only: raw_port passes, ipv6 must fail
+        "ufw allow from ::/0 to any port 11434 proto tcp",
+        "ufw delete allow from ::/0 to any port 11434 proto tcp",
+        fails="ipv6",
+        blocked=frozenset(),
+        fix="the firewall lets it through over IPv6 (a ufw rule for 11434?",
+    ),
+    Fault(
+        "ufw rejects 11434 instead of dropping",  # an RST back in one round trip, not the drop's silence
+        "ufw reject proto tcp from 0.0.0.0/0 to any port 11434",
+        "ufw delete reject proto tcp from 0.0.0.0/0 to any port 11434",
+        fails="raw_port",
+        blocked=frozenset(),
+        fix="answered (refused) instead of being dropped: the firewall lets it through or rejects it",
+    ),
+    Fault(
         "scopes not enforced",
         f'sed -i \'s/^    "inference:inference" 0;$/&\\n    "inference:admin" 0;/\' {SITE} '
         f"&& grep -q 'inference:admin' {SITE} && {RELOAD_NGINX}",

@@ -12,9 +12,10 @@ import pytest
 from verify_fakes import Behaviour, FakeHost, fake_host
 
 from ollama_fleet.settings import settings_for_host
-from ollama_fleet.verify import checks
+from ollama_fleet.verify import checks, probes
 from ollama_fleet.verify.checks import CHECK_NAMES, check_host
-from ollama_fleet.verify.context import CheckResult, Status
+from ollama_fleet.verify.context import CheckResult, HostContext, Status, make_client
+from ollama_fleet.verify.reasons import CheckFailed
 from ollama_fleet.verify.targets import Target
 
 pytestmark = pytest.mark.unit
@@ -274,9 +275,68 @@ def test_with_auth_disabled_auth_and_scopes_are_not_applicable(tmp_path: Path) -
 
 
 def test_progress_sees_each_result_as_it_comes(host: FakeHost) -> None:
+    """Checks run side by side: each result is reported once, as it ends, after every check it waits for;
+    the returned list keeps CHECKS' order."""
+    host.behaviour.stream_gap = 0.01  # a stream of 64 chunks that takes 0.64 s
     seen: list[str] = []
-    check_host(target_for(host), 5.0, on_result=lambda target, result: seen.append(result.check))
-    assert seen == list(CHECK_NAMES)
+    results = check_host(target_for(host), 5.0, on_result=lambda target, result: seen.append(result.check))
+    assert [r.check for r in results] == list(CHECK_NAMES)
+    assert sorted(seen) == sorted(CHECK_NAMES)
+    for spec in checks.CHECKS:
+        assert all(seen.index(first) < seen.index(spec.name) for first in checks.waits_for(spec)), spec.name
+    # cors waits for tls only, not for the stream that started before it
+    assert seen.index("cors") < seen.index("stream")
+
+
+def test_one_after_another_gives_the_same_verdicts_in_order(host: FakeHost) -> None:
+    seen: list[str] = []
+    results = check_host(
+        target_for(host), 5.0, on_result=lambda target, result: seen.append(result.check), concurrent=False
+    )
+    assert seen == [r.check for r in results] == list(CHECK_NAMES)
+    assert {r.check: r.status for r in results} == HEALTHY
+
+
+@pytest.mark.parametrize("num_parallel", [1, 2])
+def test_at_most_num_parallel_generations_at_once(host: FakeHost, num_parallel: int) -> None:
+    """chat (two loaded models) and stream start together; the host runs OLLAMA_NUM_PARALLEL at a time."""
+    host.behaviour.models = ["tiny:latest", "other:latest"]
+    host.behaviour.chat_seconds = 0.2
+    target = target_for(
+        host, models_pull=["tiny", "other"], ollama_env={"OLLAMA_NUM_PARALLEL": str(num_parallel)}
+    )
+    results = run(target)
+    assert results["chat"].status is results["stream"].status is Status.PASS
+    assert results["chat"].figure.startswith("2 model(s) answered (2 already loaded)")
+    assert host.behaviour.most_generating == num_parallel
+
+
+def test_what_each_check_waits_for() -> None:
+    waits = {spec.name: checks.waits_for(spec) for spec in checks.CHECKS}
+    assert waits["tls"] == ()
+    assert waits["cors"] == waits["raw_port"] == waits["plain_http"] == waits["outsider"] == ("tls",)
+    assert waits["chat"] == waits["stream"] == ("auth", "models")
+    assert waits["gpu"] == ("auth", "models", "chat", "stream")
+    assert waits["ipv6"] == ("tls", "auth")
+
+
+def test_a_dropped_port_waits_ten_round_trips_of_the_control_with_a_floor() -> None:
+    assert probes.closed_port_timeout(0.0004, ceiling=30) == probes.CLOSED_PORT_FLOOR  # a LAN
+    assert probes.closed_port_timeout(0.1, ceiling=30) == pytest.approx(1.0)  # a slow network
+    assert probes.closed_port_timeout(5.0, ceiling=30) == 30  # never past the request timeout
+
+
+def test_a_silent_port_proves_nothing_when_the_positive_control_fails(host: FakeHost) -> None:
+    target = target_for(host, nginx_https_port=closed_port())
+    with make_client(target, 5.0) as client:
+        ctx = HostContext(target=target, client=client, timeout=5.0)
+        with pytest.raises(CheckFailed, match="the positive control failed: port"):
+            ctx.dropped_port_wait("127.0.0.1", "127.0.0.1")
+    target = target_for(host)
+    with make_client(target, 5.0) as client:
+        ctx = HostContext(target=target, client=client, timeout=5.0)
+        wait, rtt = ctx.dropped_port_wait("127.0.0.1", "127.0.0.1")
+    assert 0 < rtt < 1 and wait == probes.closed_port_timeout(rtt, 5.0)
 
 
 def test_scopes_not_enforced_fails_scopes_only(host: FakeHost) -> None:

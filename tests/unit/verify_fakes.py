@@ -40,6 +40,9 @@ class Behaviour:
     scopes_enforced: bool = True  # False: nginx letting inference keys reach admin paths
     tokens_seen: list[str] = field(default_factory=list)
     vram_share: float = 0.0  # /api/ps: the share of each loaded model in VRAM (0: a CPU host; 1: all on GPU)
+    chat_seconds: float = 0.0  # how long a non-streamed completion takes
+    generating: int = 0  # completions in flight now
+    most_generating: int = 0  # the most completions ever in flight at once
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -126,7 +129,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"error": "not found"})
         if request.get("model") not in self.b.models:
             return self._json(404, {"error": {"message": f"model '{request.get('model')}' not found"}})
+        with self.server.lock:
+            self.b.generating += 1
+            self.b.most_generating = max(self.b.most_generating, self.b.generating)
+        try:
+            self._complete(request)
+        finally:
+            with self.server.lock:
+                self.b.generating -= 1
+
+    def _complete(self, request: dict[str, Any]) -> None:
         if not request.get("stream"):
+            time.sleep(self.b.chat_seconds)
             reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello fleet"}}]}
             return self._json(200, reply)
         self._stream(min(int(request.get("max_tokens") or 8), self.b.stream_chunks))
@@ -160,6 +174,7 @@ def _event(text: str) -> bytes:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     behaviour: Behaviour
+    lock = threading.Lock()
 
 
 class _Server6(_Server):

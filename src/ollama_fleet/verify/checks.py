@@ -11,8 +11,10 @@ import errno
 import ipaddress
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -260,24 +262,50 @@ def check_models(ctx: HostContext) -> CheckResult:
 
 
 def check_chat(ctx: HostContext) -> CheckResult:
+    """One short completion per model. The models Ollama has loaded are asked at once, as many at a time
+    as OLLAMA_NUM_PARALLEL lets the host run (with `stream`'s generation counted), and load nothing, so
+    nothing is evicted; a model that must be loaded first is asked alone, after them, as a client's first
+    request would load it, so the check never holds more models at once than one client does."""
     models = ctx.target.models
     if not models:
         return not_applicable("no models configured")
-    slowest = 0.0
-    for model in models:
+    loaded = _loaded_models(ctx)
+    warm = [model for model in models if model in loaded]
+    cold = [model for model in models if model not in loaded]
+    with ThreadPoolExecutor(max_workers=max(1, len(warm)), thread_name_prefix="verify-chat") as pool:
+        answers = [pool.submit(_chat_once, ctx, model) for model in warm]
+        seconds = [answer.result() for answer in answers]  # the first failure in the models' order
+    seconds += [_chat_once(ctx, model) for model in cold]
+    return passed(
+        f"{len(models)} model(s) answered ({len(warm)} already loaded), slowest {max(seconds):.2f} s",
+        slowest_s=round(max(seconds), 3),
+    )
+
+
+def _loaded_models(ctx: HostContext) -> set[str]:
+    """The models in /api/ps; none when the host (e.g. a gateway) does not answer it."""
+    response = ctx.request("GET", "/api/ps", key=ctx.key)
+    try:
+        return {str(m.get("name")) for m in response.json().get("models") or [] if isinstance(m, dict)}
+    except (ValueError, AttributeError):
+        return set()
+
+
+def _chat_once(ctx: HostContext, model: str) -> float:
+    body = {"model": model, "messages": PROMPT, "max_tokens": CHAT_MAX_TOKENS, "stream": False}
+    with ctx.generation_slot():
         started = time.perf_counter()
-        body = {"model": model, "messages": PROMPT, "max_tokens": CHAT_MAX_TOKENS, "stream": False}
         reply = ctx.api("POST", "/v1/chat/completions", json=body)
-        slowest = max(slowest, time.perf_counter() - started)
-        try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise CheckFailed(
-                f"model {model}: the completion has no choices[0].message.content: {reply!r:.160}"
-            ) from None
-        if not isinstance(content, str) or not content:
-            raise CheckFailed(f"model {model}: the completion is empty")
-    return passed(f"{len(models)} model(s) answered, slowest {slowest:.2f} s", slowest_s=round(slowest, 3))
+        elapsed = time.perf_counter() - started
+    try:
+        content = reply["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise CheckFailed(
+            f"model {model}: the completion has no choices[0].message.content: {reply!r:.160}"
+        ) from None
+    if not isinstance(content, str) or not content:
+        raise CheckFailed(f"model {model}: the completion is empty")
+    return elapsed
 
 
 def check_stream(ctx: HostContext) -> CheckResult:
@@ -308,6 +336,11 @@ def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
     """Stream one completion, noting when each read arrived after the response's headers (Ollama sends them
     once generation starts, so a model load is not in the timing); returns it and the total time."""
     body = {"model": model, "messages": PROMPT, "max_tokens": STREAM_MAX_TOKENS, "stream": True}
+    with ctx.generation_slot():
+        return _stream_reads(ctx, body)
+
+
+def _stream_reads(ctx: HostContext, body: dict[str, object]) -> tuple[StreamTiming, float]:
     what = "POST /v1/chat/completions (stream)"
     reads: list[tuple[float, bytes]] = []
     started = time.perf_counter()
@@ -427,34 +460,41 @@ def check_raw_port(ctx: HostContext) -> CheckResult:
     target, port = ctx.target, ctx.settings.ollama.listen_port
     if not target.https:
         return not_applicable(f"nginx disabled: clients use Ollama's port {port} directly")
-    outcome = _ollama_port_guarded(
+    probe = _ollama_port_guarded(
         ctx,
         target.address,
         target.address,
-        unfiltered=f"the firewall lets it through (is there a ufw rule for {port}? `ufw status numbered`); "
+        unfiltered=f"the firewall lets it through or rejects it (is there a ufw rule for {port}? "
+        "`ufw status numbered`); "
         "nothing listens there now, but nothing guards it",
     )
-    if outcome == "timeout":
-        return passed(f"{port} filtered (no answer in {probes.RAW_PORT_TIMEOUT:.0f} s)")
+    if probe.outcome == "timeout":
+        return passed(f"{port} filtered ({_silence(probe)})", wait_s=round(probe.timeout, 3))
     # Nothing listens there now, but nothing guards the port: the firewall is off by settings.
-    return not_applicable(f"firewall disabled: {port} closed ({outcome}), not filtered")
+    return not_applicable(f"firewall disabled: {port} closed ({probe.outcome}), not filtered")
 
 
-def _ollama_port_guarded(ctx: HostContext, address: str, shown: str, unfiltered: str) -> str:
-    """Connect to Ollama's own port at `address`: fail when it accepts, or when it answers instead of being
-    dropped while the firewall is on (`unfiltered` says why that may be); else how it stayed shut."""
+def _silence(probe: probes.DroppedProbe) -> str:
+    return f"no answer in {probe.tries} x {probe.timeout:.2f} s"
+
+
+def _ollama_port_guarded(ctx: HostContext, address: str, shown: str, unfiltered: str) -> probes.DroppedProbe:
+    """Connect to Ollama's own port at `address` after a positive control there: fail when it accepts, or
+    when it answers instead of being dropped while the firewall is on (`unfiltered` says why that may be);
+    else how it stayed shut."""
     port = ctx.settings.ollama.listen_port
-    outcome = probes.tcp_connect(address, port)
-    if outcome == "open":
+    wait, _rtt = ctx.dropped_port_wait(address, shown)
+    probe = probes.probe_dropped(address, port, wait)
+    if probe.outcome == "open":
         raise CheckFailed(
             f"port {port} of {shown} accepts connections from the controller: Ollama is exposed without TLS "
             "or keys; keep ollama_listen on 127.0.0.1 and remove any ufw rule for the port"
         )
-    if outcome != "timeout" and ctx.settings.firewall.enabled:
+    if probe.outcome != "timeout" and ctx.settings.firewall.enabled:
         raise CheckFailed(
-            f"port {port} of {shown} answered ({outcome}) instead of being dropped: {unfiltered}"
+            f"port {port} of {shown} answered ({probe.outcome}) instead of being dropped: {unfiltered}"
         )
-    return outcome
+    return probe
 
 
 def check_plain_http(ctx: HostContext) -> CheckResult:
@@ -477,14 +517,16 @@ def check_plain_http(ctx: HostContext) -> CheckResult:
                 f"not a 301 to {wanted}: re-run the deploy"
             )
         return passed(f"{nginx.http_port} redirects to HTTPS")
-    outcome = probes.tcp_connect(target.address, nginx.http_port)
-    if outcome == "open":
+    wait, _rtt = ctx.dropped_port_wait(target.address, target.address)
+    probe = probes.probe_dropped(target.address, nginx.http_port, wait)
+    if probe.outcome == "open":
         raise CheckFailed(
             f"port {nginx.http_port} of {target.address} accepts connections though nginx_http_redirect is "
             "off: a client set to http:// sends its key in clear; remove the listener (another site?) and "
             "any ufw rule for the port, or re-run the deploy"
         )
-    return passed(f"{nginx.http_port} closed ({outcome})")
+    how = _silence(probe) if probe.outcome == "timeout" else probe.outcome
+    return passed(f"{nginx.http_port} closed ({how})")
 
 
 def check_ipv6(ctx: HostContext) -> CheckResult:
@@ -520,7 +562,10 @@ def check_ipv6(ctx: HostContext) -> CheckResult:
             raise CheckFailed(f"{reason}; {fix}") from None
         if response.status_code != 200:
             raise CheckFailed(explain_status(response.status_code, response.text, f"GET {url}"))
-        unfiltered = "ufw does not filter IPv6 (IPV6=no in /etc/default/ufw?); re-run the deploy"
+        unfiltered = (
+            f"the firewall lets it through over IPv6 (a ufw rule for {s.ollama.listen_port}? IPV6=no in "
+            "/etc/default/ufw?); re-run the deploy"
+        )
         _ollama_port_guarded(ctx, address, f"[{address}]", unfiltered)
         served.append(address)
     return passed(f"TLS and the API over {', '.join(served)}; {s.ollama.listen_port} filtered there")
@@ -554,7 +599,7 @@ def check_outsider(ctx: HostContext) -> CheckResult:
     if not netns:
         return not_applicable("not a lab host: no lab_outsider_netns / lab_outsider_ip in host data")
     try:
-        probe = probes.outsider_probe(str(netns), target.address, target.port)
+        probe = probes.outsider_probe(str(netns), target.address, target.port, ceiling=ctx.timeout)
     except RuntimeError as exc:
         raise CheckFailed(str(exc)) from None
     if probe.tcp == "open":
@@ -567,7 +612,8 @@ def check_outsider(ctx: HostContext) -> CheckResult:
             f"the outsider netns {netns} cannot reach {target.address} at all (no ICMP echo reply), so the "
             f"block of {target.port} proves nothing: check the lab network"
         )
-    return passed(f"{target.port} unreachable from {netns} ({probe.tcp}); ping reaches the host")
+    how = f"no answer in {probe.tries} x {probe.wait:.2f} s" if probe.tcp == "timeout" else probe.tcp
+    return passed(f"{target.port} unreachable from {netns} ({how}); ping reaches the host")
 
 
 # --- running them ----------------------------------------------------------------------------------------
@@ -579,7 +625,8 @@ class CheckSpec:
     run: Callable[[HostContext], CheckResult]
     needs: tuple[str, ...] = ()
     establishes: str | None = None  # what passing proves, for the checks after it
-    quick: bool = True  # part of the quick check: loads no model and waits for no timeout
+    quick: bool = True  # part of the quick check: loads no model and waits for no dropped port
+    after: tuple[str, ...] = ()  # checks it must follow though it needs nothing they establish
 
 
 CHECKS: tuple[CheckSpec, ...] = (
@@ -592,9 +639,9 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("chat", check_chat, needs=("models", "key"), quick=False),
     CheckSpec("stream", check_stream, needs=("models", "key"), quick=False),
     # After chat and stream: the models they loaded are in /api/ps.
-    CheckSpec("gpu", check_gpu, needs=("models", "key"), quick=False),
+    CheckSpec("gpu", check_gpu, needs=("models", "key"), quick=False, after=("chat", "stream")),
     CheckSpec("cors", check_cors, needs=("https",)),
-    # A dropped port is proven by a timeout (seconds): full check only.
+    # A dropped port is proven by silence (a fraction of a second after a positive control): full check only.
     CheckSpec("raw_port", check_raw_port, needs=("reachable",), quick=False),
     CheckSpec("plain_http", check_plain_http, needs=("reachable",), quick=False),
     CheckSpec("ipv6", check_ipv6, needs=("https", "key"), quick=False),
@@ -606,6 +653,12 @@ GATEWAY_CHECKS = ("tls", "root", "auth", "models", "chat", "stream")
 
 # Which check establishes each need, to say what blocked a check.
 _PROVIDER = {"https": "tls", "reachable": "tls", "ollama": "root", "key": "auth", "models": "models"}
+
+
+def waits_for(spec: CheckSpec) -> tuple[str, ...]:
+    """The checks that must end before this one starts: those establishing what it needs, and its `after`."""
+    providers = {_PROVIDER[need] for need in spec.needs} | set(spec.after)
+    return tuple(name for name in CHECK_NAMES if name in providers)
 
 
 def run_check(spec: CheckSpec, ctx: HostContext) -> CheckResult:
@@ -634,27 +687,57 @@ def run_check(spec: CheckSpec, ctx: HostContext) -> CheckResult:
     )
 
 
+def selected_checks(target: Target, quick: bool = False) -> tuple[CheckSpec, ...]:
+    return tuple(
+        spec
+        for spec in CHECKS
+        if (spec.quick or not quick) and (not target.is_gateway or spec.name in GATEWAY_CHECKS)
+    )
+
+
 def check_host(
     target: Target,
     timeout: float,
     on_result: Callable[[Target, CheckResult], None] | None = None,
     quick: bool = False,
+    concurrent: bool = True,
 ) -> list[CheckResult]:
-    """Every check against one host, in order; on_result sees each result as soon as it is known.
+    """Every check against one host; the results in CHECKS' order, on_result sees each as soon as it is
+    known.
 
-    quick runs only TLS, root, auth, version, models and CORS: no model is loaded (so none that clients
-    use is evicted), and no probe waits for a dropped connection to time out.
+    Each check starts as soon as the checks it waits for (waits_for) have ended, and runs beside every
+    other: the waits for dropped ports, the generations and the outsider's probe overlap instead of
+    adding up. concurrent=False runs them one after another in CHECKS' order (the old way, a baseline
+    for benchmarks/verify_bench.py).
+
+    quick runs only TLS, root, auth, scopes, version, models and CORS: no model is loaded (so none that
+    clients use is evicted), and no probe waits on a dropped port.
     """
-    results = []
+    specs = selected_checks(target, quick)
+    results: dict[str, CheckResult] = {}
+    report_lock = threading.Lock()
+    ended = {spec.name: threading.Event() for spec in specs}
+
+    def run_one(spec: CheckSpec, ctx: HostContext) -> None:
+        try:
+            for name in waits_for(spec):
+                if name in ended:  # a check left out (quick, gateway) is not waited for
+                    ended[name].wait()
+            result = run_check(spec, ctx)
+            with report_lock:
+                results[spec.name] = result
+                if on_result:
+                    on_result(target, result)
+        finally:
+            ended[spec.name].set()  # whatever happened, nothing waits on it forever
+
     with make_client(target, timeout) as client:
         ctx = HostContext(target=target, client=client, timeout=timeout)
-        for spec in CHECKS:
-            if quick and not spec.quick:
-                continue
-            if target.is_gateway and spec.name not in GATEWAY_CHECKS:
-                continue
-            result = run_check(spec, ctx)
-            results.append(result)
-            if on_result:
-                on_result(target, result)
-    return results
+        if not concurrent:
+            for spec in specs:
+                run_one(spec, ctx)
+        else:
+            with ThreadPoolExecutor(max_workers=len(specs), thread_name_prefix="verify-check") as pool:
+                for done in [pool.submit(run_one, spec, ctx) for spec in specs]:
+                    done.result()
+    return [results[spec.name] for spec in specs]

@@ -10,7 +10,8 @@ outsider netns). A gateway host (group `gateway`) is checked twice: as a host, a
 gateway_port: tls, root, auth, models (every host's, listed), chat (each model answers through it) and
 stream (not buffered). A check whose prerequisite failed is shown as blocked. --quick runs tls, root, auth,
 scopes, version, models and cors only: no generation (no model is loaded or evicted) and no firewall probe
-(each waits for a timeout). status shows each host's last on-host health timer result, read over SSH.
+(each waits out a dropped port's silence). The checks of a host run side by side, each after the checks it
+needs (docs/verify.md). status shows each host's last on-host health timer result, read over SSH.
 
 Each check ends as ok (passed: proven), FAIL, blocked (not run: a check it needs failed) or n/a (does not
 apply to the host's settings: the feature is off, e.g. auth_enabled false, firewall off, no ollama_origins,

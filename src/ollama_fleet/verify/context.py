@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import sys
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -78,6 +79,15 @@ class HostContext:
     timeout: float
     key: str | None = None
     established: set[str] = field(default_factory=set)
+    # The positive control's round trip per address, measured once for the checks that probe closed ports.
+    _control_rtts: dict[str, float | None] = field(default_factory=dict, repr=False)
+    # Looked up when the context is made, not when this module is imported: `verify` gevent-patches threading
+    # only when it loads the inventory, and a real lock held across a greenlet's connect blocks them all.
+    _control_lock: threading.Lock = field(default_factory=lambda: threading.Lock(), repr=False)
+    # Generations in flight on the host, at most OLLAMA_NUM_PARALLEL: Ollama would queue the rest, and a
+    # request queued behind another's generation can run out its timeout (seen: chat behind a 64-token
+    # stream on a busy host). Waiting here does not count against the request's timeout.
+    _generation_slots: threading.Semaphore | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> FleetSettings:
@@ -94,6 +104,28 @@ class HostContext:
         configured = {key for _, key in self.configured_keys()}
         refused = [(k.name, k.key.get_secret_value()) for k in self.settings.auth.refused_keys]
         return [(name, key) for name, key in refused if key not in configured]
+
+    def dropped_port_wait(self, address: str, shown: str) -> tuple[float, float]:
+        """How long a probe of a port that must be dropped at `address` waits, and the control's round trip
+        it comes from (probes.closed_port_timeout). The control is a TCP connect to the port clients use,
+        from this controller: if it is not answered, silence elsewhere proves nothing and the check fails."""
+        with self._control_lock:  # raw_port and plain_http ask at once: one control per address
+            if address not in self._control_rtts:
+                self._control_rtts[address] = probes.control_rtt(address, self.target.port)
+            rtt = self._control_rtts[address]
+        if rtt is None:
+            raise CheckFailed(
+                f"the positive control failed: port {self.target.port} of {shown} did not accept a "
+                "connection, so a port that stays silent there proves nothing; check that the host is up "
+                "and reachable"
+            )
+        return probes.closed_port_timeout(rtt, self.timeout), rtt
+
+    def generation_slot(self) -> threading.Semaphore:
+        with self._control_lock:
+            if self._generation_slots is None:
+                self._generation_slots = threading.Semaphore(self.settings.num_parallel)
+            return self._generation_slots
 
     def auth_header(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}

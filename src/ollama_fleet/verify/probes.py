@@ -10,7 +10,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# How long a connect waits when nothing answers and nothing is being proven by the wait (a positive control,
+# the TLS handshake): long enough for one SYN retransmission on a lossy network.
 RAW_PORT_TIMEOUT = 2.0
+
+# A closed port is proven by silence, and silence is only worth the wait a reply would have taken. So the
+# probe of a port that must be dropped first times a positive control (TCP connects to a port the host serves,
+# from the same place) and then waits CLOSED_PORT_RTT_FACTOR times the slowest control connect, never less
+# than CLOSED_PORT_FLOOR and never more than the request timeout. An open or rejecting port answers in one
+# round trip (the SYN-ACK or RST comes from the host's kernel, whatever the application does), so the
+# wait is ten of them; the floor keeps a fast LAN from a wait that a busy controller's scheduling could eat.
+# On a LAN (sub-millisecond RTT) the floor decides: "filtered" in 2 x 0.25 s. On a slow network (100 ms RTT)
+# the wait grows to 1 s per try; past timeout/10 RTT it is the request timeout.
+CLOSED_PORT_FLOOR = 0.25
+CLOSED_PORT_RTT_FACTOR = 10.0
+CONTROL_SAMPLES = 3
+# A dropped port is probed this many times, one after another: a lost SYN (or SYN-ACK) then has to be lost
+# every time for an open port to pass as filtered.
+CLOSED_PORT_TRIES = 2
 
 
 def client_ssl_context(ca_file: Path | None) -> ssl.SSLContext:
@@ -81,12 +98,49 @@ def tcp_connect(address: str, port: int, timeout: float = RAW_PORT_TIMEOUT) -> s
         return f"error: {exc.strerror or exc}"
 
 
-# Runs inside the outsider netns with the controller's python3: a TCP connect to the target port, and an
-# ICMP echo as a control proving that the outsider can reach the host at all (else a timeout proves nothing).
+def closed_port_timeout(control_rtt: float, ceiling: float) -> float:
+    """The wait for a port that must be dropped, from the slowest positive-control connect (seconds)."""
+    return max(CLOSED_PORT_FLOOR, min(CLOSED_PORT_RTT_FACTOR * control_rtt, ceiling))
+
+
+def control_rtt(address: str, port: int, timeout: float = RAW_PORT_TIMEOUT) -> float | None:
+    """The positive control: the slowest of CONTROL_SAMPLES TCP connects to a port the host serves, in
+    seconds; None when one of them is not answered by a SYN-ACK (then a silent port proves nothing)."""
+    slowest = 0.0
+    for _ in range(CONTROL_SAMPLES):
+        started = time.perf_counter()
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                slowest = max(slowest, time.perf_counter() - started)
+        except OSError:
+            return None
+    return slowest
+
+
+@dataclass(frozen=True)
+class DroppedProbe:
+    outcome: str  # as tcp_connect, of the first try that was answered (or "timeout" when none was)
+    timeout: float  # seconds waited per try
+    tries: int
+
+
+def probe_dropped(address: str, port: int, timeout: float) -> DroppedProbe:
+    """Connect to a port that must be dropped, up to CLOSED_PORT_TRIES times while it stays silent."""
+    for attempt in range(1, CLOSED_PORT_TRIES + 1):
+        outcome = tcp_connect(address, port, timeout)
+        if outcome != "timeout":
+            return DroppedProbe(outcome, timeout, attempt)
+    return DroppedProbe("timeout", timeout, CLOSED_PORT_TRIES)
+
+
+# Runs inside the outsider netns with the controller's python3. First the positive control, an ICMP echo:
+# without a reply the outsider cannot reach the host at all and a silent port proves nothing; its round trip
+# sets the TCP wait (closed_port_timeout's rule). Then the TCP connects to the port, each up to that wait.
 _OUTSIDER_SCRIPT = r"""
 import json, os, socket, struct, sys, time
-address, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-def tcp():
+address, port, ping_timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+floor, factor, ceiling, tries = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
+def tcp(timeout):
     try:
         socket.create_connection((address, port), timeout=timeout).close()
         return "open"
@@ -105,39 +159,60 @@ def ping():
     body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"ollama-fleet"
     packet = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
-        sock.settimeout(timeout)
+        sock.settimeout(ping_timeout)
+        started = time.perf_counter()
         sock.sendto(packet, (address, 0))
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + ping_timeout
         while time.monotonic() < deadline:
             try:
                 data, peer = sock.recvfrom(1024)
             except TimeoutError:
-                return False
+                return None
             icmp = data[(data[0] & 0x0F) * 4:]
             if peer[0] == address and icmp[0] == 0 and struct.unpack("!H", icmp[4:6])[0] == ident:
-                return True
-    return False
-print(json.dumps({"tcp": tcp(), "ping": ping()}))
+                return time.perf_counter() - started
+    return None
+rtt = ping()
+wait = max(floor, min(factor * (ping_timeout if rtt is None else rtt), ceiling))
+outcome, attempt = "timeout", 0
+while outcome == "timeout" and attempt < tries:
+    attempt += 1
+    outcome = tcp(wait)
+print(json.dumps({"tcp": outcome, "ping": rtt is not None, "rtt": rtt, "wait": wait, "tries": attempt}))
 """
 
 
 @dataclass(frozen=True)
 class OutsiderProbe:
     tcp: str  # as tcp_connect
-    ping: bool  # the host answered an ICMP echo from the outsider
+    ping: bool  # the host answered an ICMP echo from the outsider (the positive control)
+    wait: float = RAW_PORT_TIMEOUT  # seconds the TCP connect waited per try
+    tries: int = 1
 
 
-def outsider_probe(netns: str, address: str, port: int, timeout: float = RAW_PORT_TIMEOUT) -> OutsiderProbe:
-    """Connect to address:port from inside a network namespace; raises RuntimeError if that cannot run."""
-    argv = ["ip", "netns", "exec", netns, "python3", "-c", _OUTSIDER_SCRIPT, address, str(port), str(timeout)]
+def outsider_probe(
+    netns: str, address: str, port: int, timeout: float = RAW_PORT_TIMEOUT, ceiling: float = RAW_PORT_TIMEOUT
+) -> OutsiderProbe:
+    """Ping address, then connect to address:port from inside a network namespace, waiting as
+    closed_port_timeout says from the ping's round trip; raises RuntimeError if that cannot run."""
+    argv = [
+        *("ip", "netns", "exec", netns, "python3", "-c", _OUTSIDER_SCRIPT, address, str(port), str(timeout)),
+        *(str(CLOSED_PORT_FLOOR), str(CLOSED_PORT_RTT_FACTOR), str(ceiling), str(CLOSED_PORT_TRIES)),
+    ]
+    limit = timeout + CLOSED_PORT_TRIES * max(ceiling, CLOSED_PORT_FLOOR) + 10
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=3 * timeout + 5, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"cannot run a probe in netns {netns!r}: {exc}") from None
     if done.returncode != 0:
         raise RuntimeError(f"cannot run a probe in netns {netns!r}: {done.stderr.strip()[-300:]}")
     result = json.loads(done.stdout)
-    return OutsiderProbe(tcp=str(result["tcp"]), ping=bool(result["ping"]))
+    return OutsiderProbe(
+        tcp=str(result["tcp"]),
+        ping=bool(result["ping"]),
+        wait=float(result["wait"]),
+        tries=int(result["tries"]),
+    )
 
 
 def netns_holding(ip: str) -> str | None:
