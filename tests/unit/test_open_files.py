@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_plan import KEY, PYINFRA, REPO, fleet
 
 pytestmark = pytest.mark.unit
