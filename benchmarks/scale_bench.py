@@ -138,6 +138,8 @@ def lab_rows(
             rollout = [FLEET, "rollout", changed_inventory(inventory), "--batch", "25%"]
             rows.append(("rollout --batch 25%, a change", measured(rollout, slot, env)))
     finally:
+        for derived in Path(inventory).parent.glob(Path(inventory).stem + "_*.py"):
+            derived.unlink()
         start = time.perf_counter()
         lifecycle.down(slot, log=False)
         extra["lab down s"] = time.perf_counter() - start
