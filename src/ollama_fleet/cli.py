@@ -23,8 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ollama_fleet.limits import open_files_advice, raise_open_files_limit, too_many_open_files
+
+    # Before anything opens a socket; the pyinfra runs a rollout starts inherit it.
+    raise_open_files_limit()
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except OSError as exc:
+        if not too_many_open_files(exc):
+            raise
+        print(f"ollama-fleet {args.command}: too many open files: {open_files_advice()}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -131,6 +131,16 @@ from ollama_fleet.deploys import deploy_site
 deploy_site()
 '''
 
+CONFIG = "config.py"
+CONFIG_TEXT = '''"""pyinfra's run-wide config, read from the directory pyinfra starts in, before it connects:
+each host's SSH connection stays open for the whole run, so the open-files limit is raised to the hard
+limit."""
+
+from ollama_fleet.limits import prepare_pyinfra_run
+
+prepare_pyinfra_run()
+'''
+
 GITIGNORE_TEXT = """# API key values and the fleet CA's private key: never in git.
 .fleet/
 pyinfra-debug.log
@@ -162,6 +172,7 @@ def files_for(plan: FleetPlan) -> dict[Path, str]:
         Path(INVENTORY): inventory_text(plan),
         GROUP_DATA: group_data_text(plan),
         Path(DEPLOY): DEPLOY_TEXT,
+        Path(CONFIG): CONFIG_TEXT,
         Path(".gitignore"): GITIGNORE_TEXT,
         Path("README.md"): readme_text(plan),
     }

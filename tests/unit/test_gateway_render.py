@@ -336,6 +336,20 @@ def test_nginx_accepts_the_gateway_site_and_rejects_a_broken_one(tmp_path: Path,
     assert broken.returncode != 0
 
 
+def test_nginx_accepts_a_gateway_over_two_hundred_hosts(tmp_path: Path, ca: FleetCA) -> None:
+    # Each pool's shared zone grows with its members: a fixed 64k held 60 hosts (nginx: "no memory in
+    # upstream zone").
+    fleet = {
+        f"h{i}": host_settings(f"h{i}", tmp_path, models_pull=["tiny"] if i % 2 else ["small"])
+        for i in range(200)
+    }
+    fleet["gw"] = host_settings("gw", tmp_path, gateway_enabled=True)
+    hosts = {name: f"10.100.{i // 250}.{i % 250 + 1}" for i, name in enumerate(fleet)}
+    conf = _gateway_prefix(tmp_path, fleet["gw"], ca, gateway_plan(fleet, hosts), "")
+    done = subprocess.run([_binary("nginx"), "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
 def _dump(tmp: Path) -> str:
     """`nginx -T` of the test gateway: its configuration as nginx reads it."""
     argv = [_binary("nginx"), "-T", "-p", str(tmp), "-c", str(tmp / "nginx.conf")]

@@ -54,7 +54,8 @@ def test_init_writes_a_fleet_that_validates_with_fresh_keys(tmp_path: Path) -> N
     done = cli("init", str(fleet), *INIT)
     assert done.returncode == 0, done.stderr
     assert sorted(str(p.relative_to(fleet)) for p in fleet.rglob("*") if p.is_file()) == [
-        ".fleet/secrets.json", ".gitignore", "README.md", "deploy.py", "group_data/all.py", "inventory.py",
+        ".fleet/secrets.json", ".gitignore", "README.md", "config.py", "deploy.py", "group_data/all.py",
+        "inventory.py",
     ]  # fmt: skip
     assert stat.S_IMODE((fleet / ".fleet/secrets.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((fleet / ".fleet/pki").stat().st_mode) == 0o700

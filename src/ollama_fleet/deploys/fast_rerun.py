@@ -3,10 +3,12 @@ deploy lock, one state read and the quick client check, instead of the deploy's 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from importlib.metadata import version
 
 from pyinfra import logger
+from pyinfra.api.state import State
 from pyinfra.context import host
 
 from ollama_fleet.deploys.fleet import fleet_settings, inventory_address
@@ -26,6 +28,19 @@ from ollama_fleet.state_probe import (
 
 FAST_RERUN = "Host as its last verified deploy left it (found while planning)"
 
+_fleet_parts: weakref.WeakKeyDictionary[State, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def fleet_parts(state: State) -> tuple[str, ...]:
+    """Every host's name, address and settings as text: the same for every host of a run, so made once per
+    run (made per host, it read N hosts' settings N times: the planning grew as the square of the fleet)."""
+    if state not in _fleet_parts:
+        fleet = fleet_settings(state)
+        _fleet_parts[state] = tuple(
+            f"{name} {inventory_address(host, name)} {settings_text(fleet[name])}" for name in sorted(fleet)
+        )
+    return _fleet_parts[state]
+
 
 def desired_state(
     s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None, extra: Sequence[str] = ()
@@ -37,10 +52,7 @@ def desired_state(
         code_digest(builtin_templates_dir(), *s.nginx.template_dirs),
         f"pyinfra {version('pyinfra')}",
     ]
-    fleet = fleet_settings(host.state)
-    parts += [
-        f"{name} {inventory_address(host, name)} {settings_text(fleet[name])}" for name in sorted(fleet)
-    ]
+    parts += fleet_parts(host.state)
     if pair is not None:
         parts += [pair.cert, pair.key.reveal(), pair.ca_pem or ""]
     if plan is not None:
