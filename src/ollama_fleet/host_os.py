@@ -69,6 +69,8 @@ def njs_features(s: FleetSettings, loaded_check: bool) -> list[str]:
         features.append("model allow-lists (auth_key_policies ... models)")
     if not s.ollama.cloud:
         features.append("refusing cloud models (ollama_cloud false)")
+    if s.serves_metrics:
+        features.append("per-request metrics (metrics_enabled)")
     return features
 
 

@@ -649,12 +649,13 @@ def test_ubuntu_22_04_refuses_what_needs_njs_before_any_change(tmp_path: Path) -
     result = pyinfra("-y", str(inventory), "deploys/ollama.py")
     assert result.returncode != 0
     assert "@fake/h2: Ubuntu 22.04.5 LTS has no libnginx-mod-http-js (njs) package" in result.stderr
-    assert "refusing cloud models (ollama_cloud false)" in result.stderr  # the default needs njs
+    assert "refusing cloud models (ollama_cloud false)" in result.stderr  # the defaults need njs
+    assert "per-request metrics (metrics_enabled)" in result.stderr
     assert "Beginning operation run" not in result.stderr
 
 
 def test_ubuntu_22_04_deploys_without_njs_features_or_with_njs_installed_by_hand(tmp_path: Path) -> None:
-    without_njs = {**on_os(UBUNTU_2204), "ollama_cloud": True}
+    without_njs = {**on_os(UBUNTU_2204), "ollama_cloud": True, "metrics_enabled": False}
     njs_by_hand = on_os(UBUNTU_2204, **{"dpkg -l": ["ii  libnginx-mod-http-js  0.8.9-1  amd64  njs"]})
     operations = plan(tmp_path, fleet(tmp_path, count=2, h1=without_njs, h2=njs_by_hand))
     njs_module = by_name(operations)["Install /usr/share/ollama-fleet/nginx-model-allow-list.js"]
