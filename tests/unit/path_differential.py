@@ -251,13 +251,20 @@ class Tally:
             )
 
 
-def cases(seed_value: int, examples: int) -> Iterator[tuple[str, str, str]]:
-    """(method, path, key scope): the hand-picked paths with every method and scope, then `examples`
-    generated ones (the same for one seed)."""
+def hand_picked() -> Iterator[tuple[str, str, str]]:
+    """(method, path, key scope): every hand-picked path with every method and scope."""
     for path in EXAMPLES:
         for method in METHODS:
             for scope in MAY_REACH:
                 yield method, path, scope
+
+
+def cases(seed_value: int, examples: int) -> Iterator[tuple[str, str, str]]:
+    """(method, path, key scope): the hand-picked paths with every method and scope, then `examples`
+    generated ones (the same for one seed)."""
+    yield from hand_picked()
+    if examples == 0:
+        return
     drawn: list[tuple[str, str, str]] = []
 
     @seed(seed_value)

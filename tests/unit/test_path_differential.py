@@ -9,9 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from path_differential import EXAMPLES, MAY_REACH, PathRouter, Sender, Tally, run_differential
+from path_differential import (
+    EXAMPLES,
+    MAY_REACH,
+    PathRouter,
+    Sender,
+    Tally,
+    hand_picked,
+    run_differential,
+)
 from test_render import ALICE_KEY, CI_KEY, Proxy, _free_port, running_nginx
 
+from ollama_fleet.lab.paths import repo_root
 from ollama_fleet.pki import FleetCA
 
 pytestmark = pytest.mark.unit
@@ -67,13 +76,28 @@ def test_no_path_reaches_an_ollama_route_its_key_may_not_use(sender: Sender) -> 
     assert tally.reached["POST /api/pull"] > 0 and tally.reached["POST /api/chat"] > 0, tally.reached
 
 
-def test_the_check_fails_a_proxy_that_passes_what_it_should_refuse(tmp_path: Path) -> None:
-    """The differential would catch a scope map that lets an inference key through to an admin route: a
-    Tally fed the outcome such a proxy would produce counts the violation."""
-    from path_differential import Outcome
-
+def test_it_catches_a_scope_decided_on_the_raw_path(tmp_path: Path, ca: FleetCA, router: PathRouter) -> None:
+    """The differential's power: the site with its scope map read from the raw $request_uri and a deny-list
+    default (what a "simpler" proxy does) lets percent-encoded admin paths through to Ollama's handlers, and
+    the hand-picked paths alone show it."""
+    site_template = (repo_root() / "templates" / "nginx-site.conf.j2").read_text()
+    scope_map = "map $uri $ollama_fleet_path_scope {\n    default refused;"
+    assert scope_map in site_template
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "nginx-site.conf.j2").write_text(
+        site_template.replace(
+            scope_map, "map $request_uri $ollama_fleet_path_scope {\n    default inference;"
+        )
+    )
+    data = {
+        "ollama_listen": router.address,
+        "auth_key_policies": {"ci-bot": {"scope": "admin"}},
+        "nginx_template_dirs": [str(tmp_path / "templates")],
+    }
     tally = Tally()
-    tally.add("POST", "/api//pull", "inference", Outcome(200, "POST /api/pull"))
-    tally.add("POST", "/api/me", "admin", Outcome(200, "POST /api/me"))
-    tally.add("POST", "/api/chat", "inference", Outcome(200, "POST /api/chat"))
-    assert len(tally.violations) == 2
+    with running_nginx(tmp_path / "nginx", ca, **data) as weak:
+        sender = Sender(weak.https, weak.ca_file)
+        for method, path, scope in hand_picked():
+            tally.add(method, path, scope, sender.send(method, path, KEYS[scope]))
+        sender.close()
+    assert any("POST '/%61pi/pull' with a key of scope 'inference'" in v for v in tally.violations), tally
