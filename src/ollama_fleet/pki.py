@@ -458,7 +458,7 @@ def name_constraints(permitted: Sequence[str]) -> x509.NameConstraints:
             x509.IPAddress(ipaddress.ip_network("::/0")),
         ]
     if not any(isinstance(s, x509.DNSName) for s in subtrees):
-        raise PkiError("a fleet CA needs at least one DNS name to sign for (the hosts' names)")
+        excluded.append(x509.DNSName(""))  # a fleet known by addresses alone: every name excluded
     return x509.NameConstraints(permitted_subtrees=subtrees, excluded_subtrees=excluded or None)
 
 

@@ -125,8 +125,16 @@ def test_a_ca_without_networks_excludes_every_address() -> None:
         x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
         x509.IPAddress(ipaddress.ip_network("::/0")),
     ]
-    with pytest.raises(PkiError, match="at least one DNS name"):
-        name_constraints(["10.0.0.0/8"])
+    assert name_constraints(["10.0.0.0/8"]).excluded_subtrees == [x509.DNSName("")]  # every name
+
+
+def test_a_fleet_of_addresses_alone_gets_a_ca_that_signs_no_name(tmp_path: Path) -> None:
+    ca = FleetCA.load_or_create(tmp_path / "pki", ["10.20.0.0/16"])
+    (tmp_path / "ca.pem").write_text(ca.trust_pem)
+    cert_pem, _ = ca.issue("10.20.0.5", ["10.20.0.5"])  # a host whose inventory name is its address
+    assert openssl_verify(tmp_path / "ca.pem", cert_pem, tmp_path).returncode == 0
+    refused = openssl_verify(tmp_path / "ca.pem", forged(ca.directory, ["www.example.org"]), tmp_path)
+    assert refused.returncode != 0 and "excluded subtree violation" in refused.stdout + refused.stderr
 
 
 @pytest.mark.parametrize(

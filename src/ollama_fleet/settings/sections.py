@@ -305,8 +305,6 @@ class TlsSettings(Section):
                         "network (like 192.168.10.0/24)"
                     ) from None
                 kept.append(entry.lower())
-        if kept and not any(not _is_ip_network(e) for e in kept):
-            raise ValueError("name at least one DNS name or domain: the hosts' certificates carry names")
         return kept
 
     @model_validator(mode="after")
@@ -413,11 +411,3 @@ class ServiceSettings(Section):
             return ipaddress.ip_address(value).compressed
         except ValueError:
             return host_names([value])[0].lower()
-
-
-def _is_ip_network(entry: str) -> bool:
-    try:
-        ipaddress.ip_network(entry)
-    except ValueError:
-        return False
-    return True
