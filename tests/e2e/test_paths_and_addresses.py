@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -226,7 +227,15 @@ def test_an_unconstrained_ca_rolls_to_a_constrained_one_without_cutting_clients_
 
     carried = f"cat {installed}/ca.pem"
     try:
-        assert served_by(old.trust_pem) == old.fingerprint
+        deadline = time.monotonic() + 30  # nginx reloads after systemctl returns: its new workers serve it
+        while True:
+            try:
+                assert served_by(old.trust_pem) == old.fingerprint
+                break
+            except ssl.SSLCertVerificationError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         rolled = roll_ca(ca_dir, FleetCA.load_or_create(fleet.state_dir / "pki").constraints or [])
         said = deploy()  # step 1: the host trusts both; its certificate is still the old CA's
         assert f"the fleet CA {old.fingerprint} has no name constraints" in said
