@@ -106,6 +106,12 @@ tls_ca_dir = ".fleet/pki"
 # only (`--data tls_ca_roll=true`). Unset, a deploy whose CA is not the hosts' stops before any change,
 # naming both CA fingerprints; every client must be given the new ca.pem after a roll.
 tls_ca_roll = False
+# What a new fleet CA may sign for (critical X.509 name constraints, so a stolen CA key cannot impersonate
+# other sites): DNS names or domains (a domain holds every name below it) and IP networks. Empty: derived
+# when the CA is made from every host's names, server names, extra SANs, service address (a name of three
+# labels or more stands for its domain) and firewall_client_subnets. An existing CA keeps its own; widening
+# them, or constraining an older CA, takes a roll: `ollama-fleet ca roll inventory.py`.
+tls_ca_name_constraints = []
 # Certificate chain and private key on the controller, for tls_mode "provided".
 tls_cert_file = None
 tls_key_file = None

@@ -1,9 +1,12 @@
 // ollama-fleet: the model a request names, checked by nginx (njs) before the request reaches Ollama: a
 // cloud model (unless ollama_cloud) and a key's model allow-list ($ollama_fleet_key_models: the names,
 // space separated, as /api/tags lists them); the gateway's routing by model (route, below); a host's
-// answer to a gateway's first try (ifLoaded); and, for the metrics log, the tokens an answer reports
-// (tokens, a body filter) and the gateway's tries (tries). A refused request gets an OpenAI-shaped 400 or 403; any other
-// goes on to Ollama unchanged (body and streaming included).
+// answer to a gateway's first try (ifLoaded); for the metrics log, the tokens an answer reports (tokens, a
+// body filter) and the gateway's tries (tries); on the model seed, which blobs it serves (fannedOutBlob). A
+// refused request gets an OpenAI-shaped 400 or 403; any other goes on to Ollama unchanged (body and
+// streaming included).
+
+import fs from 'fs';
 
 // A gateway's first try names the model the host must have loaded (gateway.IF_LOADED_HEADER), honoured only
 // from the fleet's gateways: the site maps it to $ollama_fleet_if_loaded for their addresses alone.
@@ -315,6 +318,29 @@ function tries(r) {
     return addr ? String(addr.split(/, | : /).length) : "0";
 }
 
+// On the model seed: "1" when the manifest of a model the fleet fans out names the requested blob, else "".
+// $ollama_fleet_seed_manifests: those manifests' paths, space separated (one not pulled yet is skipped);
+// $ollama_fleet_blob: the blob's sha256 from the URL.
+function fannedOutBlob(r) {
+    var wanted = "sha256:" + r.variables.ollama_fleet_blob;
+    var paths = (r.variables.ollama_fleet_seed_manifests || "").split(" ");
+    for (var i = 0; i < paths.length; i++) {
+        var manifest;
+        try {
+            manifest = JSON.parse(fs.readFileSync(paths[i], "utf8"));
+        } catch (e) {
+            continue;
+        }
+        var named = [manifest.config].concat(Array.isArray(manifest.layers) ? manifest.layers : []);
+        for (var j = 0; j < named.length; j++) {
+            if (named[j] && named[j].digest === wanted) {
+                return "1";
+            }
+        }
+    }
+    return "";
+}
+
 export default {
     check: check,
     ifLoaded: ifLoaded,
@@ -322,4 +348,5 @@ export default {
     listedName: listedName,
     tokens: tokens,
     tries: tries,
+    fannedOutBlob: fannedOutBlob,
 };

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ollama_fleet.render import NJS_PACKAGE
+from ollama_fleet.render import NJS_PACKAGE, lan_models
 from ollama_fleet.settings import FleetSettings
 
 SUPPORTED = "Debian 12 or 13 (tested), Ubuntu 24.04 (expected to work) or Ubuntu 22.04 (without njs)"
@@ -71,6 +71,8 @@ def njs_features(s: FleetSettings, loaded_check: bool) -> list[str]:
         features.append("refusing cloud models (ollama_cloud false)")
     if s.serves_metrics:
         features.append("per-request metrics (metrics_enabled)")
+    if lan_models(s):
+        features.append("the model seed's blob filter (models_seed_host on this host)")
     return features
 
 

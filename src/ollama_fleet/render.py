@@ -279,9 +279,17 @@ def lan_models(s: FleetSettings) -> list[tuple[ModelReference, ModelReference]]:
 def needs_njs(s: FleetSettings, loaded_check: bool = False) -> bool:
     """A key with a model allow-list, the gateway, or the cloud refusal (ollama_cloud off, the default):
     nginx needs njs to read the model from the body; a gateway's first try (`loaded_check`): to ask
-    Ollama's /api/ps; the metrics (metrics_enabled): to read the tokens from the answers."""
+    Ollama's /api/ps; the metrics (metrics_enabled): to read the tokens from the answers; a model seed: to
+    serve only the blobs its fanned-out models' manifests name."""
     allow_lists = s.auth.enabled and any(s.auth.policy(name).models for name in s.auth.key_names)
-    return s.is_gateway or loaded_check or allow_lists or not s.ollama.cloud or s.serves_metrics
+    return (
+        s.is_gateway
+        or loaded_check
+        or allow_lists
+        or not s.ollama.cloud
+        or s.serves_metrics
+        or bool(lan_models(s))
+    )
 
 
 def model_allow_list_js(s: FleetSettings) -> str:

@@ -155,6 +155,37 @@ def test_the_seed_port_is_closed_to_everyone_else(seeded: Seeded, first: Any) ->
     assert probe.returncode == 28, (probe.returncode, probe.stdout, probe.stderr)
 
 
+def test_the_seed_serves_no_blob_of_a_model_it_does_not_fan_out(seeded: Seeded, first: Any) -> None:
+    """A model made on the seed by hand, outside the settings (its system prompt a blob of its own), is in
+    the seed's store but not fanned out: a host on the LAN asking for its blobs by digest gets 404, while the
+    fanned-out model's blobs are served."""
+    seed, host = seeded.seed, seeded.others[-1]
+    made = "cat > /root/private.modelfile && ollama create private-notes -f /root/private.modelfile"
+    seeded.fleet.ssh_ok(seed, made, stdin=PRIVATE_MODELFILE)
+    try:
+        private = json.loads(
+            seeded.fleet.ssh_ok(
+                seed, f"cat {MODELS_DIR}/manifests/registry.ollama.ai/library/private-notes/latest"
+            )
+        )
+        fanned = seeded.manifest(seed)
+        fanned_blobs = {layer["digest"] for layer in [fanned["config"], *fanned["layers"]]}
+        private_only = {layer["digest"] for layer in [private["config"], *private["layers"]]} - fanned_blobs
+        assert private_only  # its system prompt and config at least
+
+        def status(digest: str) -> str:
+            url = f"http://{seeded.fleet.address(seed)}:11435/v2/library/tiny/blobs/{digest}"
+            return seeded.fleet.ssh_ok(host, f"curl -sS -I -o /dev/null -w '%{{http_code}}' {url}")
+
+        assert {digest: status(digest) for digest in private_only} == dict.fromkeys(private_only, "404")
+        assert {digest: status(digest) for digest in fanned_blobs} == dict.fromkeys(fanned_blobs, "200")
+    finally:
+        seeded.fleet.ssh_ok(seed, "ollama rm private-notes; rm -f /root/private.modelfile")
+
+
+PRIVATE_MODELFILE = 'FROM tiny:latest\nSYSTEM "Finance only: the merger closes on Friday."\n'
+
+
 def test_an_identical_deploy_moves_no_model_bytes(seeded: Seeded, first: Any) -> None:
     before = len(seeded.seed_log())
     again = seeded.deploy()

@@ -102,7 +102,25 @@ def _store(models: Path, blob: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     (models / "blobs").mkdir(parents=True)
     (models / "blobs" / digest.replace(":", "-")).write_bytes(blob)
+    config = b'{"model_format":"gguf"}'
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    (models / "blobs" / config_digest.replace(":", "-")).write_bytes(config)
     manifest = models / model_reference(UPSTREAM).manifest_path
+    manifest.parent.mkdir(parents=True)
+    layers = [{"digest": digest, "size": len(blob)}]
+    manifest.write_text(
+        json.dumps({"schemaVersion": 2, "config": {"digest": config_digest}, "layers": layers})
+    )
+    return digest
+
+
+def _kept_off_the_fleet(models: Path) -> str:
+    """A model pulled on the seed that the fleet does not fan out (its system prompt, say): its manifest and
+    blob in the store beside the fanned-out one's. Returns the blob's digest."""
+    blob = b"You are the finance team's assistant. The merger closes on Friday."
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    (models / "blobs" / digest.replace(":", "-")).write_bytes(blob)
+    manifest = models / model_reference("private:latest").manifest_path
     manifest.parent.mkdir(parents=True)
     manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [{"digest": digest, "size": len(blob)}]}))
     return digest
@@ -124,9 +142,14 @@ def test_the_seed_serves_manifests_and_blobs_as_ollamas_pull_asks(tmp_path: Path
         assert first.status_code == 200 and first.headers["location"] == url
         part = seed.get(url, headers={"Range": "bytes=100-199"})
         assert part.status_code == 206 and part.content == blob[100:200]
+        config = manifest.json()["config"]["digest"]
+        assert seed.get(f"/v2/library/tiny/blobs/{config}").status_code == 200
+        kept_off = _kept_off_the_fleet(tmp_path / "models")  # in the store, not fanned out
         for unknown in (
             "/v2/library/other/manifests/latest",
             f"/v2/library/tiny/blobs/sha256:{'0' * 64}",
+            f"/v2/library/tiny/blobs/{kept_off}",  # its blob is on disk, but no fanned-out model names it
+            f"/v2/library/private/blobs/{kept_off}",
             "/v2/library/tiny/manifests/../../../blobs",
             "/blobs/" + digest.replace(":", "-"),
             "/",

@@ -14,18 +14,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pyinfra import logger
 from pyinfra.api.deploy import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
 from pyinfra.facts.hardware import Ipv4Addrs
 from pyinfra.operations import files
 
-from ollama_fleet.deploys.fleet import FleetError, host_data
+from ollama_fleet.deploys.fleet import FleetError, fleet_settings, host_data, inventory_address
 from ollama_fleet.operations import textfile
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.operations.certificates import InstalledCertificate
 from ollama_fleet.operations.secrets import Secret, certificate_and_key
-from ollama_fleet.pki import FleetCA, PkiError, ca_change_problem, host_sans, needs_reissue, pair_problem
+from ollama_fleet.pki import (
+    UNCONSTRAINED_WARNING,
+    FleetCA,
+    PkiError,
+    ca_change_problem,
+    host_sans,
+    needs_reissue,
+    pair_problem,
+    permitted_for_fleet,
+)
 from ollama_fleet.render import tls_paths
 from ollama_fleet.settings import FleetSettings, service_address
 
@@ -80,9 +90,10 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 
 def fleet_ca(s: FleetSettings) -> FleetCA:
-    """The fleet CA in tls_ca_dir, created when it holds none, unless this host already carries certificates
-    from another CA: then FleetError (nothing exists yet to change any host), naming both CAs, unless
-    tls_ca_roll asks for exactly that. Read from the host each run: one `cat` of its installed ca.pem."""
+    """The fleet CA in tls_ca_dir, created when it holds none (name-constrained to the fleet), unless this
+    host already carries certificates from another CA: then FleetError (nothing exists yet to change any
+    host), naming both CAs, unless tls_ca_roll asks for exactly that. Read from the host each run: one `cat`
+    of its installed ca.pem. A CA without name constraints is warned about, with the command to roll it."""
     ca_dir = Path(s.tls.ca_dir)
     ca = FleetCA.load_existing(ca_dir)
     if not s.tls.ca_roll:
@@ -90,7 +101,18 @@ def fleet_ca(s: FleetSettings) -> FleetCA:
         problem = ca_change_problem(carried, ca, ca_dir)
         if problem:
             raise FleetError(f"{s.host}: TLS: {problem}")
-    return ca if ca is not None else FleetCA.load_or_create(ca_dir)
+    if ca is None:
+        ca = FleetCA.load_or_create(ca_dir, fleet_permitted(ca_dir))
+    if ca.constraints is None:
+        logger.warning(f"{host.print_prefix}{UNCONSTRAINED_WARNING.format(fingerprint=ca.fingerprint)}")
+    return ca
+
+
+def fleet_permitted(ca_dir: Path) -> list[str]:
+    """What a new CA may sign for, from every host of this run's inventory (see permitted_for_fleet)."""
+    settings = fleet_settings(host.state)
+    addresses = {name: inventory_address(host, name) for name in settings}
+    return permitted_for_fleet(settings, addresses, ca_dir)
 
 
 @dataclass(frozen=True)
@@ -111,7 +133,7 @@ def tls_pair(s: FleetSettings) -> TlsPair:
             cert, key = issued_certificate(s, ca, host_sans(s, host_addresses(s)))
         except PkiError as exc:
             raise FleetError(f"{s.host}: TLS certificate: {exc}") from None
-        pair = TlsPair(cert, key, ca.cert_pem)
+        pair = TlsPair(cert, key, ca.trust_pem)
     # nginx would refuse to start on a mismatched pair: say so before anything changes on any host.
     problem = pair_problem(pair.cert, pair.key.reveal())
     if problem:

@@ -11,7 +11,14 @@ from pydantic import Field, field_validator, model_validator
 
 from ollama_fleet import ollama_env
 from ollama_fleet.settings.base import IPNetwork, Section
-from ollama_fleet.settings.rules import NGINX_SIZE, VERSION, host_names, release_key, timespan_seconds
+from ollama_fleet.settings.rules import (
+    DNS_NAME,
+    NGINX_SIZE,
+    VERSION,
+    host_names,
+    release_key,
+    timespan_seconds,
+)
 
 Overlay = Literal["rocm", "jetpack5", "jetpack6", "mlx"]
 OVERLAY_ARCHES: dict[str, tuple[str, ...]] = {
@@ -267,6 +274,11 @@ class TlsSettings(Section):
     # True for one run (--data tls_ca_roll=true): replace the CA the hosts carry with the one in ca_dir (a new
     # one when it is empty). False: a deploy whose CA differs from the hosts' stops before any change.
     ca_roll: bool = False
+    # What a new fleet CA may sign for (critical X.509 name constraints): DNS names or domains (a domain holds
+    # every name below it) and IP networks. Empty: derived when the CA is made, from every host's names,
+    # server names, extra SANs, service address and firewall_client_subnets. An existing CA keeps its own:
+    # widening them takes a CA roll (ollama-fleet ca roll).
+    ca_name_constraints: list[str] = Field(default_factory=list)
     cert_file: Path | None = None  # provided mode, on the controller
     key_file: Path | None = None
     extra_sans: list[str] = Field(default_factory=list)
@@ -278,6 +290,22 @@ class TlsSettings(Section):
     @classmethod
     def _sans(cls, value: list[str]) -> list[str]:
         return host_names(value)
+
+    @field_validator("ca_name_constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        kept = []
+        for entry in value:
+            try:
+                kept.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                if not DNS_NAME.fullmatch(entry):
+                    raise ValueError(
+                        f"{entry!r} is neither a DNS name or domain (like lan or ai.example.com) nor an IP "
+                        "network (like 192.168.10.0/24)"
+                    ) from None
+                kept.append(entry.lower())
+        return kept
 
     @model_validator(mode="after")
     def _provided_files_exist(self) -> TlsSettings:

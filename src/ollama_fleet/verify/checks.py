@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+from cryptography import x509
 
 from ollama_fleet import gpu
+from ollama_fleet.pki import ROLL_COMMAND, ca_constraints
 from ollama_fleet.verify import probes
 from ollama_fleet.verify.context import (
     CheckResult,
@@ -75,9 +78,29 @@ def check_tls(ctx: HostContext) -> CheckResult:
             f"the certificate expires in {days:.0f} days, inside tls_renew_before_days="
             f"{tls.renew_before_days}: re-run the deploy to renew it"
         )
+    constraints = _ca_constraints(ca)
+    if ca is None:
+        signer = ""
+    elif constraints is None:
+        signer = f"; the fleet CA has NO name constraints (roll it: {ROLL_COMMAND})"
+    else:
+        signer = f"; the fleet CA may sign only for {', '.join(constraints)}"
     return passed(
-        f"{facts.version}, expires in {days:.0f} days", days_left=round(days, 1), version=facts.version
+        f"{facts.version}, expires in {days:.0f} days{signer}",
+        days_left=round(days, 1),
+        version=facts.version,
+        ca_name_constraints=" ".join(constraints) if constraints is not None else "none" if ca else "n/a",
     )
+
+
+def _ca_constraints(ca_file: Path | None) -> list[str] | None:
+    """The signing fleet CA's name constraints (the first certificate of ca.pem); None: none, or no CA."""
+    if ca_file is None:
+        return None
+    try:
+        return ca_constraints(x509.load_pem_x509_certificate(ca_file.read_bytes()))
+    except ValueError:
+        return None
 
 
 def check_root(ctx: HostContext) -> CheckResult:
