@@ -67,8 +67,9 @@ def install_ollama(
         home=str(o.home),
         shell="/bin/false",
     )
-    # `ollama serve` writes its key pair into ~/.ollama, and models below it.
-    for directory in (o.home / ".ollama", o.models_dir):
+    # `ollama serve` writes its key pair into ~/.ollama, and models below it. The home is 755 as Debian 12's
+    # useradd makes it (Debian 13's makes it 0700: HOME_MODE), so a seed's nginx can read the models below it.
+    for directory in (o.home, o.home / ".ollama", o.models_dir):
         files.directory(
             name=f"Create {directory}", path=str(directory), user=o.user, group=o.group, mode="755"
         )
