@@ -67,6 +67,8 @@ def forged(ca_dir: Path, sans: list[str], common_name: str = "forged") -> bytes:
         .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.SubjectAlternativeName([general_name(s) for s in sans]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # as any thief would: Python 3.13's ssl (VERIFY_X509_STRICT) refuses a leaf without it
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
