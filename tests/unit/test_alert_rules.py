@@ -20,7 +20,7 @@ TESTS = Path(__file__).parent / "promtool" / "ollama-fleet-rules_test.yml"
 def _promtool() -> str:
     found = shutil.which("promtool")
     if not found:
-        pytest.fail("promtool is not installed: apt-get install prometheus on Debian 12, promtool on 13 (bootstrap.sh does)")
+        pytest.fail("promtool is not installed: on Debian 12 apt-get install prometheus, on 13 promtool")
     return found
 
 

@@ -56,7 +56,7 @@ def test_promtool_accepts_the_prometheus_configuration(tmp_path: Path) -> None:
     (tmp_path / monitoring.METRICS_KEY_PATH.name).write_text(MONITOR_KEY)
     promtool = shutil.which("promtool")
     if not promtool:
-        pytest.fail("promtool is not installed: apt-get install prometheus on Debian 12, promtool on 13 (bootstrap.sh does)")
+        pytest.fail("promtool is not installed: on Debian 12 apt-get install prometheus, on 13 promtool")
     checked = subprocess.run(
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
