@@ -18,11 +18,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -36,37 +33,18 @@ from test_render import (  # the unit tier's nginx helpers
     _strict_context,
     _wait_listening,
 )
+from test_request_metrics import fake_ollama  # the unit tier's chunked fake Ollama
 
 from ollama_fleet.pki import FleetCA
 from ollama_fleet.settings import settings_for_host
 
 
-def fake_ollama(lines: int) -> ThreadingHTTPServer:
+def ndjson_stream(lines: int) -> list[bytes]:
+    """A chat answer of `lines` tokens and Ollama's last chunk with its counts."""
     token = {"model": "tiny", "created_at": "2026-12-04T00:00:00Z", "message": {"role": "assistant"}}
     body = [json.dumps({**token, "message": {"content": "tok "}, "done": False}).encode() + b"\n"] * lines
     last = {**token, "done": True, "prompt_eval_count": 26, "eval_count": lines, "eval_duration": 10**9}
-    chunks = [*body, json.dumps(last).encode() + b"\n"]
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for chunk in chunks:  # one write per line, as Ollama flushes each token
-                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return [*body, json.dumps(last).encode() + b"\n"]
 
 
 def start_nginx(
@@ -119,7 +97,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         ca = FleetCA.load_or_create(tmp / "pki")
-        upstream = fake_ollama(args.lines)
+        chunks = ndjson_stream(args.lines)
+        upstream = fake_ollama(lambda _path: chunks).server
         urls, processes = {}, []
         try:
             for name, metrics in (("on", True), ("off", False)):

@@ -9,7 +9,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,7 +59,13 @@ class FakeOllama:
     sent: list[bytes] = field(default_factory=list)
 
 
-def _fake_ollama() -> FakeOllama:
+def answers_by_path(path: str) -> list[bytes]:
+    return STREAM_CHUNKS if path == "/api/chat" else [OPENAI_ANSWER]
+
+
+def fake_ollama(chunks_for: Callable[[str], list[bytes]] = answers_by_path) -> FakeOllama:
+    """Ollama as nginx sees it: each POST answered with `chunks_for(path)`, one chunked write per line, as
+    Ollama flushes each token (the benchmark uses it too)."""
     fake: FakeOllama
 
     class Handler(BaseHTTPRequestHandler):
@@ -70,7 +76,7 @@ def _fake_ollama() -> FakeOllama:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            chunks = STREAM_CHUNKS if self.path == "/api/chat" else [OPENAI_ANSWER]
+            chunks = chunks_for(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Transfer-Encoding", "chunked")
@@ -101,7 +107,7 @@ class Metered:
 @pytest.fixture(scope="module")
 def metered(tmp_path_factory: pytest.TempPathFactory, ca: FleetCA) -> Iterator[Metered]:
     tmp = tmp_path_factory.mktemp("metered")
-    upstream = _fake_ollama()
+    upstream = fake_ollama()
     port = _free_port()
     s = settings_for_host(
         "ollama1",
