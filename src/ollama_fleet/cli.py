@@ -1,4 +1,4 @@
-"""`ollama-fleet lab|verify|status|rollout|rollback|init|keys|ca`: thin wrappers over the modules."""
+"""`ollama-fleet lab|verify|status|rollout|rollback|init|keys|ca|hosts`: thin wrappers over the modules."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ollama_fleet import ca_commands, fleet_commands
+    from ollama_fleet import ca_commands, fleet_commands, host_keys
     from ollama_fleet.lab import commands as lab_commands
     from ollama_fleet.rollout import commands as rollout_commands
     from ollama_fleet.verify import commands as verify_commands
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout_commands.register(subparsers)
     fleet_commands.register(subparsers)
     ca_commands.register(subparsers)
+    host_keys.register(subparsers)
     return parser
 
 

@@ -26,19 +26,39 @@ from ollama_fleet.deploys.proxy import fleet_gateway_plan, nginx_proxy, rollout_
 from ollama_fleet.deploys.service import api_base, ollama_service, ollama_stopped, rollback_target_for
 from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
 from ollama_fleet.gateway import GatewayPlan, answers_loaded_check
+from ollama_fleet.host_keys import changed_key_message
 from ollama_fleet.host_os import host_os, host_os_problems, needs_njs_package_check
 from ollama_fleet.operations import connection, lock, release, ufw
 from ollama_fleet.operations.gpu import GpuDetection, gpu_driver_ready
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
+from ollama_fleet.settings.paths import pyinfra_inventory_file
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
 from ollama_fleet.verify.targets import gateway_target, target_for_settings
+
+_EXPLAINED: set[int] = set()
+"""id() of the pyinfra States whose unconnected hosts were explained (the deploy file runs once per host)."""
+
+
+def explain_refused_hosts() -> None:
+    """Name each host pyinfra could not connect to because its SSH host key changed, and the fix: pyinfra's
+    own advice (`ssh-keygen -R`) edits ~/.ssh/known_hosts, not the file the inventory pins keys in."""
+    run = host.state
+    if id(run) in _EXPLAINED:
+        return
+    _EXPLAINED.add(id(run))
+    inventory = str(pyinfra_inventory_file() or "INVENTORY")
+    for failed in sorted(run.failed_hosts, key=lambda h: h.name):
+        message = changed_key_message(failed.name, host_data(failed), inventory)
+        if message:
+            logger.error(message)
 
 
 def deploy_site() -> None:
     """Validate every host's settings (raises before any operation exists), then deploy this host: whole,
     or, when it is exactly as its last verified deploy of the same desired state left it, only checked."""
     s = settings_for(host.state, host.name)
+    explain_refused_hosts()
     check_host_os(s)
     connection.without_nagle(host)
     # Read once, for the desired digest and for the whole deploy's operations.

@@ -1,4 +1,4 @@
-"""`ollama-fleet lab build|up|down|status`: argparse wiring over `lifecycle`.
+"""`ollama-fleet lab build|up|reimage|restore|down|status`: argparse wiring over `lifecycle`.
 
 The lab's own dependencies (numpy and gguf, the `lab` extra) are imported only when a lab command runs, so
 `pip install ollama-fleet` without extras gives a working verify, status, rollout and deploy.
@@ -62,6 +62,19 @@ def register(subparsers: Any) -> None:
     )
     _add_slot(up)
     up.set_defaults(func=_guarded(_up))
+    reimage = actions.add_parser(
+        "reimage",
+        help="re-install one host in place: same name and IP, a fresh root (no state, a new SSH host key)",
+    )
+    reimage.add_argument("host", help="the host's name (lab-2) or IP")
+    reimage.add_argument("--release", required=True, choices=list(RELEASES), help="its new Debian release")
+    reimage.add_argument("--keep", action="store_true", help="set its old image aside for `lab restore`")
+    _add_slot(reimage)
+    reimage.set_defaults(func=_guarded(_reimage))
+    restore = actions.add_parser("restore", help="put back the image `lab reimage --keep` set aside")
+    restore.add_argument("host", help="the host's name (lab-2) or IP")
+    _add_slot(restore)
+    restore.set_defaults(func=_guarded(_restore))
     down = actions.add_parser("down", help="remove every host, mount, bridge, netns, nft table, cgroup")
     _add_slot(down)
     down.set_defaults(func=_guarded(_down))
@@ -96,6 +109,18 @@ def _up(args: argparse.Namespace) -> int:
         f"  inventory: {lab.inventory_path}\n"
         f"  mirror: {lab.mirror_url}/  outsider: ip netns exec {lab.outsider_netns} ... ({lab.outsider_ip})"
     )
+    return 0
+
+
+def _reimage(args: argparse.Namespace) -> int:
+    host = _lab_module("lifecycle").reimage(_slot(args), args.host, args.release, keep=args.keep)
+    print(f"{host.name}\t{host.ip}\t{host.release}\tre-imaged (no state, a new SSH host key)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    host = _lab_module("lifecycle").restore(_slot(args), args.host)
+    print(f"{host.name}\t{host.ip}\t{host.release}\trestored")
     return 0
 
 

@@ -62,16 +62,7 @@ def prepare_root(
 ) -> Path:
     """Mount a fresh overlay over `release`'s base for the host and write its identity into the upper
     layer."""
-    upper, work, root = host_dir / "upper", host_dir / "work", host_dir / "root"
-    for directory in (upper, work, root):
-        directory.mkdir(parents=True, exist_ok=True)
-    run(
-        [
-            "mount", "-t", "overlay", "overlay",
-            "-o", f"lowerdir={base},upperdir={upper},workdir={work}",
-            str(root),
-        ]
-    )  # fmt: skip
+    root = mount_overlay(base, host_dir)
     etc = root / "etc"
     (etc / "hostname").write_text(f"{me.name}\n")
     (etc / "hosts").write_text(etc_hosts(me, plan, everyone))
@@ -85,6 +76,21 @@ def prepare_root(
     add_sudo_user(root, public_key)
     key = etc / "ssh/ssh_host_ed25519_key"
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{me.name}", "-f", str(key)])
+    return root
+
+
+def mount_overlay(base: Path, host_dir: Path) -> Path:
+    """Mount `host_dir`'s root: its upper layer (made empty when missing) over `base`. Returns the root."""
+    upper, work, root = host_dir / "upper", host_dir / "work", host_dir / "root"
+    for directory in (upper, work, root):
+        directory.mkdir(parents=True, exist_ok=True)
+    run(
+        [
+            "mount", "-t", "overlay", "overlay",
+            "-o", f"lowerdir={base},upperdir={upper},workdir={work}",
+            str(root),
+        ]
+    )  # fmt: skip
     return root
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -337,13 +338,18 @@ def _stop_processes(lab: LabState | None, plan: SlotPlan, roots: list[Path]) -> 
     return done
 
 
-def _unmount_and_remove(runtime: Path) -> list[str]:
+def _unmount(under: Path) -> list[str]:
     done = []
-    for point in _lab_mounts(runtime):
+    for point in _lab_mounts(under):
         _remove_nspawn_lock(Path(point))
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
             run(["umount", "--lazy", point])
         done.append(f"unmounted {point}")
+    return done
+
+
+def _unmount_and_remove(runtime: Path) -> list[str]:
+    done = _unmount(runtime)
     if runtime.exists():
         shutil.rmtree(runtime)
         done.append(f"removed {runtime}")
@@ -407,3 +413,84 @@ def status(slot: int) -> dict[str, object]:
         "inventory": lab.inventory_path,
         "timings": lab.timings,
     }
+
+
+KEPT_SUFFIX = ".kept"
+"""`<runtime>/<machine>.kept`: a host's previous image, kept by `reimage(keep=True)` for `restore`."""
+
+
+def reimage(slot: int, name: str, release: str, keep: bool = False, log: bool = True) -> HostState:
+    """Re-image one nspawn host in place, as an operator re-installs a machine: the same name, IP and
+    machine, a fresh root on `release`'s base, so none of its state and a new SSH host key. With `keep` its
+    previous image is put aside for `restore` (the tests put the session's host back as it was)."""
+    lab = state.load(slot)
+    host = _nspawn_host(lab, name)
+    base = rootfs.ensure_base(release, log=log)
+    mirror.ensure_debs(base, release)
+    host_dir = _power_off(lab, host)
+    kept = host_dir.with_name(host.machine + KEPT_SUFFIX)
+    shutil.rmtree(kept, ignore_errors=True)
+    if keep:
+        (host_dir / "release").write_text(f"{host.release}\n")
+        host_dir.rename(kept)
+    else:
+        shutil.rmtree(host_dir)
+    public_key = Path(f"{lab.key_path}.pub").read_text()
+    everyone = lab.plan.hosts(len(lab.hosts))
+    hosts.prepare_root(base, host_dir, _plan_of(lab, host), lab.plan, everyone, public_key, release)
+    host.release = release
+    return _boot(lab, host)
+
+
+def restore(slot: int, name: str) -> HostState:
+    """Put back the image `reimage(keep=True)` set aside (its state, its SSH host key, its release)."""
+    lab = state.load(slot)
+    host = _nspawn_host(lab, name)
+    host_dir = Path(lab.runtime_dir) / host.machine
+    kept = host_dir.with_name(host.machine + KEPT_SUFFIX)
+    if not kept.is_dir():
+        raise LabError(f"{name} has no kept image to restore ({kept}); `reimage` keeps one only when asked")
+    _power_off(lab, host)
+    shutil.rmtree(host_dir)
+    kept.rename(host_dir)
+    host.release = (host_dir / "release").read_text().strip()
+    hosts.mount_overlay(rootfs.ensure_base(host.release, log=False), host_dir)
+    return _boot(lab, host)
+
+
+def _nspawn_host(lab: LabState, name: str) -> HostState:
+    if lab.provider != "nspawn":
+        raise LabError(f"lab slot {lab.slot} runs {lab.provider} machines; only nspawn hosts are re-imaged")
+    return lab.host(name)
+
+
+def _power_off(lab: LabState, host: HostState) -> Path:
+    """Stop one host (a clean poweroff), unmount its root and empty its cgroups; return its directory."""
+    if Path(lab.ssh_config_path).is_file():
+        subprocess.run(
+            ["ssh", "-F", lab.ssh_config_path, "-O", "exit", host.name],
+            capture_output=True, timeout=10, check=False, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    if host.pid and hosts.is_nspawn(host.pid) and cgroups.pid_is_in(host.pid, lab.plan.cgroup_name):
+        hosts.stop([host.pid])
+    host.pid = None
+    state.save(lab)
+    host_dir = Path(lab.runtime_dir) / host.machine
+    _unmount(host_dir / "root")
+    for cgroup in host.cgroups:
+        cgroups.remove_tree(Path(cgroup))
+    return host_dir
+
+
+def _plan_of(lab: LabState, host: HostState) -> HostPlan:
+    return next(plan for plan in lab.plan.hosts(len(lab.hosts)) if plan.name == host.name)
+
+
+def _boot(lab: LabState, host: HostState) -> HostState:
+    """Start one host on its mounted root and wait until it is SSH-ready (the lab's state records it)."""
+    started = {host.name: time.monotonic()}
+    log, host_cgroups = _logs(lab.slot) / f"{host.name}.log", [Path(c) for c in host.cgroups]
+    host.pid = hosts.start(Path(host.root), _plan_of(lab, host), lab.plan, host_cgroups, log)
+    state.save(lab)
+    _report_degraded(_wait_all_ready(dataclasses.replace(lab, hosts=[host]), started))
+    return host
