@@ -49,6 +49,7 @@ MODULE_ORDER = (
     "test_paths_and_addresses",
     "test_gpu_lab",  # right after the first deploy: a deployed host that must stay exactly as it is
     "test_verify",
+    "test_reimage",  # re-images the Debian 12 host and puts its image back: the fleet stays as deployed
     "test_openai_client",
     "test_key_scopes",
     "test_firewall_rules",
