@@ -458,6 +458,15 @@ def restore(slot: int, name: str) -> HostState:
     return _boot(lab, host)
 
 
+def restart(slot: int, name: str) -> HostState:
+    """Power one host off and boot it again on its root as it is (a reboot: nspawn exits on one)."""
+    lab = state.load(slot)
+    host = _nspawn_host(lab, name)
+    host_dir = _power_off(lab, host)
+    hosts.mount_overlay(rootfs.ensure_base(host.release, log=False), host_dir)
+    return _boot(lab, host)
+
+
 def _nspawn_host(lab: LabState, name: str) -> HostState:
     if lab.provider != "nspawn":
         raise LabError(f"lab slot {lab.slot} runs {lab.provider} machines; only nspawn hosts are re-imaged")
