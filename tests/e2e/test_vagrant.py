@@ -4,7 +4,9 @@ and `vagrant destroy`, which runs even when a test fails. libvirt and VirtualBox
 KVM, no VirtualBox in Debian): their halves of the Vagrantfile are checked with `vagrant validate`.
 
 The machines use their own lab slot ($OLLAMA_FLEET_VAGRANT_SLOT, default 100: 10.213.200.0/24), so they never
-meet the session's nspawn lab.
+meet the session's nspawn lab. Their release is $OLLAMA_FLEET_VAGRANT_RELEASE (default bookworm, the
+Vagrantfile's default box; trixie runs the same module on the Debian 13 box): one release per session, since
+this module's `vagrant up` and deploy are its cost and the nspawn lab already runs every module on both.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 SLOT = int(os.environ.get("OLLAMA_FLEET_VAGRANT_SLOT", "100"))
 MACHINES = 2
+RELEASE = os.environ.get("OLLAMA_FLEET_VAGRANT_RELEASE", "bookworm")
 VBOXMANAGE = '#!/bin/sh\n[ "$1" = --version ] && echo 7.0.20r163906\n'
 """Stands in for VirtualBox's VBoxManage: `vagrant validate` only asks it for its version."""
 
@@ -68,7 +71,7 @@ def test_the_vagrantfile_validates_for_the_providers_users_run(provider: str, tm
 @pytest.fixture(scope="module")
 def machines() -> Iterator[LabState]:
     try:
-        yield lifecycle.up(MACHINES, SLOT, vagrant=True)
+        yield lifecycle.up(MACHINES, SLOT, vagrant=True, releases=[RELEASE])
     finally:
         lifecycle.down(SLOT)
 
@@ -77,7 +80,7 @@ def machines() -> Iterator[LabState]:
 def fleet(machines: LabState) -> DeployedFleet:
     """Deployed through inventories/vagrant.py as a user runs it: it asks `vagrant ssh-config` itself."""
     env = {
-        **vagrant_fleet.vagrant_env(machines.plan, MACHINES, vagrant_fleet.box_key()),
+        **vagrant_fleet.vagrant_env(machines.plan, MACHINES, vagrant_fleet.box_key(), RELEASE),
         "OLLAMA_FLEET_VAGRANT_DATA": str(vagrant_fleet.data_path(SLOT)),
         "OLLAMA_FLEET_VAGRANT_SUBNET": machines.plan.hosts_subnet,
     }
@@ -103,6 +106,15 @@ def test_machines_are_reached_as_vagrant_with_sudo_and_not_as_root(machines: Lab
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert as_root.returncode == 255 and "Permission denied" in as_root.stderr
+
+
+def test_each_machine_runs_the_release_of_its_box(machines: LabState) -> None:
+    for host in machines.hosts:
+        release = subprocess.run(
+            machines.ssh_command(host.name, ". /etc/os-release; echo $VERSION_CODENAME"),
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert release.stdout.strip() == host.release == RELEASE
 
 
 def test_each_machine_made_its_own_ssh_host_key(machines: LabState) -> None:

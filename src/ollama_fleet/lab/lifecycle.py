@@ -104,8 +104,8 @@ def up(
     check_prerequisites()
     if vagrant:
         vagrant_fleet.check_prerequisites()
-        if releases != [DEFAULT_RELEASE]:
-            raise LabError(f"the Vagrant box is made from the {DEFAULT_RELEASE} base only; drop --release")
+        if len(set(releases)) != 1:
+            raise LabError("the Vagrant machines share one box: pass one release (--release trixie)")
     SlotPlan(slot).hosts(host_count)  # validate before touching anything
     refuse_if_owned_elsewhere(slot)
     down(slot, log=False)
@@ -132,7 +132,7 @@ def _bring_up(host_count: int, slot: int, log: bool, vagrant: bool, releases: li
     _start_controller_side(lab, host_count)
     if vagrant:
         results: list[hosts.Readiness] = []
-        lab.hosts = vagrant_fleet.up(lab.plan, host_count, base)
+        lab.hosts = vagrant_fleet.up(lab.plan, host_count, base, releases[0])
         lab.ssh_config_path = str(vagrant_fleet.ssh_config_path(slot))
     else:
         started = _start_hosts(lab, bases, releases, SlotPlan(slot).hosts(host_count))

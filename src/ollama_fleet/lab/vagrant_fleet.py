@@ -1,9 +1,10 @@
 """The lab's Vagrant fleet: the top-level Vagrantfile brought up with vagrant-lxc on a lab slot's bridge.
 
 Nested KVM does not work on the machines the lab runs on, so the lab exercises the Vagrantfile with the lxc
-provider, on a box made here from the lab's own Debian 12 root filesystem. The slot's controller side (bridge,
-mirror, nft table, outsider) serves the containers exactly as it serves nspawn hosts; Vagrant's machine state
-lives in `.lab/slot<S>/vagrant`, so `lab down` destroys what `lab up --vagrant` made and nothing else.
+provider, on a box made here from the lab's own root filesystem of one release (Debian 12 unless asked for
+13). The slot's controller side (bridge, mirror, nft table, outsider) serves the containers exactly as it
+serves nspawn hosts; Vagrant's machine state lives in `.lab/slot<S>/vagrant`, so `lab down` destroys what
+`lab up --vagrant` made and nothing else.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pathlib import Path
 
 from ollama_fleet.lab.paths import cache_dir, repo_root, state_dir
 from ollama_fleet.lab.plan import LAB_SUPERNET, SlotPlan
+from ollama_fleet.lab.releases import DEFAULT_RELEASE, RELEASES
 from ollama_fleet.lab.run import LabError, run, run_long, succeeds
 from ollama_fleet.lab.state import HostState
 from ollama_fleet.localfiles import exclusive_lock
 from ollama_fleet.vagrant import parse_ssh_config
 
 BOX_NAME = "ollama-fleet/debian12-lab"
+"""The box of the default release (the Vagrantfile's OLLAMA_FLEET_LXC_BOX default)."""
 BOX_RECIPE_VERSION = 1
 """Bump when `_customize` or the files below change, so the added box is rebuilt."""
 
@@ -62,6 +65,11 @@ def box_key() -> Path:
     return key
 
 
+def box_name(release: str = DEFAULT_RELEASE) -> str:
+    """One box per release, named by its Debian version: ollama-fleet/debian12-lab, .../debian13-lab."""
+    return f"ollama-fleet/{RELEASES[release].lower().replace(' ', '')}-lab"
+
+
 def box_hash(base: Path, public_key: str) -> str:
     """The base rootfs is named by its recipe's hash, so this names the box's whole content."""
     parts = (str(BOX_RECIPE_VERSION), base.name, LXC_CONFIG, SUDOERS, SSHD_CONF, SSH_HOST_KEYS, public_key)
@@ -72,8 +80,8 @@ def vagrant_home() -> Path:
     return Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
 
 
-def added_box_hash() -> str | None:
-    box_dir = vagrant_home() / "boxes" / BOX_NAME.replace("/", "-VAGRANTSLASH-")
+def added_box_hash(release: str = DEFAULT_RELEASE) -> str | None:
+    box_dir = vagrant_home() / "boxes" / box_name(release).replace("/", "-VAGRANTSLASH-")
     for metadata in box_dir.glob("*/lxc/metadata.json"):
         try:
             return str(json.loads(metadata.read_text()).get("ollama_fleet_box_hash"))
@@ -82,21 +90,23 @@ def added_box_hash() -> str | None:
     return None
 
 
-def ensure_box(base: Path, log: bool = True) -> Path:
-    """Add the lxc box built from `base` unless the added one is the same; return the key it authorizes."""
+def ensure_box(base: Path, release: str = DEFAULT_RELEASE, log: bool = True) -> Path:
+    """Add `release`'s lxc box built from `base` (that release's base rootfs) unless the added one is the
+    same; return the key it authorizes."""
     key = box_key()
     wanted = box_hash(base, Path(f"{key}.pub").read_text())
-    if added_box_hash() == wanted:
+    if added_box_hash(release) == wanted:
         return key
     with exclusive_lock(cache_dir() / "vagrant" / ".lock"):
-        if added_box_hash() != wanted:
+        if added_box_hash(release) != wanted:
+            name = box_name(release)
             if log:
-                print(f"lab: building the Vagrant box {BOX_NAME} from {base} (~1 min, once)", flush=True)
-            _build_and_add(base, Path(f"{key}.pub").read_text(), wanted)
+                print(f"lab: building the Vagrant box {name} from {base} (~1 min, once)", flush=True)
+            _build_and_add(base, Path(f"{key}.pub").read_text(), wanted, name)
     return key
 
 
-def _build_and_add(base: Path, public_key: str, content_hash: str) -> None:
+def _build_and_add(base: Path, public_key: str, content_hash: str, name: str) -> None:
     work = cache_dir() / "vagrant"
     with tempfile.TemporaryDirectory(prefix="box-", dir=work) as staging:
         stage = Path(staging)
@@ -113,9 +123,9 @@ def _build_and_add(base: Path, public_key: str, content_hash: str) -> None:
         (box / "lxc-config").write_text(LXC_CONFIG)
         metadata = {"provider": "lxc", "version": "1.0.0", "ollama_fleet_box_hash": content_hash}
         (box / "metadata.json").write_text(json.dumps(metadata) + "\n")
-        box_file = stage / "debian12-lab.box"
+        box_file = stage / f"{name.split('/')[-1]}.box"
         run(["tar", "-cf", str(box_file), "-C", str(box), "metadata.json", "lxc-config", "rootfs.tar.gz"])
-        run(["vagrant", "box", "add", "--force", "--name", BOX_NAME, str(box_file)], timeout=600)
+        run(["vagrant", "box", "add", "--force", "--name", name, str(box_file)], timeout=600)
 
 
 def _customize(root: Path, public_key: str) -> None:
@@ -166,8 +176,9 @@ def container_prefix(slot: int) -> str:
     return f"ollama-fleet-lab{slot}-"
 
 
-def vagrant_env(plan: SlotPlan, host_count: int, key: Path) -> dict[str, str]:
-    """What the Vagrantfile reads, for this slot: its bridge, subnets, mirror and route."""
+def vagrant_env(plan: SlotPlan, host_count: int, key: Path, release: str = DEFAULT_RELEASE) -> dict[str, str]:
+    """What the Vagrantfile reads, for this slot: its bridge, subnets, mirror and route, and the lxc box
+    and mirror repository of `release`."""
     return {
         **os.environ,
         "VAGRANT_CWD": str(repo_root()),
@@ -181,19 +192,23 @@ def vagrant_env(plan: SlotPlan, host_count: int, key: Path) -> dict[str, str]:
         "OLLAMA_FLEET_VAGRANT_ROUTE": LAB_SUPERNET,
         "OLLAMA_FLEET_VAGRANT_PREFIX": container_prefix(plan.slot),
         "OLLAMA_FLEET_SSH_KEY": str(key),
-        "OLLAMA_FLEET_APT_SOURCE": plan.apt_source_line,
+        "OLLAMA_FLEET_APT_SOURCE": plan.apt_source_line_for(release),
+        "OLLAMA_FLEET_LXC_BOX": box_name(release),
     }
 
 
-def up(plan: SlotPlan, host_count: int, base: Path) -> list[HostState]:
-    """`vagrant up --provider=lxc` on the slot's (already made) bridge; the machines as lab hosts."""
+def up(plan: SlotPlan, host_count: int, base: Path, release: str = DEFAULT_RELEASE) -> list[HostState]:
+    """`vagrant up --provider=lxc` on the slot's (already made) bridge, every machine on `release`'s box
+    (`base` is its base rootfs); the machines as lab hosts."""
     check_prerequisites()
-    env = vagrant_env(plan, host_count, ensure_box(base))
+    env = vagrant_env(plan, host_count, ensure_box(base, release), release)
     _vagrant(["up", "--provider=lxc"], env, "vagrant up")
     ssh_config = run(["vagrant", "ssh-config"], env=env, timeout=120)
     ssh_config_path(plan.slot).write_text(ssh_config)
     return [
-        HostState(entry.name, f"{container_prefix(plan.slot)}{entry.name}", entry.hostname, "", [])
+        HostState(
+            entry.name, f"{container_prefix(plan.slot)}{entry.name}", entry.hostname, "", [], release=release
+        )
         for entry in parse_ssh_config(ssh_config)
     ]
 
