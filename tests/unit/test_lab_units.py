@@ -396,3 +396,22 @@ def test_base_recipe_hash_changes_with_the_package_list(monkeypatch: pytest.Monk
     before = rootfs.recipe_hash()
     monkeypatch.setattr(rootfs, "INCLUDE", (*rootfs.INCLUDE, "less"))
     assert rootfs.recipe_hash() != before
+
+
+def test_each_release_has_its_vagrant_box_and_mirror_repository(tmp_path: Path) -> None:
+    from ollama_fleet.lab import vagrant_fleet
+
+    assert vagrant_fleet.box_name("bookworm") == vagrant_fleet.BOX_NAME == "ollama-fleet/debian12-lab"
+    assert vagrant_fleet.box_name("trixie") == "ollama-fleet/debian13-lab"
+    plan = SlotPlan(7)
+    env = vagrant_fleet.vagrant_env(plan, 2, tmp_path / "key", "trixie")
+    assert env["OLLAMA_FLEET_LXC_BOX"] == "ollama-fleet/debian13-lab"
+    assert env["OLLAMA_FLEET_APT_SOURCE"] == plan.apt_source_line_for("trixie")
+    assert env["OLLAMA_FLEET_APT_SOURCE"].endswith("/debian-trixie ./")
+    default = vagrant_fleet.vagrant_env(plan, 2, tmp_path / "key")
+    assert default["OLLAMA_FLEET_APT_SOURCE"] == plan.apt_source_line
+    # The Vagrantfile's own default box is the default release's.
+    assert (
+        f'"OLLAMA_FLEET_LXC_BOX", "{default["OLLAMA_FLEET_LXC_BOX"]}"'
+        in (repo_root() / "Vagrantfile").read_text()
+    )
