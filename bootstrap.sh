@@ -66,6 +66,9 @@ step "lab fleet"
 # `lab up` writes inventories/lab.py for slot 0, inventories/lab<S>.py for slot S ($OLLAMA_FLEET_LAB_SLOT).
 slot=${OLLAMA_FLEET_LAB_SLOT:-0}
 inventory=inventories/lab.py; [ "$slot" = 0 ] || inventory="inventories/lab$slot.py"
+# Debian 12 hosts by default, as `lab up`'s own default: one base rootfs is the shortest cold path (a second
+# release adds its debootstrap, ~2 min, and its mirror packages); the e2e tier's lab runs both releases.
+# OLLAMA_FLEET_LAB_RELEASE=trixie (or bookworm,trixie) brings up Debian 13 (or mixed) hosts instead.
 ollama-fleet lab up --hosts "${OLLAMA_FLEET_HOSTS:-3}" --release "${OLLAMA_FLEET_LAB_RELEASE:-bookworm}"
 pyinfra -y "$inventory" deploys/ollama.py
 ollama-fleet verify "$inventory"
