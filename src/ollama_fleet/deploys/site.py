@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from pyinfra import logger
 from pyinfra.api.operation import OperationMeta
 from pyinfra.context import host
@@ -48,8 +50,11 @@ def explain_refused_hosts() -> None:
         return
     _EXPLAINED.add(id(run))
     inventory = str(pyinfra_inventory_file() or "INVENTORY")
-    for failed in sorted(run.failed_hosts, key=lambda h: h.name):
-        message = changed_key_message(failed.name, host_data(failed), inventory)
+    failed = sorted(run.failed_hosts, key=lambda h: h.name)
+    # Each probe may wait for a host that is down: all at once (greenlets under pyinfra's gevent).
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        messages = pool.map(lambda h: changed_key_message(h.name, host_data(h), inventory), failed)
+    for message in messages:
         if message:
             logger.error(message)
 
