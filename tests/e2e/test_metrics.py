@@ -299,12 +299,15 @@ def prometheus_tunnel(monitored: Monitored) -> Iterator[str]:
         tunnel.wait(timeout=10)
 
 
-def _counted_by_model_and_host(base: str) -> dict[tuple[str, str], float]:
-    promql = 'sum by (model, host) (ollama_fleet_requests_total{server="api", model!=""})'
+def _by_model_and_host(base: str, promql: str) -> dict[tuple[str, str], float]:
     answer = httpx.get(f"{base}/api/v1/query", params={"query": promql}, trust_env=False).json()
     return {
         (r["metric"]["model"], r["metric"]["host"]): float(r["value"][1]) for r in answer["data"]["result"]
     }
+
+
+COUNTED = 'sum by (model, host) (ollama_fleet_requests_total{server="api", model!=""})'
+LOADED = "sum by (model, host) (ollama_fleet_model_loaded_size_bytes)"  # the host state series
 
 
 def test_the_dashboard_shows_the_fleet_in_a_browser(monitored: Monitored) -> None:
@@ -313,9 +316,9 @@ def test_the_dashboard_shows_the_fleet_in_a_browser(monitored: Monitored) -> Non
     screenshot = state_dir(monitored.fleet.lab.slot) / "dashboard.png"
     with prometheus_tunnel(monitored) as base:
         url = base + monitoring.DASHBOARD_PATH
-        before = _counted_by_model_and_host(base)
+        before, loaded_before = _by_model_and_host(base, COUNTED), _by_model_and_host(base, LOADED)
         page = _browse(url, "--dump-dom")
-        after = _counted_by_model_and_host(base)
+        after, loaded_after = _by_model_and_host(base, COUNTED), _by_model_and_host(base, LOADED)
         screenshot.unlink(missing_ok=True)
         _browse(url, "--window-size=1400,1100", f"--screenshot={screenshot}")
     print(f"dashboard screenshot: {screenshot}")
@@ -337,6 +340,13 @@ def test_the_dashboard_shows_the_fleet_in_a_browser(monitored: Monitored) -> Non
         assert before[place] <= shown <= after[place], (place, before[place], shown, after[place])
     for model in MODELS:  # each was asked on every host by the test above
         assert all(models_shown[(model, host)] > 0 for host in monitored.fleet.hosts), model
+    # Loaded models (Ollama's /api/ps through the host state series): what Prometheus holds, no more.
+    loaded_shown = {
+        (dict(labels)["model"], dict(labels)["host"]) for table, labels in rows if table == "loaded"
+    }
+    assert set(loaded_before) & set(loaded_after) <= loaded_shown <= set(loaded_before) | set(loaded_after)
+    if not loaded_shown:
+        assert "No host reports its loaded models" in page
     gateway_rows = [dict(labels) for table, labels in rows if table == "gateway"]
     assert any(
         r["host"] == monitored.gateway and r["upstream"] in monitored.fleet.hosts for r in gateway_rows
@@ -401,7 +411,7 @@ def test_a_short_lived_certificate_fires_its_alert_until_a_deploy_renews_it(moni
     # The controller keeps each host's certificate and reissues it only when needed: take lab-2's away so
     # this run issues a new one, with the short life.
     (fleet.state_dir / "pki" / "hosts" / host / "fullchain.pem").unlink()
-    limit = f"{host},{monitored.monitoring}"
+    limit = ["--limit", host, "--limit", monitored.monitoring]
     short = monitored.deploy(
         "--json", "--limit", limit, "--data", "tls_cert_days=10", "--data", "tls_renew_before_days=5"
     )
