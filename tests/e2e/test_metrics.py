@@ -413,7 +413,7 @@ def test_a_short_lived_certificate_fires_its_alert_until_a_deploy_renews_it(moni
     (fleet.state_dir / "pki" / "hosts" / host / "fullchain.pem").unlink()
     limit = ["--limit", host, "--limit", monitored.monitoring]
     short = monitored.deploy(
-        "--json", "--limit", limit, "--data", "tls_cert_days=10", "--data", "tls_renew_before_days=5"
+        "--json", *limit, "--data", "tls_cert_days=10", "--data", "tls_renew_before_days=5"
     )
     changed = _changed(short)
     assert _certificate_installed(changed, host), changed
