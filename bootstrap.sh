@@ -32,7 +32,8 @@ else
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${packages[@]}"
 fi
-# The tests use promtool (prometheus) and mtail's one-shot mode; their daemons have no job here.
+# The tests use promtool (prometheus) and mtail's one-shot mode (their daemons have no job here), and
+# chromium-headless-shell to open the fleet dashboard (test_metrics).
 if [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus.service mtail.service 2>/dev/null || true
 fi

@@ -117,7 +117,8 @@ tls_cert_file = None
 tls_key_file = None
 # More names or IPs for the certificate, e.g. ["ollama.example.lan"].
 tls_extra_sans = []
-# Validity of an issued host certificate in days.
+# Validity of an issued host certificate in days; more than tls_renew_before_days (else every deploy would
+# reissue it).
 tls_cert_days = 397
 # Reissue a host certificate when it expires within this many days.
 tls_renew_before_days = 30

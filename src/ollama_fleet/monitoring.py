@@ -27,6 +27,13 @@ PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-export
 HEALTH_MODULE = "ollama_fleet_health"
 METRICS_JOB = "ollama_fleet"
 HEALTH_JOB = "ollama_fleet_health"
+# Debian's prometheus (2.42 on 12, 2.53 on 13) reads console templates and libraries from these directories
+# by default (--web.console.templates / --web.console.libraries) and ships them empty; it reads the files at
+# each request, so a new dashboard needs no restart.
+CONSOLES_DIR = PROMETHEUS_DIR / "consoles"
+CONSOLE_LIBRARIES_DIR = PROMETHEUS_DIR / "console_libraries"
+DASHBOARD_PAGE = "ollama-fleet.html"
+DASHBOARD_PATH = f"/consoles/{DASHBOARD_PAGE}"
 HEADER = "# Managed by ollama-fleet (monitoring_*); a deploy overwrites local edits. JSON, which is YAML.\n"
 
 
@@ -53,6 +60,15 @@ def scrape_target(s: FleetSettings, address: str) -> ScrapeTarget | None:
 
 def rules_text() -> str:
     return (builtin_templates_dir() / "monitoring" / "ollama-fleet-rules.yml").read_text()
+
+
+def dashboard_files() -> dict[PurePosixPath, str]:
+    """The fleet dashboard (Prometheus console templates): destination on the monitoring host -> text."""
+    shipped = builtin_templates_dir() / "monitoring" / "consoles"
+    return {
+        CONSOLES_DIR / DASHBOARD_PAGE: (shipped / DASHBOARD_PAGE).read_text(),
+        CONSOLE_LIBRARIES_DIR / "ollama-fleet.lib": (shipped / "ollama-fleet.lib").read_text(),
+    }
 
 
 def prometheus_config(s: FleetSettings, targets: list[ScrapeTarget]) -> str:

@@ -4,7 +4,9 @@
 After chats and streams with two keys over two models, direct and through the gateway, Prometheus holds
 exactly those requests per key and model, and token totals equal the answers' own counts; /metrics answers
 only the key with the `metrics` scope and holds no key's value; stopping Ollama on a host fires the
-Ollama-down alert in Alertmanager's API, which resolves once it runs again.
+Ollama-down alert in Alertmanager's API, which resolves once it runs again; the dashboard, opened in
+headless Chromium through an SSH tunnel, shows the hosts and the counts Prometheus holds; a host certificate
+reissued with 10 days left fires the certificate alert until a plain deploy renews it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,8 @@ import httpx
 import pytest
 from verify_fleet import DeployedFleet, deploy_fleet
 
-from ollama_fleet.lab.state import LabState
+from ollama_fleet import monitoring
+from ollama_fleet.lab.state import LabState, state_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +52,19 @@ class Monitored:
     monitor_key: str
     gateway: str  # lab-1
     monitoring: str  # lab-3
+    inventory: Path
+
+    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`pyinfra -y INVENTORY deploys/ollama.py ARGS` with this module's inventory and metrics key."""
+        return subprocess.run(
+            [PYINFRA, "-y", *args, str(self.inventory), "deploys/ollama.py"],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "OLLAMA_FLEET_API_KEY_MONITOR": self.monitor_key, "PYINFRA_PROGRESS": "off"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
 
     def client(self) -> httpx.Client:
         trust = ssl.create_default_context(cafile=str(self.fleet.ca_file))
@@ -97,20 +118,12 @@ def write_inventory(fleet: DeployedFleet, path: Path) -> Path:
 def monitored(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Monitored:
     fleet = deploy_fleet(lab)
     inventory = write_inventory(fleet, tmp_path_factory.mktemp("metrics") / "fleet.py")
-    monitor_key = secrets.token_urlsafe(24)
-    done = subprocess.run(
-        [PYINFRA, "-y", str(inventory), "deploys/ollama.py"],
-        cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "OLLAMA_FLEET_API_KEY_MONITOR": monitor_key},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    monitored = Monitored(fleet, secrets.token_urlsafe(24), fleet.hosts[0], fleet.hosts[-1], inventory)
+    done = monitored.deploy()
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    assert monitor_key not in done.stdout + done.stderr
+    assert monitored.monitor_key not in done.stdout + done.stderr
     assert "alerts are sent nowhere" in done.stdout + done.stderr
-    return Monitored(fleet, monitor_key, fleet.hosts[0], fleet.hosts[-1])
+    return monitored
 
 
 def test_metrics_answer_the_metrics_key_only_and_hold_no_key(monitored: Monitored) -> None:
@@ -208,6 +221,138 @@ def test_prometheus_holds_exactly_the_requests_and_tokens_the_clients_saw(monito
         assert _settled(monitored, promql, expected) == expected, name
 
 
+class DashboardRows(HTMLParser):
+    """The dashboard's rows as the browser built them: (table id, the row's data-*) -> field -> text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+        self.table = ""
+        self.row: dict[str, str] | None = None
+        self.field: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {name: value or "" for name, value in attrs}
+        if tag == "table":
+            self.table = found.get("id", "")
+        elif tag == "tr" and any(name.startswith("data-") for name in found):
+            labels = tuple(sorted((n[5:], v) for n, v in found.items() if n.startswith("data-")))
+            self.row = self.rows.setdefault((self.table, labels), {})
+        elif tag == "td" and self.row is not None:
+            self.field = found.get("data-field", "")
+            self.row[self.field] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self.field = None
+        elif tag == "tr":
+            self.row = None
+
+    def handle_data(self, data: str) -> None:
+        if self.row is not None and self.field is not None:
+            self.row[self.field] += data.strip()
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    if not found:
+        pytest.fail(
+            "no headless Chromium: apt-get install chromium-headless-shell (bootstrap.sh installs it)"
+        )
+    return found
+
+
+def _browse(url: str, *args: str) -> str:
+    """Headless Chromium on the controller; --no-sandbox since the tests run as root."""
+    argv = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args, url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@contextmanager
+def prometheus_tunnel(monitored: Monitored) -> Iterator[str]:
+    """`ssh -L` to Prometheus on the monitoring host's loopback, as docs/metrics.md tells a person to open the
+    dashboard; yields Prometheus's base URL on the controller."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lab = monitored.fleet.lab
+    argv = ["ssh", "-F", lab.ssh_config_path, "-N", "-o", "ExitOnForwardFailure=yes"]
+    argv += ["-L", f"127.0.0.1:{port}:{monitoring.PROMETHEUS_ADDRESS}", lab.host(monitored.monitoring).name]
+    tunnel = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert tunnel.poll() is None, f"ssh -L failed: {tunnel.stderr.read() if tunnel.stderr else ''}"
+            try:
+                if httpx.get(f"{base}/-/ready", timeout=3, trust_env=False).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not answer through the tunnel in 30 s"
+            time.sleep(0.5)
+        yield base
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)
+
+
+def _by_model_and_host(base: str, promql: str) -> dict[tuple[str, str], float]:
+    answer = httpx.get(f"{base}/api/v1/query", params={"query": promql}, trust_env=False).json()
+    return {
+        (r["metric"]["model"], r["metric"]["host"]): float(r["value"][1]) for r in answer["data"]["result"]
+    }
+
+
+COUNTED = 'sum by (model, host) (ollama_fleet_requests_total{server="api", model!=""})'
+LOADED = "sum by (model, host) (ollama_fleet_model_loaded_size_bytes)"  # the host state series
+
+
+def test_the_dashboard_shows_the_fleet_in_a_browser(monitored: Monitored) -> None:
+    """The page a person opens (through `ssh -L`) holds the real figures: every host up and answering, and
+    per model and host the request counts Prometheus holds (the requests of the test above among them)."""
+    screenshot = state_dir(monitored.fleet.lab.slot) / "dashboard.png"
+    with prometheus_tunnel(monitored) as base:
+        url = base + monitoring.DASHBOARD_PATH
+        before, loaded_before = _by_model_and_host(base, COUNTED), _by_model_and_host(base, LOADED)
+        page = _browse(url, "--dump-dom")
+        after, loaded_after = _by_model_and_host(base, COUNTED), _by_model_and_host(base, LOADED)
+        screenshot.unlink(missing_ok=True)
+        _browse(url, "--window-size=1400,1100", f"--screenshot={screenshot}")
+    print(f"dashboard screenshot: {screenshot}")
+    assert screenshot.stat().st_size > 10_000
+    parsed = DashboardRows()
+    parsed.feed(page)
+    rows = parsed.rows
+    for host in monitored.fleet.hosts:
+        row = rows[("hosts", (("host", host),))]
+        assert (row["host"], row["nginx"], row["ollama"]) == (host, "up", "answers"), row
+        assert row["cert_days"].endswith("days") and float(row["cert_days"].split()[0]) > 300, row
+    models_shown = {
+        (dict(labels)["model"], dict(labels)["host"]): float(fields["requests"])
+        for (table, labels), fields in rows.items()
+        if table == "models"
+    }
+    assert set(models_shown) == set(before) == set(after)
+    for place, shown in models_shown.items():
+        assert before[place] <= shown <= after[place], (place, before[place], shown, after[place])
+    for model in MODELS:  # each was asked on every host by the test above
+        assert all(models_shown[(model, host)] > 0 for host in monitored.fleet.hosts), model
+    # Loaded models (Ollama's /api/ps through the host state series): what Prometheus holds, no more.
+    loaded_shown = {
+        (dict(labels)["model"], dict(labels)["host"]) for table, labels in rows if table == "loaded"
+    }
+    assert set(loaded_before) & set(loaded_after) <= loaded_shown <= set(loaded_before) | set(loaded_after)
+    if not loaded_shown:
+        assert "No host reports its loaded models" in page
+    gateway_rows = [dict(labels) for table, labels in rows if table == "gateway"]
+    assert any(
+        r["host"] == monitored.gateway and r["upstream"] in monitored.fleet.hosts for r in gateway_rows
+    )
+
+
 def test_stopping_ollama_fires_its_alert_and_starting_it_resolves_it(monitored: Monitored) -> None:
     fleet, host = monitored.fleet, monitored.fleet.hosts[1]
 
@@ -234,3 +379,62 @@ def test_stopping_ollama_fires_its_alert_and_starting_it_resolves_it(monitored: 
         assert time.monotonic() - started < 120, f"OllamaFleetOllamaDown for {host} still active after 120 s"
         time.sleep(2)
     print(f"resolved {time.monotonic() - started:.0f} s after the start")
+
+
+def _changed(run: subprocess.CompletedProcess[str]) -> dict[str, list[str]]:
+    """Operation name -> hosts it changed, from `pyinfra --json`."""
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    operations = json.loads(run.stdout)["results"]["operations"]
+    return {op["name"]: op["success"] for op in operations if op["success"]}
+
+
+def _certificate_installed(changed: dict[str, list[str]], host: str) -> bool:
+    return any(name.endswith("(secret) together") and host in hosts for name, hosts in changed.items())
+
+
+def test_a_short_lived_certificate_fires_its_alert_until_a_deploy_renews_it(monitored: Monitored) -> None:
+    """lab-2's certificate reissued with 10 days of life (tls_cert_days=10) fires
+    OllamaFleetCertificateExpiresSoon (< 20 days) in Alertmanager's API; a plain deploy renews it (10 days is
+    inside the default tls_renew_before_days=30) and the alert resolves. The same runs deploy the monitoring
+    host a second time: it must not change."""
+    fleet, host = monitored.fleet, monitored.fleet.hosts[1]
+    started = time.monotonic()
+
+    def expiring() -> bool:
+        return any(
+            a["labels"].get("alertname") == "OllamaFleetCertificateExpiresSoon"
+            and a["labels"].get("host") == host
+            for a in monitored.alerts()
+        )
+
+    assert not expiring()
+    # The controller keeps each host's certificate and reissues it only when needed: take lab-2's away so
+    # this run issues a new one, with the short life.
+    (fleet.state_dir / "pki" / "hosts" / host / "fullchain.pem").unlink()
+    limit = ["--limit", host, "--limit", monitored.monitoring]
+    # deploy_fast_rerun=false: the monitoring host gets the whole deploy again, not the quick check.
+    settings = ["tls_cert_days=10", "tls_renew_before_days=5", "deploy_fast_rerun=false"]
+    short = monitored.deploy("--json", *limit, *[arg for s in settings for arg in ("--data", s)])
+    changed = _changed(short)
+    assert _certificate_installed(changed, host), changed
+    # That second deploy of the monitoring role, dashboard included, changes nothing.
+    operations = json.loads(short.stdout)["results"]["operations"]
+    dashboard = [op for op in operations if "(the fleet dashboard)" in op["name"]]
+    assert len(dashboard) == 2 and all(monitored.monitoring in op["no_change"] for op in dashboard), dashboard
+    on_monitoring = {name for name, hosts in changed.items() if monitored.monitoring in hosts}
+    assert on_monitoring <= {"Record the verified state for the next run"}, changed
+    reissued = time.monotonic()
+    while not expiring():
+        assert time.monotonic() - reissued < 180, f"no OllamaFleetCertificateExpiresSoon for {host} in 180 s"
+        time.sleep(3)
+    print(f"OllamaFleetCertificateExpiresSoon fired {time.monotonic() - reissued:.0f} s after the reissue")
+    renewed = _changed(monitored.deploy("--json", "--limit", host))
+    assert _certificate_installed(renewed, host), renewed
+    restored = time.monotonic()
+    while expiring():
+        assert time.monotonic() - restored < 120, f"OllamaFleetCertificateExpiresSoon for {host} still active"
+        time.sleep(3)
+    print(
+        f"resolved {time.monotonic() - restored:.0f} s after the renewal; "
+        f"the test took {time.monotonic() - started:.0f} s"
+    )

@@ -238,6 +238,13 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str, str]] = [
         "models_insecure_registries",
         "no scheme, no path",
     ),
+    # a certificate due for renewal the day it is issued
+    (
+        "cert-shorter-than-renewal",
+        {"tls_cert_days": 30, "tls_renew_before_days": 30},
+        "tls_cert_days",
+        "lower tls_renew_before_days",
+    ),
 ]
 
 

@@ -26,6 +26,13 @@ def scrape_targets() -> list[m.ScrapeTarget]:
     return found
 
 
+def install_dashboard() -> None:
+    """The fleet dashboard: console templates Prometheus reads at each request (no restart); on its
+    loopback like the rest, at http://127.0.0.1:9090/consoles/ollama-fleet.html."""
+    for dest, text in m.dashboard_files().items():
+        textfile.text_file(name=f"Write {dest} (the fleet dashboard)", text=text, dest=str(dest))
+
+
 @deploy("Monitoring (Prometheus, Alertmanager, blackbox exporter)")
 def monitoring_role(s: FleetSettings, ca_pem: str) -> None:
     targets = scrape_targets()
@@ -59,6 +66,7 @@ def monitoring_role(s: FleetSettings, ca_pem: str) -> None:
             dest=str(m.PROMETHEUS_CONFIG),
         ),
     ]
+    install_dashboard()
     blackbox = textfile.text_file(
         name=f"Write {m.BLACKBOX_CONFIG}", text=m.blackbox_config(s), dest=str(m.BLACKBOX_CONFIG)
     )

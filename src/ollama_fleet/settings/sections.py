@@ -308,6 +308,17 @@ class TlsSettings(Section):
         return kept
 
     @model_validator(mode="after")
+    def _outlives_its_renewal(self) -> TlsSettings:
+        # A certificate that is due for renewal the day it is issued would be reissued by every deploy
+        # (never "no change") and fail verify's expiry check.
+        if self.mode == "fleet_ca" and self.cert_days <= self.renew_before_days:
+            raise ValueError(
+                f"tls_cert_days ({self.cert_days}) must be more than tls_renew_before_days "
+                f"({self.renew_before_days}); raise tls_cert_days or lower tls_renew_before_days"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _provided_files_exist(self) -> TlsSettings:
         if self.mode != "provided":
             return self
