@@ -27,6 +27,8 @@ PACKAGES = ("prometheus", "prometheus-alertmanager", "prometheus-blackbox-export
 HEALTH_MODULE = "ollama_fleet_health"
 METRICS_JOB = "ollama_fleet"
 HEALTH_JOB = "ollama_fleet_health"
+HOST_JOB = "ollama_fleet_host"
+HOST_METRICS_PATH = "/metrics/host"
 HEADER = "# Managed by ollama-fleet (monitoring_*); a deploy overwrites local edits. JSON, which is YAML.\n"
 
 
@@ -86,6 +88,16 @@ def prometheus_config(s: FleetSettings, targets: list[ScrapeTarget]) -> str:
                     {"source_labels": ["__param_target"], "target_label": "instance"},
                     {"target_label": "__address__", "replacement": BLACKBOX_ADDRESS},
                 ],
+            },
+            {
+                # Each host's nginx /metrics/host (node-exporter's: Ollama's state, the health check's last
+                # result, the models' disk, the last deploy), the same way.
+                "job_name": HOST_JOB,
+                "metrics_path": HOST_METRICS_PATH,
+                "scheme": "https",
+                "tls_config": tls,
+                "authorization": {"type": "Bearer", "credentials_file": str(METRICS_KEY_PATH)},
+                "static_configs": [{"targets": [t.host_port], "labels": {"host": t.name}} for t in targets],
             },
         ],
     }
