@@ -323,6 +323,43 @@ def test_prometheus_holds_each_hosts_version_loaded_models_disk_health_and_last_
     assert all(time.time() - t < 3600 for t in started.values()) and len(started) == len(fleet.hosts)
 
 
+def test_status_shows_each_hosts_version_and_loaded_models_from_prometheus(
+    monitored: Monitored, tmp_path: Path
+) -> None:
+    fleet, host = monitored.fleet, monitored.fleet.hosts[1]
+    inventory = write_inventory(fleet, tmp_path / "fleet.py")
+    targets = {t.name: t for t in load_targets(fleet.lab.inventory_path)}
+    with monitored.client() as client:
+        _chat_native(client, monitored.url(host), fleet.keys["ci"], fleet.model)
+
+    def status() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "ollama_fleet.cli", "status", str(inventory), "--json"],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "OLLAMA_FLEET_API_KEY_MONITOR": monitored.monitor_key},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert monitored.monitor_key not in done.stdout + done.stderr
+        return dict(json.loads(done.stdout)["view"])
+
+    def loaded_on_cpu() -> bool:
+        views = {h["host"]: h for h in status()["hosts"]}
+        return {"name": fleet.model, "where": "CPU"} in [
+            {"name": m["name"], "where": m["where"]} for m in views[host]["models"]
+        ]
+
+    assert _until(loaded_on_cpu, True), f"status shows no {fleet.model} loaded on the CPU of {host}"
+    view = status()
+    assert view["source"] == f"prometheus on {monitored.monitoring}"
+    for shown in view["hosts"]:
+        assert shown["up"] is True, shown
+        assert shown["version"] == targets[shown["host"]].settings.ollama.version
+        assert shown["requests_per_s"] is not None
+
+
 def test_a_failing_health_check_shows_in_prometheus_and_makes_its_alert_pending(monitored: Monitored) -> None:
     """The alert waits 90 s before firing (two checks in a row): promtool's unit tests prove it fires; here
     the live series make it pending, then clear once the check passes again."""
