@@ -286,6 +286,9 @@ def test_prometheus_holds_each_hosts_version_loaded_models_disk_health_and_last_
     fleet = monitored.fleet
     targets = {t.name: t for t in load_targets(fleet.lab.inventory_path)}
     job = 'job="ollama_fleet_host"'
+    # A health check now rather than at the next interval: an earlier test stopped Ollama on lab-2.
+    for h in fleet.hosts:
+        fleet.ssh_ok(h, "systemctl start ollama-fleet-health.service || true")
     # The version each host was deployed with (its settings), which its running Ollama reports.
     deployed = {h: targets[h].settings.ollama.version for h in fleet.hosts}
     for h, version in deployed.items():
