@@ -49,7 +49,7 @@ def render_health_files(s: FleetSettings, gpu_vendors: Sequence[str] = ()) -> li
     context = {
         "s": s,
         "script_path": SCRIPT_PATH,
-        "base_url": f"http://{_loopback(s.ollama.listen_host)}:{s.ollama.listen_port}",
+        "base_url": f"http://{loopback_address(s.ollama.listen_host)}:{s.ollama.listen_port}",
         "models": s.models.names(),
         "timeout": s.health.timeout_seconds,
         "gpu_vendor": gpu_vendors[0] if gpu_vendors else None,
@@ -69,7 +69,7 @@ def render_health_files(s: FleetSettings, gpu_vendors: Sequence[str] = ()) -> li
     ]
 
 
-def _loopback(listen_host: str) -> str:
+def loopback_address(listen_host: str) -> str:
     """Where the check reaches Ollama from the host itself."""
     if listen_host in ("", "0.0.0.0", "localhost"):
         return "127.0.0.1"

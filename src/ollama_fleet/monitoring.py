@@ -34,6 +34,8 @@ CONSOLES_DIR = PROMETHEUS_DIR / "consoles"
 CONSOLE_LIBRARIES_DIR = PROMETHEUS_DIR / "console_libraries"
 DASHBOARD_PAGE = "ollama-fleet.html"
 DASHBOARD_PATH = f"/consoles/{DASHBOARD_PAGE}"
+HOST_JOB = "ollama_fleet_host"
+HOST_METRICS_PATH = "/metrics/host"
 HEADER = "# Managed by ollama-fleet (monitoring_*); a deploy overwrites local edits. JSON, which is YAML.\n"
 
 
@@ -102,6 +104,16 @@ def prometheus_config(s: FleetSettings, targets: list[ScrapeTarget]) -> str:
                     {"source_labels": ["__param_target"], "target_label": "instance"},
                     {"target_label": "__address__", "replacement": BLACKBOX_ADDRESS},
                 ],
+            },
+            {
+                # Each host's nginx /metrics/host (node-exporter's: Ollama's state, the health check's last
+                # result, the models' disk, the last deploy), the same way.
+                "job_name": HOST_JOB,
+                "metrics_path": HOST_METRICS_PATH,
+                "scheme": "https",
+                "tls_config": tls,
+                "authorization": {"type": "Bearer", "credentials_file": str(METRICS_KEY_PATH)},
+                "static_configs": [{"targets": [t.host_port], "labels": {"host": t.name}} for t in targets],
             },
         ],
     }

@@ -43,6 +43,8 @@ METRICS_LOG = PurePosixPath("/var/log/nginx/ollama-fleet-metrics.log")
 """nginx's metrics log (one line per request), which mtail reads."""
 METRICS_EXPORTER = "127.0.0.1:3903"
 """Where mtail serves its Prometheus page, on loopback only: clients reach it through nginx's /metrics."""
+HOST_EXPORTER = "127.0.0.1:9100"
+"""Where node-exporter serves the host's state, on loopback only: reached through nginx's /metrics/host."""
 OLLAMA_BIN = PurePosixPath("/usr/local/bin/ollama")
 RELEASE_STORE = PurePosixPath("/var/lib/ollama-fleet/releases")
 """On the models seed: the Ollama archives it fetched, v<version>/<archive>, served to the other hosts."""
@@ -266,6 +268,7 @@ def render_nginx_site(
         metric_routes=metric_routes(),
         metrics_log=metrics_log,
         metrics_exporter=METRICS_EXPORTER,
+        host_exporter=HOST_EXPORTER,
     )
 
 

@@ -34,12 +34,24 @@ UNITS = (
     "nginx.service",
     TIMER,
     "mtail.service",
+    "prometheus-node-exporter.service",  # the host's state (deploys/host_state.py)
+    "ollama-fleet-state.timer",
     # the monitoring role's (deploys/monitoring.py)
     "prometheus.service",
     "prometheus-alertmanager.service",
     "prometheus-blackbox-exporter.service",
 )
-PACKAGES = ("ufw", "curl", "ca-certificates", "zstd", "nginx", "libnginx-mod-http-js", "python3", "mtail")
+PACKAGES = (
+    "ufw",
+    "curl",
+    "ca-certificates",
+    "zstd",
+    "nginx",
+    "libnginx-mod-http-js",
+    "python3",
+    "mtail",
+    "prometheus-node-exporter",
+)
 # Whose every file is read (sha256) besides its metadata: small configuration trees.
 CONTENT_PATHS = (
     "/etc/systemd/system/ollama.service",
@@ -57,6 +69,9 @@ CONTENT_PATHS = (
     "/etc/ufw",
     "/etc/mtail",  # metrics (deploys/metrics.py)
     "/etc/default/mtail",
+    "/etc/default/prometheus-node-exporter",  # the host's state (deploys/host_state.py)
+    "/etc/systemd/system/ollama-fleet-state.service",
+    "/etc/systemd/system/ollama-fleet-state.timer",
     "/etc/prometheus",  # the monitoring role (deploys/monitoring.py)
     "/etc/default/prometheus",
     "/etc/default/prometheus-alertmanager",

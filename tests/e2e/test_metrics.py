@@ -35,6 +35,7 @@ from verify_fleet import DeployedFleet, deploy_fleet
 
 from ollama_fleet import monitoring
 from ollama_fleet.lab.state import LabState, state_dir
+from ollama_fleet.verify.targets import load_targets
 
 pytestmark = pytest.mark.e2e
 
@@ -438,3 +439,166 @@ def test_a_short_lived_certificate_fires_its_alert_until_a_deploy_renews_it(moni
         f"resolved {time.monotonic() - restored:.0f} s after the renewal; "
         f"the test took {time.monotonic() - started:.0f} s"
     )
+
+
+# ---- The host's state: node-exporter's /metrics/host on every host (deploys/host_state.py), scraped as job
+# ollama_fleet_host; the state timer's and the deploy's textfiles.
+
+
+def host_series(monitored: Monitored, promql: str) -> dict[tuple[str, str], float]:
+    """Prometheus's answer as (host, model) -> value."""
+    url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(promql)
+    answer = json.loads(monitored.fleet.ssh_ok(monitored.monitoring, f"curl -sf '{url}'"))
+    return {
+        (r["metric"].get("host", ""), r["metric"].get("model", "")): float(r["value"][1])
+        for r in answer["data"]["result"]
+    }
+
+
+def _until(found: Any, expected: Any, timeout: float = 60) -> Any:
+    """found() once it equals `expected` (the state timer and the scrapes lag), else the last seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = found()
+        if seen == expected or time.monotonic() > deadline:
+            return seen
+        time.sleep(3)
+
+
+def test_host_state_needs_the_metrics_key_and_node_exporter_stays_on_loopback(monitored: Monitored) -> None:
+    fleet, host = monitored.fleet, monitored.fleet.hosts[0]
+    with monitored.client() as client:
+        as_ci = client.get(
+            f"{monitored.url(host)}/metrics/host", headers={"Authorization": f"Bearer {fleet.keys['ci']}"}
+        )
+        page = client.get(
+            f"{monitored.url(host)}/metrics/host",
+            headers={"Authorization": f"Bearer {monitored.monitor_key}"},
+        )
+    assert as_ci.status_code == 403 and as_ci.json()["error"]["code"] == "insufficient_scope"
+    assert page.status_code == 200 and "ollama_fleet_state_timestamp_seconds" in page.text
+    assert "node_filesystem_avail_bytes" in page.text
+    for value in [*fleet.keys.values(), monitored.monitor_key]:
+        assert value not in page.text
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{fleet.address(host)}:9100/metrics", timeout=3)
+
+
+def test_prometheus_holds_each_hosts_version_loaded_models_disk_health_and_last_deploy(
+    monitored: Monitored,
+) -> None:
+    fleet = monitored.fleet
+    targets = {t.name: t for t in load_targets(fleet.lab.inventory_path)}
+    job = 'job="ollama_fleet_host"'
+    # A health check now rather than at the next interval: an earlier test stopped Ollama on lab-2.
+    for h in fleet.hosts:
+        fleet.ssh_ok(h, "systemctl start ollama-fleet-health.service || true")
+    # The version each host was deployed with (its settings), which its running Ollama reports.
+    deployed = {h: targets[h].settings.ollama.version for h in fleet.hosts}
+    for h, version in deployed.items():
+        assert json.loads(fleet.ssh_ok(h, "curl -s 127.0.0.1:11434/api/version"))["version"] == version
+
+    def versions() -> dict[str, str]:
+        url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(
+            f"ollama_fleet_ollama_version_info{{{job}}} == 1"
+        )
+        answer = json.loads(fleet.ssh_ok(monitored.monitoring, f"curl -sf '{url}'"))
+        return {r["metric"]["host"]: r["metric"]["version"] for r in answer["data"]["result"]}
+
+    assert _until(versions, deployed) == deployed
+    # A model loaded on lab-2 now: Prometheus holds it with the size and size_vram /api/ps gives.
+    host = fleet.hosts[1]
+    with monitored.client() as client:
+        _chat_native(client, monitored.url(host), fleet.keys["ci"], fleet.model)
+    ps = json.loads(fleet.ssh_ok(host, "curl -s 127.0.0.1:11434/api/ps"))["models"]
+    loaded = next(m for m in ps if m["name"] == fleet.model)
+    for metric, field in (("size", "size"), ("vram", "size_vram")):
+        promql = f'ollama_fleet_model_loaded_{metric}_bytes{{{job}, host="{host}", model="{fleet.model}"}}'
+        expected = {(host, fleet.model): float(loaded[field])}
+        assert _until(lambda q=promql: host_series(monitored, q), expected) == expected, metric
+    # Every host: its last deploy (the fixture's) passed, its health check passes, its models' disk is known.
+    everyone = {(h, ""): 1.0 for h in fleet.hosts}
+    for promql in (
+        f"ollama_fleet_deploy_success{{{job}}}",
+        f"ollama_fleet_health_last_success{{{job}}}",
+        f"ollama_fleet_models_filesystem_avail_bytes{{{job}}} > bool 0",
+    ):
+        assert (
+            _until(lambda q=promql: host_series(monitored, f"max by (host) ({q})"), everyone) == everyone
+        ), promql
+    started = host_series(monitored, f"ollama_fleet_deploy_timestamp_seconds{{{job}}}")
+    assert all(time.time() - t < 3600 for t in started.values()) and len(started) == len(fleet.hosts)
+
+
+def test_status_shows_each_hosts_version_and_loaded_models_from_prometheus(
+    monitored: Monitored, tmp_path: Path
+) -> None:
+    fleet, host = monitored.fleet, monitored.fleet.hosts[1]
+    inventory = write_inventory(fleet, tmp_path / "fleet.py")
+    targets = {t.name: t for t in load_targets(fleet.lab.inventory_path)}
+    with monitored.client() as client:
+        _chat_native(client, monitored.url(host), fleet.keys["ci"], fleet.model)
+
+    def status() -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "ollama_fleet.cli", "status", str(inventory), "--json"],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "OLLAMA_FLEET_API_KEY_MONITOR": monitored.monitor_key},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert monitored.monitor_key not in done.stdout + done.stderr
+        return dict(json.loads(done.stdout)["view"])
+
+    def loaded_on_cpu() -> bool:
+        views = {h["host"]: h for h in status()["hosts"]}
+        return {"name": fleet.model, "where": "CPU"} in [
+            {"name": m["name"], "where": m["where"]} for m in views[host]["models"]
+        ]
+
+    assert _until(loaded_on_cpu, True), f"status shows no {fleet.model} loaded on the CPU of {host}"
+    view = status()
+    assert view["source"] == f"prometheus on {monitored.monitoring}"
+    for shown in view["hosts"]:
+        assert shown["up"] is True, shown
+        assert shown["version"] == targets[shown["host"]].settings.ollama.version
+        assert shown["requests_per_s"] is not None
+
+
+def test_a_failing_health_check_shows_in_prometheus_and_makes_its_alert_pending(monitored: Monitored) -> None:
+    """The alert waits 90 s before firing (two checks in a row): promtool's unit tests prove it fires; here
+    the live series make it pending, then clear once the check passes again."""
+    fleet, host = monitored.fleet, monitored.fleet.hosts[1]
+    failing = f'ollama_fleet_health_last_success{{job="ollama_fleet_host", host="{host}"}} == 0'
+    health = "systemctl start ollama-fleet-health.service || true"
+
+    def alert_states() -> set[str]:
+        url = "http://127.0.0.1:9090/api/v1/alerts"
+        alerts = json.loads(fleet.ssh_ok(monitored.monitoring, f"curl -sf '{url}'"))["data"]["alerts"]
+        return {
+            a["state"]
+            for a in alerts
+            if a["labels"].get("alertname") == "OllamaFleetHealthCheckFailing"
+            and a["labels"].get("host") == host
+        }
+
+    # A check that passes first: an earlier test stopped Ollama here, and the rules lag the series by up to
+    # one evaluation.
+    fleet.ssh_ok(host, health)
+    assert _until(alert_states, set(), timeout=90) == set(), "the alert is active before the fault"
+    fleet.ssh_ok(host, "systemctl stop ollama")
+    stopped = time.monotonic()
+    try:
+        fleet.ssh_ok(host, health)
+        assert _until(lambda: host_series(monitored, failing), {(host, ""): 0.0}) == {(host, ""): 0.0}
+        assert _until(lambda: bool(alert_states()), True), "OllamaFleetHealthCheckFailing is not pending"
+        print(f"OllamaFleetHealthCheckFailing {alert_states()} {time.monotonic() - stopped:.0f} s after stop")
+    finally:
+        fleet.ssh_ok(host, "systemctl start ollama")
+    # Until Ollama answers again: a check before that fails too.
+    fleet.ssh_ok(
+        host, "for i in $(seq 30); do systemctl start ollama-fleet-health.service && break; sleep 2; done"
+    )
+    assert _until(alert_states, set(), timeout=90) == set(), "the alert stays active after the check passes"

@@ -1,7 +1,7 @@
 """The fleet dashboards' PromQL: the console page Prometheus serves and the Grafana JSON. Every expression is
 checked by promtool (as recording rules) and may name only series the fleet produces: mtail's program, the
-blackbox probe, Prometheus's own `up` and `ALERTS`. A typo in a metric name would otherwise show a blank
-panel, not an error."""
+blackbox probe, each host's state timer and deploy record, Prometheus's own `up` and `ALERTS`. A typo in a
+metric name would otherwise show a blank panel, not an error."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from ollama_fleet import monitoring
 from ollama_fleet.deploys.metrics import mtail_program
+from ollama_fleet.operations import deploy_record
 from ollama_fleet.render import builtin_templates_dir
 
 pytestmark = pytest.mark.unit
@@ -22,12 +23,9 @@ pytestmark = pytest.mark.unit
 SHIPPED = builtin_templates_dir() / "monitoring"
 CONSOLE = SHIPPED / "consoles" / "ollama-fleet.html"
 GRAFANA = SHIPPED / "grafana" / "ollama-fleet.json"
+STATE_WRITER = builtin_templates_dir() / "state" / "ollama-fleet-state.py.j2"
 # Series that come from elsewhere than mtail: Prometheus itself and the blackbox exporter's probe.
 NOT_FROM_MTAIL = {"up", "ALERTS", "probe_success", "probe_ssl_earliest_cert_expiry"}
-# Loaded models, from each host's state timer (node-exporter's textfile collector, job ollama_fleet_host).
-# That writer comes with the host state work (branch issue-22-state, templates/state/): once both are in one
-# tree, read these names from it as mtail's are read from its program.
-HOST_STATE = {"ollama_fleet_model_loaded_size_bytes", "ollama_fleet_model_loaded_vram_bytes"}
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
 GO_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 # A Go template action, its string literals (which may hold braces) read whole.
@@ -50,11 +48,13 @@ def grafana_expressions(dashboard: dict[str, object]) -> list[str]:
 
 
 def produced_series() -> set[str]:
-    """Every series name mtail's shipped program declares (histograms as Prometheus exposes them)."""
+    """Every series name mtail's shipped program declares (histograms as Prometheus exposes them), the
+    state timer's families (job ollama_fleet_host) and the deploy record's."""
     names = set()
     for kind, name in re.findall(r"^(counter|histogram) (\w+)", mtail_program(), re.MULTILINE):
         names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
-    return names
+    names |= set(re.findall(r'family\(\s*"(\w+)"', STATE_WRITER.read_text()))
+    return names | {deploy_record.STARTED, deploy_record.SUCCESS}
 
 
 def series_named(expr: str) -> set[str]:
@@ -118,7 +118,7 @@ def test_dashboards_and_alerts_read_only_series_the_fleet_produces() -> None:
         "alert rules": ["".join(parts) for parts in rules],
     }
     assert len(expressions["alert rules"]) >= 6
-    known = produced_series() | NOT_FROM_MTAIL | HOST_STATE
+    known = produced_series() | NOT_FROM_MTAIL
     for source, exprs in expressions.items():
         for expr in exprs:
             unknown = series_named(expr) - known

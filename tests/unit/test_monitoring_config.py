@@ -43,10 +43,14 @@ def test_promtool_accepts_the_prometheus_configuration(tmp_path: Path) -> None:
     ]
     text = monitoring.prometheus_config(s, targets)
     config = json.loads(text.split("\n", 1)[1])
-    metrics_job, health_job = config["scrape_configs"]
+    metrics_job, health_job, host_job = config["scrape_configs"]
     assert [c["labels"]["host"] for c in metrics_job["static_configs"]] == ["gpu-1", "gpu-2", "gw"]
     assert metrics_job["static_configs"][1]["targets"] == ["[fd00::12]:443"]
     assert health_job["static_configs"][2]["targets"] == ["https://10.0.0.2:8443/health"]
+    # The host's state: node-exporter's page through each host's nginx, with the same key and CA.
+    assert host_job["metrics_path"] == "/metrics/host" and host_job["scheme"] == "https"
+    assert host_job["authorization"] == metrics_job["authorization"]
+    assert host_job["static_configs"] == metrics_job["static_configs"]
     assert MONITOR_KEY not in text  # the key lives in its own file, root:prometheus 0640
     # promtool reads the files it names: put them under tmp_path.
     here = str(tmp_path)

@@ -417,11 +417,16 @@ def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_che
     operations = plan(tmp_path, fleet(tmp_path))
     names = [op["name"].split(" | ")[-1] for op in operations]
     # first the GPU driver check (gpu_vendor), which changes nothing and fails a host before the lock
-    assert names[:2] == ["Check the GPU driver (gpu_vendor)", "Take the deploy lock"]
-    assert names[-4:] == [
+    assert names[:3] == [
+        "Check the GPU driver (gpu_vendor)",
+        "Take the deploy lock",
+        "Record the deploy's start",  # the host's state for Prometheus (host_state.DEPLOY_TEXTFILE)
+    ]
+    assert names[-5:] == [
         "Check the host like a client (ollama-fleet verify)",
         "Keep 2 Ollama versions",
         "Record the verified state for the next run",
+        "Record the deploy as passed",
         "Release the deploy lock",
     ]
     assert names.index("Restart ollama after a change") < names.index(
@@ -434,6 +439,8 @@ def test_the_lock_brackets_the_run_and_old_releases_go_only_after_the_client_che
         "Take the deploy lock",
         "Check that Ollama 0.24.0 serves (else roll back)",
         "Check the host like a client (ollama-fleet verify)",
+        "Record the deploy's start",
+        "Record the deploy as passed",
         "Release the deploy lock",
     ):
         assert ops[name]["hosts_with_change"] == [], name

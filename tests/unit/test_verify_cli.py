@@ -181,6 +181,9 @@ def test_status_table_and_exit_0_when_all_are_fresh_and_ok(tmp_path: Path, host:
     env = fake_ssh(tmp_path / "bin", {"127.0.0.1": line})
     done = ollama_fleet(tmp_path, "status", "inventories/fleet.py", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [row.split() for row in done.stdout.splitlines()]
+    # The health table first; the dashboard's view (test_fleet_view.py) after a blank line.
+    health, view = done.stdout.split("\n\n", 1)
+    assert view.startswith("straight from the hosts (no monitoring host)")
+    rows = [row.split() for row in health.splitlines()]
     assert rows[0] == ["host", "state", "age", "timer", "last", "result"]
     assert [row[:2] for row in rows[1:]] == [["fake-1", "ok"], ["fake-2", "ok"]]

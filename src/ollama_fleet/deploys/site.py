@@ -20,6 +20,7 @@ from ollama_fleet.deploys.fast_rerun import (
 from ollama_fleet.deploys.firewall import firewall
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, host_data, seed_address, settings_for
 from ollama_fleet.deploys.health import health_monitoring
+from ollama_fleet.deploys.host_state import host_state
 from ollama_fleet.deploys.install import install_ollama, prune_old_releases
 from ollama_fleet.deploys.metrics import request_metrics
 from ollama_fleet.deploys.models import ollama_models
@@ -30,7 +31,8 @@ from ollama_fleet.deploys.tls import TlsPair, tls_material, tls_pair
 from ollama_fleet.gateway import GatewayPlan, answers_loaded_check
 from ollama_fleet.host_keys import changed_key_message
 from ollama_fleet.host_os import host_os, host_os_problems, needs_njs_package_check
-from ollama_fleet.operations import connection, lock, release, ufw
+from ollama_fleet.host_state import DEPLOY_TEXTFILE
+from ollama_fleet.operations import connection, deploy_record, lock, release, ufw
 from ollama_fleet.operations.gpu import GpuDetection, gpu_driver_ready
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.settings import FleetSettings
@@ -75,6 +77,10 @@ def deploy_site() -> None:
     fast = desired is not None and as_last_verified(s, desired)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
+    if s.serves_metrics:
+        deploy_record.deploy_recorded(
+            name="Record the deploy's start", path=str(DEPLOY_TEXTFILE), passed=False
+        )
     rollback_to: str | None = None
     too_wide: list[ufw.ForeignAllow] = []
     if fast:
@@ -104,6 +110,10 @@ def deploy_site() -> None:
         # A host with a foreign rule to warn about is not recorded: each run warns again.
         if desired is not None and not too_wide:
             record_verified(s, desired)
+    if s.serves_metrics:
+        deploy_record.deploy_recorded(
+            name="Record the deploy as passed", path=str(DEPLOY_TEXTFILE), passed=True
+        )
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
 
 
@@ -162,6 +172,8 @@ def whole_deploy(
         ollama_models(s=s)
     # Installs the timer, or removes it (health_enabled false, or gateway_only).
     health_monitoring(s=s, gpu_vendors=setup["vendors"])
+    # node-exporter and the state writer (metrics on), or their removal.
+    host_state(s=s, gpu_vendors=setup["vendors"])
     if s.monitoring.enabled and pair is not None and pair.ca_pem:
         monitoring_role(s=s, ca_pem=pair.ca_pem)
     return rollback_to, too_wide

@@ -40,6 +40,7 @@ MIRROR_PACKAGES = (
     "ufw",
     "zstd",
     "mtail",  # metrics (deploys/metrics.py)
+    "prometheus-node-exporter",  # the host's state (deploys/host_state.py)
     "prometheus",  # the monitoring role (deploys/monitoring.py)
     "prometheus-alertmanager",
     "prometheus-blackbox-exporter",

@@ -17,11 +17,12 @@ from pyinfra.facts.deb import DebPackages
 
 
 @operation()
-def packages_installed(packages: list[str]) -> Generator[str, None, None]:
+def packages_installed(packages: list[str], recommends: bool = True) -> Generator[str, None, None]:
     """
     Ensure Debian packages are installed, refreshing the apt index only if one is missing.
 
     + packages: package names
+    + recommends: also install what they recommend (apt's default)
     """
     installed = host.get_fact(DebPackages)
     missing = [name for name in packages if name not in installed]
@@ -29,4 +30,5 @@ def packages_installed(packages: list[str]) -> Generator[str, None, None]:
         host.noop(f"installed: {', '.join(packages)}")
         return
     yield noninteractive_apt("update")
-    yield noninteractive_apt("install " + " ".join(shlex.quote(name) for name in missing))
+    options = "" if recommends else "--no-install-recommends "
+    yield noninteractive_apt("install " + options + " ".join(shlex.quote(name) for name in missing))

@@ -31,6 +31,7 @@ from typing import Any
 
 from ollama_fleet.verify.context import CheckResult
 from ollama_fleet.verify.fleet import DEFAULT_TIMEOUT, secrets_of, verify_fleet
+from ollama_fleet.verify.fleet_view import fleet_view, render_view, view_json
 from ollama_fleet.verify.report import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -87,7 +88,10 @@ def register(subparsers: Any) -> None:
     verify.set_defaults(func=run_verify)
 
     status = subparsers.add_parser(
-        "status", help="show each host's last on-host health check result (read from its journal over SSH)"
+        "status",
+        help="show each host's last on-host health check result (its journal, over SSH), then what the "
+        "dashboard shows: up, version, models loaded and where, requests/s, TTFT p95, 5xx (from Prometheus "
+        "on the monitoring host, else straight from the hosts)",
     )
     status.add_argument("inventory", help="pyinfra inventory file")
     status.add_argument("--json", action="store_true", help="print the machine-readable status on stdout")
@@ -150,5 +154,11 @@ def run_status(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
     statuses = fleet_status(targets)
-    print(status_json(statuses) if args.json else render_status(statuses))
+    # The monitoring host may be outside --hosts: look for it in the whole inventory.
+    everyone = load_targets(args.inventory, None, args.group_data or ()) if args.hosts else targets
+    view = fleet_view(targets, everyone)
+    if args.json:
+        print(status_json(statuses, view_json(view)))
+    else:
+        print(render_status(statuses) + "\n\n" + "\n".join(render_view(view)))
     return EXIT_OK if all(s.ok for s in statuses) else EXIT_FAILED

@@ -126,10 +126,12 @@ def render_status(statuses: Sequence[HealthStatus]) -> str:
     return "\n".join(format_table(rows))
 
 
-def status_json(statuses: Sequence[HealthStatus]) -> str:
+def status_json(statuses: Sequence[HealthStatus], view: Mapping[str, Any] | None = None) -> str:
+    """The health results; `view` (fleet_view.view_json): the dashboard's figures, under "view"."""
     return json.dumps(
         {
             "ok": all(s.ok for s in statuses),
+            **({"view": view} if view is not None else {}),
             "hosts": [
                 {
                     "host": s.host,
