@@ -15,6 +15,7 @@ from ollama_fleet.deploys.fleet import fleet_settings, inventory_address
 from ollama_fleet.deploys.tls import TlsPair
 from ollama_fleet.gateway import GatewayPlan, answers_loaded_check
 from ollama_fleet.operations import converged, models
+from ollama_fleet.operations.together import FactRequest, planned_fact
 from ollama_fleet.render import builtin_templates_dir
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.state_probe import (
@@ -91,9 +92,14 @@ def desired_if_fast(
     return desired_state(s, pair, plan, extra)
 
 
+def verified_state_read(s: FleetSettings) -> FactRequest:
+    return (converged.VerifiedState, {"record": RECORD_PATH, "probe": probe_script(s)})
+
+
 def as_last_verified(s: FleetSettings, desired: str) -> bool:
     """The host is as its last verified deploy of `desired` left it (one state read)."""
-    found = host.get_fact(converged.VerifiedState, record=RECORD_PATH, probe=probe_script(s))
+    cls, kwargs = verified_state_read(s)
+    found: converged.HostState = planned_fact(host, cls, **kwargs)
     return found.matches(desired)
 
 
