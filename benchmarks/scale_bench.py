@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,8 @@ def lab_rows(
     start = time.perf_counter()
     lab = lifecycle.up(size, slot, log=False)
     extra = {"lab up s": time.perf_counter() - start}
+    # A fleet CA left by an earlier lab of this slot may sign only for that lab's hosts.
+    shutil.rmtree(REPO / ".lab" / f"slot{slot}" / "pki", ignore_errors=True)
     inventory = lab.inventory_path
     deploy = [PYINFRA, "-y", inventory, "deploys/ollama.py"]
     rows = Rows(size, extra)
