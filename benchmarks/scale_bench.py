@@ -155,7 +155,10 @@ def lab_rows(
         if "verify" not in skip:
             rows.append(("verify (full)", measured([FLEET, "verify", inventory], slot, env, may_fail=True)))
         if "rollout" not in skip:
-            rollout = [FLEET, "rollout", changed_inventory(inventory), "--batch", "25%"]
+            changed = changed_inventory(inventory)
+            # A rollout state left by an earlier lab of this slot (another host list) refuses a new rollout.
+            (REPO / ".fleet" / f"rollout-{Path(changed).stem}.json").unlink(missing_ok=True)
+            rollout = [FLEET, "rollout", changed, "--batch", "25%"]
             rows.append(("rollout --batch 25%, a change", measured(rollout, slot, env, may_fail=True)))
     finally:
         for derived in Path(inventory).parent.glob(Path(inventory).stem + "_*.py"):
