@@ -138,6 +138,27 @@ def test_a_no_change_rerun_changes_nothing_its_check_included(fleet: DeployedFle
         assert fleet.ssh(host, f"test -e {LOCK}").returncode == 1, f"{host}: the lock was not released"
 
 
+def test_an_unreachable_host_fails_alone_and_the_others_take_the_fast_rerun(
+    fleet: DeployedFleet, lab: LabState
+) -> None:
+    """A host at an address of the lab's bridge where nothing answers (.200: the lab's hosts start at .11)
+    fails to connect, named with its address, without holding the run: every other host still takes the
+    fast re-run, since its digest holds only the hosts its own deploy reads."""
+    fleet.deploy()  # every host recorded as verified
+    gone = f"{lab.plan.hosts_prefix}.200"
+    inventory = Path(lab.inventory_path).with_name(Path(lab.inventory_path).stem + "_unreachable.py")
+    extra = f'\nunreachable = [("lab-gone", {{"ssh_hostname": "{gone}", **_ssh, **_lab}})]\n'
+    inventory.write_text(Path(lab.inventory_path).read_text() + extra)
+    try:
+        done = fleet.run([PYINFRA, "-y", str(inventory), "deploys/ollama.py", "--json"], timeout=300)
+    finally:
+        inventory.unlink()
+    assert done.returncode != 0, done.stderr[-3000:]
+    assert "[lab-gone] Could not connect" in done.stderr and gone in done.stderr, done.stderr[-3000:]
+    assert fast_rerun_hosts(done.stdout) == sorted(fleet.hosts)
+    assert changed_operations(done.stdout) == {}
+
+
 def test_a_host_changed_by_hand_gets_the_whole_deploy_and_the_others_the_fast_rerun(
     fleet: DeployedFleet,
 ) -> None:

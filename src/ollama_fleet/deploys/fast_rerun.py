@@ -13,8 +13,9 @@ from pyinfra.context import host
 
 from ollama_fleet.deploys.fleet import fleet_settings, inventory_address
 from ollama_fleet.deploys.tls import TlsPair
-from ollama_fleet.gateway import GatewayPlan
+from ollama_fleet.gateway import GatewayPlan, answers_loaded_check
 from ollama_fleet.operations import converged, models
+from ollama_fleet.operations.together import FactRequest, planned_fact
 from ollama_fleet.render import builtin_templates_dir
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.state_probe import (
@@ -28,31 +29,50 @@ from ollama_fleet.state_probe import (
 
 FAST_RERUN = "Host as its last verified deploy left it (found while planning)"
 
-_fleet_parts: weakref.WeakKeyDictionary[State, tuple[str, ...]] = weakref.WeakKeyDictionary()
+_host_parts: weakref.WeakKeyDictionary[State, dict[str, str]] = weakref.WeakKeyDictionary()
 
 
-def fleet_parts(state: State) -> tuple[str, ...]:
-    """Every host's name, address and settings as text: the same for every host of a run, so made once per
-    run (made per host, it read N hosts' settings N times: the planning grew as the square of the fleet)."""
-    if state not in _fleet_parts:
-        fleet = fleet_settings(state)
-        _fleet_parts[state] = tuple(
-            f"{name} {inventory_address(host, name)} {settings_text(fleet[name])}" for name in sorted(fleet)
-        )
-    return _fleet_parts[state]
+def host_part(state: State, name: str) -> str:
+    """Host `name`'s name, address and settings as text, made at most once per run (made per reader, it read
+    N hosts' settings N times: the planning grew as the square of the fleet)."""
+    parts = _host_parts.setdefault(state, {})
+    if name not in parts:
+        parts[name] = f"{name} {inventory_address(host, name)} {settings_text(fleet_settings(state)[name])}"
+    return parts[name]
+
+
+def others_read(state: State, name: str) -> list[str]:
+    """What a whole deploy of host `name` reads of the inventory's hosts, itself included, as text: only
+    these, so that a host added, removed or unreachable elsewhere in the inventory does not cost this host
+    its fast re-run. A deploy step that comes to read another host must be added here.
+    - a gateway plans over every host, a monitoring host scrapes every host: the whole fleet;
+    - a host with a seed (models_seed_host) fetches from it: the seed (such a host always gets the whole
+      deploy today, fast_rerun_blocker; kept so that lifting that cannot miss the seed);
+    - a host that answers a gateway's first try (answers_loaded_check) trusts the gateways' addresses."""
+    fleet = fleet_settings(state)
+    s = fleet[name]
+    if s.is_gateway or s.monitoring.enabled:
+        return [host_part(state, other) for other in sorted(fleet)]
+    read = [host_part(state, name)]
+    if s.models.seed_host and s.models.seed_host != name:
+        read.append(host_part(state, s.models.seed_host))
+    if answers_loaded_check(s, fleet.values()):
+        gateways = sorted(other for other, g in fleet.items() if g.is_gateway)
+        read += [f"gateway {g} {inventory_address(host, g)}" for g in gateways]
+    return read
 
 
 def desired_state(
     s: FleetSettings, pair: TlsPair | None, plan: GatewayPlan | None, extra: Sequence[str] = ()
 ) -> str:
-    """The digest of what a full deploy would put on this host: every host's settings and address (a
-    seed's hosts), the certificate and key (`pair`), the gateway's plan, the GGUF files, this code, and
-    `extra` (what the host's own facts decide, like its GPU setup)."""
+    """The digest of what a full deploy would put on this host: its settings and address and what it reads
+    of the other hosts (others_read), the certificate and key (`pair`), the gateway's plan, the GGUF files,
+    this code, and `extra` (what the host's own facts decide, like its GPU setup)."""
     parts = [
         code_digest(builtin_templates_dir(), *s.nginx.template_dirs),
         f"pyinfra {version('pyinfra')}",
     ]
-    parts += fleet_parts(host.state)
+    parts += others_read(host.state, host.name)
     if pair is not None:
         parts += [pair.cert, pair.key.reveal(), pair.ca_pem or ""]
     if plan is not None:
@@ -72,9 +92,14 @@ def desired_if_fast(
     return desired_state(s, pair, plan, extra)
 
 
+def verified_state_read(s: FleetSettings) -> FactRequest:
+    return (converged.VerifiedState, {"record": RECORD_PATH, "probe": probe_script(s)})
+
+
 def as_last_verified(s: FleetSettings, desired: str) -> bool:
     """The host is as its last verified deploy of `desired` left it (one state read)."""
-    found = host.get_fact(converged.VerifiedState, record=RECORD_PATH, probe=probe_script(s))
+    cls, kwargs = verified_state_read(s)
+    found: converged.HostState = planned_fact(host, cls, **kwargs)
     return found.matches(desired)
 
 

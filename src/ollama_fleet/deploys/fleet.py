@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
+import gevent.lock
 from pyinfra import context
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
@@ -44,6 +45,7 @@ class FleetError(PyinfraError):
 
 
 _validated: weakref.WeakKeyDictionary[State, dict[str, FleetSettings]] = weakref.WeakKeyDictionary()
+_validating: weakref.WeakKeyDictionary[State, gevent.lock.Semaphore] = weakref.WeakKeyDictionary()
 
 
 def host_data(host: Host) -> dict[str, Any]:
@@ -205,22 +207,30 @@ def inventory_address(host: Host, name: str) -> str:
 
 
 def fleet_settings(state: State) -> dict[str, FleetSettings]:
-    """All hosts' settings, validated once per pyinfra run (the first call does the work)."""
+    """All hosts' settings, validated once per pyinfra run (the first call does the work; the others wait for
+    it: the release and pin checks ask the network, which lets every other host's greenlet in, and each
+    validated the whole fleet again: N x N settings and N requests)."""
     if state not in _validated:
-        settings = validate_hosts(state.inventory)
-        problems = pin_problems(settings)
-        if problems:
-            raise FleetError(
-                "pinned models cannot be deployed; nothing was changed on any host:\n" + "\n".join(problems)
-            )
-        missing = release_problems(settings)
-        if missing:
-            raise FleetError(
-                "the Ollama release cannot be downloaded; nothing was changed on any host:\n"
-                + "\n".join(missing)
-            )
-        _validated[state] = settings
+        with _validating.setdefault(state, gevent.lock.Semaphore()):
+            if state not in _validated:
+                _validated[state] = checked_fleet_settings(state)
     return _validated[state]
+
+
+def checked_fleet_settings(state: State) -> dict[str, FleetSettings]:
+    """Every host's settings, checked together with the pins and the release they name."""
+    settings = validate_hosts(state.inventory)
+    problems = pin_problems(settings)
+    if problems:
+        raise FleetError(
+            "pinned models cannot be deployed; nothing was changed on any host:\n" + "\n".join(problems)
+        )
+    missing = release_problems(settings)
+    if missing:
+        raise FleetError(
+            "the Ollama release cannot be downloaded; nothing was changed on any host:\n" + "\n".join(missing)
+        )
+    return settings
 
 
 def settings_for(state: State, host_name: str) -> FleetSettings:

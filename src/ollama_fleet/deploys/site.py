@@ -16,6 +16,7 @@ from ollama_fleet.deploys.fast_rerun import (
     desired_if_fast,
     found_as_verified,
     record_verified,
+    verified_state_read,
 )
 from ollama_fleet.deploys.firewall import firewall
 from ollama_fleet.deploys.fleet import FleetError, fleet_settings, host_data, seed_address, settings_for
@@ -33,10 +34,15 @@ from ollama_fleet.host_keys import changed_key_message
 from ollama_fleet.host_os import host_os, host_os_problems, needs_njs_package_check
 from ollama_fleet.host_state import DEPLOY_TEXTFILE
 from ollama_fleet.operations import connection, deploy_record, lock, release, ufw
+from ollama_fleet.operations.addresses import StableIpv6Addresses
+from ollama_fleet.operations.certificates import InstalledCertificate
 from ollama_fleet.operations.gpu import GpuDetection, gpu_driver_ready
 from ollama_fleet.operations.shell import fail_command
+from ollama_fleet.operations.together import FactRequest, forget_planned_facts, planned_fact, read_together
+from ollama_fleet.render import tls_paths
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.settings.paths import pyinfra_inventory_file
+from ollama_fleet.state_probe import fast_rerun_blocker
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
 from ollama_fleet.verify.targets import gateway_target, target_for_settings
 
@@ -66,15 +72,12 @@ def deploy_site() -> None:
     or, when it is exactly as its last verified deploy of the same desired state left it, only checked."""
     s = settings_for(host.state, host.name)
     explain_refused_hosts()
-    check_host_os(s)
-    connection.without_nagle(host)
-    # Read once, for the desired digest and for the whole deploy's operations.
-    pair = tls_pair(s) if s.nginx.enabled else None
-    plan = fleet_gateway_plan(rollout_drained()) if s.is_gateway else None
-    setup = host_gpu_setup(s)
-    # A GPU the host changed (a card added) changes what a whole deploy would do: not "as last verified".
-    desired = desired_if_fast(s, pair, plan, extra=[repr(sorted(setup.items()))])
-    fast = desired is not None and as_last_verified(s, desired)
+    # Every fact planning needs, in one command (a no-change run is mostly these round trips).
+    read_together(host, planning_reads(s))
+    try:
+        fast, desired, pair, plan, setup = planned(s)
+    finally:
+        forget_planned_facts(host)
     # One deploy at a time on a host: a second run fails here, before it changes anything.
     lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
     if s.serves_metrics:
@@ -117,10 +120,41 @@ def deploy_site() -> None:
     lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
 
 
+def planning_reads(s: FleetSettings) -> list[FactRequest]:
+    """The facts the planning of this host reads, whatever it then decides."""
+    reads: list[FactRequest] = [(LinuxDistribution, {})]
+    if s.nginx.enabled and s.tls.mode != "provided":
+        if not s.tls.ca_roll:
+            reads.append((InstalledCertificate, {"path": str(tls_paths(s).ca)}))
+        if s.serves_ipv6:
+            reads.append((StableIpv6Addresses, {}))
+    if s.serves_api:
+        reads.append((GpuDetection, {}))
+    if fast_rerun_blocker(s) is None:
+        reads.append(verified_state_read(s))
+    return reads
+
+
+def planned(
+    s: FleetSettings,
+) -> tuple[bool, str | None, TlsPair | None, GatewayPlan | None, gpu.GpuSetup]:
+    """Whether the host takes the fast re-run, its desired digest, and what a whole deploy uses."""
+    check_host_os(s)
+    connection.without_nagle(host)
+    # Read once, for the desired digest and for the whole deploy's operations.
+    pair = tls_pair(s) if s.nginx.enabled else None
+    plan = fleet_gateway_plan(rollout_drained()) if s.is_gateway else None
+    setup = host_gpu_setup(s)
+    # A GPU the host changed (a card added) changes what a whole deploy would do: not "as last verified".
+    desired = desired_if_fast(s, pair, plan, extra=[repr(sorted(setup.items()))])
+    fast = desired is not None and as_last_verified(s, desired)
+    return fast, desired, pair, plan, setup
+
+
 def check_host_os(s: FleetSettings) -> None:
     """A host on an OS the deploy does not support, or without the njs its settings need, stops the whole
     run while planning: no operation has run on any host yet."""
-    found = host_os(host.get_fact(LinuxDistribution)["release_meta"])
+    found = host_os(planned_fact(host, LinuxDistribution)["release_meta"])
     loaded_check = answers_loaded_check(s, fleet_settings(host.state).values())
     # dpkg is asked only where njs is missing from the archive and something needs it.
     installed = host.get_fact(DebPackages) if needs_njs_package_check(found, s, loaded_check) else {}
@@ -134,7 +168,7 @@ def host_gpu_setup(s: FleetSettings) -> gpu.GpuSetup:
     a GPU it cannot use fails in its first operation, before the deploy lock: nothing changes on it."""
     if not s.serves_api:
         return gpu.gpu_setup("none", gpu.empty_report(), s.ollama.arch)
-    report = host.get_fact(GpuDetection)
+    report = planned_fact(host, GpuDetection)
     for warning in gpu.unused_gpu_warnings(s.gpu.vendor, report):
         logger.warning(f"{host.print_prefix}{warning}")
     gpu_driver_ready(

@@ -26,6 +26,7 @@ from ollama_fleet.operations import textfile
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.operations.certificates import InstalledCertificate
 from ollama_fleet.operations.secrets import Secret, certificate_and_key
+from ollama_fleet.operations.together import planned_fact
 from ollama_fleet.pki import (
     UNCONSTRAINED_WARNING,
     FleetCA,
@@ -61,7 +62,7 @@ def host_addresses(s: FleetSettings) -> list[str]:
     if s.service.address and s.service.address != address:
         addresses.append(s.service.address)  # a DNS name clients and the gateways dial
     if s.serves_ipv6:
-        ipv6: list[str] = host.get_fact(StableIpv6Addresses)
+        ipv6: list[str] = planned_fact(host, StableIpv6Addresses)
         addresses += ipv6
     return addresses
 
@@ -97,7 +98,7 @@ def fleet_ca(s: FleetSettings) -> FleetCA:
     ca_dir = Path(s.tls.ca_dir)
     ca = FleetCA.load_existing(ca_dir)
     if not s.tls.ca_roll:
-        carried = host.get_fact(InstalledCertificate, path=str(tls_paths(s).ca))
+        carried = planned_fact(host, InstalledCertificate, path=str(tls_paths(s).ca))
         problem = ca_change_problem(carried, ca, ca_dir)
         if problem:
             raise FleetError(f"{s.host}: TLS: {problem}")
