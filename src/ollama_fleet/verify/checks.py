@@ -13,7 +13,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -755,11 +755,15 @@ def run_check(spec: CheckSpec, ctx: HostContext) -> CheckResult:
     )
 
 
-def selected_checks(target: Target, quick: bool = False) -> tuple[CheckSpec, ...]:
+def selected_checks(
+    target: Target, quick: bool = False, only: Collection[str] | None = None
+) -> tuple[CheckSpec, ...]:
     return tuple(
         spec
         for spec in CHECKS
-        if (spec.quick or not quick) and (not target.is_gateway or spec.name in GATEWAY_CHECKS)
+        if (spec.quick or not quick)
+        and (not target.is_gateway or spec.name in GATEWAY_CHECKS)
+        and (only is None or spec.name in only)
     )
 
 
@@ -769,6 +773,7 @@ def check_host(
     on_result: Callable[[Target, CheckResult], None] | None = None,
     quick: bool = False,
     concurrent: bool = True,
+    only: Collection[str] | None = None,
 ) -> list[CheckResult]:
     """Every check against one host; the results in CHECKS' order, on_result sees each as soon as it is
     known.
@@ -779,9 +784,10 @@ def check_host(
     for benchmarks/verify_bench.py).
 
     quick runs only TLS, root, auth, scopes, version, models and CORS: no model is loaded (so none that
-    clients use is evicted), and no probe waits on a dropped port.
+    clients use is evicted), and no probe waits on a dropped port. `only` keeps these checks alone (for
+    benchmarks/verify_bench.py, which times parts of the check apart).
     """
-    specs = selected_checks(target, quick)
+    specs = selected_checks(target, quick, only)
     results: dict[str, CheckResult] = {}
     report_lock = threading.Lock()
     ended = {spec.name: threading.Event() for spec in specs}
