@@ -11,7 +11,8 @@ With --slot the script brings its own labs up on that slot and takes them down a
    - host, old way (baseline): the same checks one after another, each dropped port waited out for 2 s once;
    - host, --quick: no generation, no dropped port;
    - verify of N hosts, for each N of --fleets: every host in parallel, as `ollama-fleet verify` runs;
-   - verify of 3 hosts, old way (baseline): each host's checks one after another, 2 s dropped-port waits;
+   - verify of 3 hosts, old way (baseline): hosts in parallel, each host's checks one after another with
+     2 s dropped-port waits (as before the checks ran side by side);
    - verify of N hosts, no generation: the same without stream, chat and gpu;
    - stream of 3 hosts, one after another / all at once: only the stream check (and what it needs) on the
      first 3 hosts, to tell what the check costs from what three Ollamas generating on shared cores cost.
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +142,8 @@ def verify_modes(inventory: str, fleets: Sequence[int], timeout: float) -> dict[
             if concurrent:
                 report = verify_fleet(hosts, timeout, on_result=seen, only=only)
                 return [list(host.results) for host in report.hosts]
-            with old_dropped_port_waits():
-                return [check_host(t, timeout, seen, concurrent=False, only=only) for t in hosts]
+            with old_dropped_port_waits(), ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+                return list(pool.map(lambda t: check_host(t, timeout, seen, concurrent=False), hosts))
 
         return run
 
