@@ -16,7 +16,9 @@ With --slot the script brings its own labs up on that slot and takes them down a
    - verify of N hosts, no generation: the same without stream, chat and gpu;
    - stream of 3 hosts, one after another / all at once: only the stream check (and what it needs) on the
      first 3 hosts, to tell what the check costs from what three Ollamas generating on shared cores cost.
-   The last round's timeline of each fleet mode (every check's start and end, per host) is printed too.
+   The last round's timeline of each fleet mode (every check's start and end, per host) is printed too;
+   then, apart (each setting reloads the runners), 3 hosts' 64-token streams alone and at once with the
+   runners on 2 threads (Ollama's default: the cores it sees) and on 1.
 
     python benchmarks/verify_bench.py --slot 4 [--hosts 8] [--fleets 3,8] [--rounds 3] [--deploy-rounds 3]
     python benchmarks/verify_bench.py INVENTORY [--fleets 3] [--rounds 3]   # a fleet already deployed
@@ -41,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).parent / "pyinfra")
 RELEASES = "trixie,bookworm"  # the e2e tier's mixed lab
@@ -50,6 +54,7 @@ CHECK_TOOK = re.compile(r"full client check took ([0-9.]+) s")
 
 if TYPE_CHECKING:
     from ollama_fleet.verify.context import CheckResult
+    from ollama_fleet.verify.targets import Target
 
     Results = list[list[CheckResult]]
 
@@ -123,7 +128,7 @@ def old_dropped_port_waits() -> Iterator[None]:
 def verify_modes(inventory: str, fleets: Sequence[int], timeout: float) -> dict[str, Mode]:
     from ollama_fleet.verify.checks import CHECK_NAMES, check_host
     from ollama_fleet.verify.fleet import verify_fleet
-    from ollama_fleet.verify.targets import Target, load_targets
+    from ollama_fleet.verify.targets import load_targets
 
     targets = load_targets(inventory)
     first, three = targets[0], targets[:3]
@@ -174,6 +179,49 @@ def verify_modes(inventory: str, fleets: Sequence[int], timeout: float) -> dict[
     modes["stream of 3 hosts, one after another"] = Mode(one_after_another(three, STREAM_ONLY))
     modes["stream of 3 hosts, all at once"] = Mode(fleet(three, STREAM_ONLY))
     return modes
+
+
+def native_stream(target: Target, threads: int, timeout: float) -> float:
+    """Seconds for one 64-token stream through /api/chat with options.num_thread (the OpenAI route that
+    verify uses takes no options): to tell the runners' own threads apart from the check."""
+    from ollama_fleet.verify import probes
+
+    key = target.settings.auth.keys[0].key.get_secret_value()
+    body = {
+        "model": target.models[0],
+        "messages": [{"role": "user", "content": "Say hello to the fleet."}],
+        "options": {"num_predict": 64, "num_thread": threads},
+    }
+    verify = probes.client_ssl_context(target.ca_file)
+    with httpx.Client(base_url=target.base_url, verify=verify, trust_env=False, timeout=timeout) as client:
+        started = time.perf_counter()
+        headers = {"Authorization": f"Bearer {key}"}
+        with client.stream("POST", "/api/chat", json=body, headers=headers) as response:
+            response.raise_for_status()
+            for _ in response.iter_bytes():
+                pass
+        return time.perf_counter() - started
+
+
+def runner_threads(hosts: Sequence[Target], rounds: int, timeout: float) -> None:
+    """After the rounds (each num_thread reloads the runner): 3 hosts' streams alone and at once, with the
+    runners on Ollama's default thread count here (2, the cores it sees) and on 1."""
+    print("the runners' threads: 64-token streams through /api/chat, alone (summed) and on 3 hosts at once")
+    for threads in (2, 1):
+        for target in hosts:
+            native_stream(target, threads, timeout)  # loads the runner with these options
+        alone, together, loads = [], [], []
+        for _ in range(rounds):
+            loads.append(load1())
+            alone.append(sum(native_stream(t, threads, timeout) for t in hosts))
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+                list(pool.map(native_stream, hosts, [threads] * len(hosts), [timeout] * len(hosts)))
+            together.append(time.perf_counter() - started)
+        print(
+            f"  num_thread {threads}: one after another {median(alone):.2f} s, at once "
+            f"{median(together):.2f} s ({median(together) / median(alone):.1f}x), load {median(loads):.1f}"
+        )
 
 
 def run_rounds(modes: dict[str, Mode], rounds: int) -> None:
@@ -243,10 +291,13 @@ def main() -> None:
     fleets = [int(n) for n in args.fleets.split(",")]
     print(f"load average before: {os.getloadavg()} on {os.cpu_count()} CPUs")
     if args.slot is None:
+        from ollama_fleet.verify.targets import load_targets
+
         modes = verify_modes(args.inventory, [n for n in fleets if n > 0], args.timeout)
         run_rounds(modes, args.rounds)
         print(f"rounds: {args.rounds}, interleaved; load average after: {os.getloadavg()}")
         print_modes(modes)
+        runner_threads(load_targets(args.inventory)[:3], args.rounds, args.timeout)
         return
     from ollama_fleet.lab import artifacts
 
