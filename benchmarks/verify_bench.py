@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,7 +92,10 @@ def lab_of(hosts: int, slot: int) -> Iterator[str]:
     from ollama_fleet.lab.releases import parse_releases
 
     try:
-        yield lifecycle.up(hosts, slot, log=False, releases=parse_releases(RELEASES)).inventory_path
+        lab = lifecycle.up(hosts, slot, log=False, releases=parse_releases(RELEASES))
+        # A fresh fleet CA for each lab: the last one's name constraints name only that lab's hosts.
+        shutil.rmtree(Path(lab.key_path).parent / "pki", ignore_errors=True)
+        yield lab.inventory_path
     finally:
         lifecycle.down(slot, log=False)
 
