@@ -307,8 +307,54 @@ def test_at_most_num_parallel_generations_at_once(host: FakeHost, num_parallel: 
     )
     results = run(target)
     assert results["chat"].status is results["stream"].status is Status.PASS
-    assert results["chat"].figure.startswith("2 model(s) answered (2 already loaded)")
+    assert results["chat"].figure.startswith("2 model(s) answered (2 already loaded")
     assert host.behaviour.most_generating == num_parallel
+
+
+def test_each_model_gets_one_generation_the_stream_answering_for_its_model(host: FakeHost) -> None:
+    host.behaviour.models = ["tiny:latest", "other:latest"]
+    results = run(target_for(host, models_pull=["tiny", "other"]))
+    assert results["chat"].status is results["stream"].status is Status.PASS
+    assert sorted(host.behaviour.generated) == ["other:latest", "tiny:latest"]
+    assert results["stream"].figure.startswith("tiny:latest: first chunk")
+    assert "tiny:latest in the stream's generation" in results["chat"].figure
+    assert host.behaviour.shown == []
+
+
+def test_a_model_whose_load_would_evict_is_shown_not_generated(host: FakeHost) -> None:
+    """OLLAMA_MAX_LOADED_MODELS=1 with tiny loaded: asking `other` would evict tiny."""
+    host.behaviour.models = ["tiny:latest", "other:latest"]
+    host.behaviour.loaded = ["tiny:latest"]
+    target = target_for(host, models_pull=["other", "tiny"], ollama_env={"OLLAMA_MAX_LOADED_MODELS": "1"})
+    results = run(target)
+    assert results["chat"].status is results["stream"].status is Status.PASS
+    assert host.behaviour.generated == ["tiny:latest"]  # the stream, on the loaded model, not the first
+    assert host.behaviour.shown == ["other:latest"]
+    assert results["stream"].figure.startswith("tiny:latest: ")
+    assert "other:latest not loaded: shown by /api/show, not generated (loading could evict tiny:latest)" in (
+        results["chat"].figure
+    )
+
+
+def test_with_room_for_a_load_the_model_not_loaded_is_generated(host: FakeHost) -> None:
+    host.behaviour.models = ["tiny:latest", "other:latest"]
+    host.behaviour.loaded = ["tiny:latest"]
+    results = run(target_for(host, models_pull=["other", "tiny"]))  # room for 3 runners: one more fits
+    assert sorted(host.behaviour.generated) == ["other:latest", "tiny:latest"]
+    assert host.behaviour.shown == []
+    assert results["chat"].figure.startswith("2 model(s) answered (1 already loaded")
+
+
+def test_a_full_host_with_none_of_the_models_loaded_proves_no_generation_and_says_so(host: FakeHost) -> None:
+    host.behaviour.models = ["tiny:latest", "busy:latest"]
+    host.behaviour.loaded = ["busy:latest"]  # a model outside this inventory, in the only runner
+    target = target_for(host, ollama_env={"OLLAMA_MAX_LOADED_MODELS": "1"})
+    results = run(target)
+    assert host.behaviour.generated == []
+    assert host.behaviour.shown == ["tiny:latest"]
+    assert results["stream"].status is results["chat"].status is Status.NA
+    assert "loading could evict busy:latest" in results["stream"].figure
+    assert "tiny:latest not loaded: shown by /api/show" in results["chat"].figure
 
 
 def test_what_each_check_waits_for() -> None:
@@ -316,7 +362,7 @@ def test_what_each_check_waits_for() -> None:
     assert waits["tls"] == ()
     assert waits["cors"] == waits["raw_port"] == waits["plain_http"] == waits["outsider"] == ("tls",)
     assert waits["chat"] == waits["stream"] == ("auth", "models")
-    assert waits["gpu"] == ("auth", "models", "chat", "stream")
+    assert waits["gpu"] == ("auth", "models", "stream", "chat")
     assert waits["ipv6"] == ("tls", "auth")
 
 

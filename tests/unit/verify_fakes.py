@@ -41,6 +41,9 @@ class Behaviour:
     tokens_seen: list[str] = field(default_factory=list)
     vram_share: float = 0.0  # /api/ps: the share of each loaded model in VRAM (0: a CPU host; 1: all on GPU)
     chat_seconds: float = 0.0  # how long a non-streamed completion takes
+    loaded: list[str] | None = None  # /api/ps: the loaded models (None: every model)
+    generated: list[str] = field(default_factory=list)  # the model of each completion asked, in order
+    shown: list[str] = field(default_factory=list)  # the model of each /api/show asked
     generating: int = 0  # completions in flight now
     most_generating: int = 0  # the most completions ever in flight at once
 
@@ -104,9 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {"version": self.b.version})
         if self.path == "/api/ps":
             size = 2_000_000_000
-            loaded = [
-                {"name": m, "size": size, "size_vram": int(size * self.b.vram_share)} for m in self.b.models
-            ]
+            names = self.b.models if self.b.loaded is None else self.b.loaded
+            loaded = [{"name": m, "size": size, "size_vram": int(size * self.b.vram_share)} for m in names]
             return self._json(200, {"models": loaded})
         if self.path == "/api/tags":
             return self._json(200, {"models": [{"name": m, "model": m} for m in self.b.models]})
@@ -125,11 +127,14 @@ class _Handler(BaseHTTPRequestHandler):
             if self.b.scopes_enforced and key not in self.b.admin_keys:
                 return self._json(403, {"error": {"code": "insufficient_scope", "type": "permission_error"}})
             return self._json(400, {"error": "source and destination are required"})
+        if self.path == "/api/show":
+            return self._show(str(request.get("model")))
         if self.path != "/v1/chat/completions":
             return self._json(404, {"error": "not found"})
         if request.get("model") not in self.b.models:
             return self._json(404, {"error": {"message": f"model '{request.get('model')}' not found"}})
         with self.server.lock:
+            self.b.generated.append(str(request.get("model")))
             self.b.generating += 1
             self.b.most_generating = max(self.b.most_generating, self.b.generating)
         try:
@@ -137,6 +142,12 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.server.lock:
                 self.b.generating -= 1
+
+    def _show(self, model: str) -> None:
+        self.b.shown.append(model)
+        if model not in self.b.models:
+            return self._json(404, {"error": f"model '{model}' not found"})
+        self._json(200, {"modelfile": f"FROM {model}", "details": {"format": "gguf", "family": "llama"}})
 
     def _complete(self, request: dict[str, Any]) -> None:
         if not request.get("stream"):

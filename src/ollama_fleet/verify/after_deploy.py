@@ -10,6 +10,7 @@ failure) with the reasons.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 
 from pyinfra import logger
@@ -56,9 +57,11 @@ def checked_like_a_client(
     depth = "full" if changed else "quick"
     logger.info(f"{host.print_prefix}{depth} client check ({len(changed)} operation(s) changed this host)")
     secrets = [k.key.get_secret_value() for k in target.settings.auth.keys]
+    started = time.perf_counter()
     results = check_host(target, timeout, quick=not changed)
     for result in results:
         logger.info(redact(progress_line(target.name, result), secrets))
+    logger.info(f"{host.print_prefix}{depth} client check took {time.perf_counter() - started:.2f} s")
     failure = failure_summary(target, results)
     if failure is not None:
         yield on_failure(f"{target.name} does not work for clients ({depth} check): {failure}")

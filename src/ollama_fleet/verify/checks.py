@@ -13,7 +13,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,33 +285,56 @@ def check_models(ctx: HostContext) -> CheckResult:
 
 
 def check_chat(ctx: HostContext) -> CheckResult:
-    """One short completion per model. The models Ollama has loaded are asked at once, as many at a time
-    as OLLAMA_NUM_PARALLEL lets the host run (with `stream`'s generation counted), and load nothing, so
-    nothing is evicted; a model that must be loaded first is asked alone, after them, as a client's first
-    request would load it, so the check never holds more models at once than one client does."""
+    """One short completion per model, or none where a load could evict (verify/generation.py). The
+    stream check's model is answered by that stream; the other loaded models are asked at once, as many at
+    a time as OLLAMA_NUM_PARALLEL lets the host run; models that must be loaded are asked one after another
+    after the stream, so the check never loads two at once; the rest are shown by /api/show."""
     models = ctx.target.models
     if not models:
         return not_applicable("no models configured")
-    loaded = _loaded_models(ctx)
-    warm = [model for model in models if model in loaded]
-    cold = [model for model in models if model not in loaded]
+    plan = ctx.generation_plan()
+    warm = [model for model in plan.warm if model != plan.stream_model]
     with ThreadPoolExecutor(max_workers=max(1, len(warm)), thread_name_prefix="verify-chat") as pool:
         answers = [pool.submit(_chat_once, ctx, model) for model in warm]
         seconds = [answer.result() for answer in answers]  # the first failure in the models' order
-    seconds += [_chat_once(ctx, model) for model in cold]
+    if plan.stream_model is not None:
+        _streamed_answer(ctx, plan.stream_model)
+    seconds += [_chat_once(ctx, model) for model in plan.cold if model != plan.stream_model]
+    for model in plan.shown:
+        _show_once(ctx, model)
+    answered = len(models) - len(plan.shown)
+    figure = f"{answered} model(s) answered ({len(plan.warm)} already loaded"
+    figure += f"; {plan.stream_model} in the stream's generation)" if plan.stream_model else ")"
+    figure += f", slowest {max(seconds):.2f} s" if seconds else ""
+    if plan.shown:
+        figure += (
+            f"; {', '.join(plan.shown)} not loaded: shown by /api/show, not generated ({plan.why_shown()})"
+        )
+    if not answered:
+        return not_applicable(figure)  # every model shown, none generated: no answer was proven
     return passed(
-        f"{len(models)} model(s) answered ({len(warm)} already loaded), slowest {max(seconds):.2f} s",
-        slowest_s=round(max(seconds), 3),
+        figure,
+        slowest_s=round(max(seconds, default=0.0), 3),
+        generated=answered,
+        shown=len(plan.shown),
     )
 
 
-def _loaded_models(ctx: HostContext) -> set[str]:
-    """The models in /api/ps; none when the host (e.g. a gateway) does not answer it."""
-    response = ctx.request("GET", "/api/ps", key=ctx.key)
-    try:
-        return {str(m.get("name")) for m in response.json().get("models") or [] if isinstance(m, dict)}
-    except (ValueError, AttributeError):
-        return set()
+def _streamed_answer(ctx: HostContext, model: str) -> None:
+    """The stream check's generation answers for `model`: it must have brought text."""
+    if not ctx.wait_for("stream"):
+        _chat_once(ctx, model)  # no stream in this run: ask it here
+        return
+    if not ctx.streamed_text:
+        why = ctx.stream_problem or "the stream check did not run"
+        raise CheckFailed(f"model {model}: no answer in the stream: {why}")
+
+
+def _show_once(ctx: HostContext, model: str) -> None:
+    """/api/show: the model is there and Ollama reads its manifest, without loading it."""
+    shown = ctx.api("POST", "/api/show", json={"model": model})
+    if not isinstance(shown, dict) or not (shown.get("details") or shown.get("modelfile")):
+        raise CheckFailed(f"model {model}: /api/show answered without the model's details: {shown!r:.160}")
 
 
 def _chat_once(ctx: HostContext, model: str) -> float:
@@ -332,21 +355,25 @@ def _chat_once(ctx: HostContext, model: str) -> float:
 
 
 def check_stream(ctx: HostContext) -> CheckResult:
+    """One 64-token stream on a loaded model (or one whose load evicts nothing): SSE through nginx, read
+    as a client reads it, judged for buffering; its text answers for that model in `chat` too."""
     models = ctx.target.models
     if not models:
         return not_applicable("no models configured")
-    # One retry: a first stream can start late (model reload, a busy host) and look buffered; a buffering
-    # proxy fails every time.
-    timing, total = _stream_once(ctx, models[0])
-    reason = judge_stream(timing)
-    retried = reason is not None
-    if retried:
-        timing, total = _stream_once(ctx, models[0])
-        reason = judge_stream(timing)
-    if reason:
-        raise CheckFailed(reason + " (seen twice)")
+    plan = ctx.generation_plan()
+    model = plan.stream_model
+    if model is None:
+        return not_applicable(
+            f"no configured model is loaded and {plan.why_shown()}: streaming not proven now "
+            "(verify again once one is loaded)"
+        )
+    try:
+        timing, total, retried = _stream_judged(ctx, model)
+    except CheckFailed as exc:
+        ctx.stream_problem = str(exc)
+        raise
     return passed(
-        timing.figure() + (" (on the second try)" if retried else ""),
+        f"{model}: {timing.figure()}" + (" (on the second try)" if retried else ""),
         first_ms=round(timing.first * 1000, 1),
         last_ms=round(timing.last * 1000, 1),
         total_ms=round(total * 1000, 1),
@@ -355,15 +382,31 @@ def check_stream(ctx: HostContext) -> CheckResult:
     )
 
 
+def _stream_judged(ctx: HostContext, model: str) -> tuple[StreamTiming, float, bool]:
+    """The stream's timing, its total time and whether it took a second try. One retry: a first stream can
+    start late (model reload, a busy host) and look buffered; a buffering proxy fails every time."""
+    timing, total = _stream_once(ctx, model)
+    if judge_stream(timing) is None:
+        return timing, total, False
+    timing, total = _stream_once(ctx, model)
+    reason = judge_stream(timing)
+    if reason is not None:
+        raise CheckFailed(f"{reason} (seen twice)")
+    return timing, total, True
+
+
 def _stream_once(ctx: HostContext, model: str) -> tuple[StreamTiming, float]:
     """Stream one completion, noting when each read arrived after the response's headers (Ollama sends them
-    once generation starts, so a model load is not in the timing); returns it and the total time."""
+    once generation starts, so a model load is not in the timing); returns it and the total time. The text
+    it brought is kept for `chat`, whatever the judgement of its timing."""
     body = {"model": model, "messages": PROMPT, "max_tokens": STREAM_MAX_TOKENS, "stream": True}
     with ctx.generation_slot():
-        return _stream_reads(ctx, body)
+        timing, total, text = _stream_reads(ctx, body)
+    ctx.streamed_text = ctx.streamed_text or text
+    return timing, total
 
 
-def _stream_reads(ctx: HostContext, body: dict[str, object]) -> tuple[StreamTiming, float]:
+def _stream_reads(ctx: HostContext, body: dict[str, object]) -> tuple[StreamTiming, float, str]:
     what = "POST /v1/chat/completions (stream)"
     reads: list[tuple[float, bytes]] = []
     started = time.perf_counter()
@@ -384,10 +427,10 @@ def _stream_reads(ctx: HostContext, body: dict[str, object]) -> tuple[StreamTimi
         raise CheckFailed(explain_transport(exc, ctx.target.address, ctx.target.port, what)) from None
     total = time.perf_counter() - started
     try:
-        timing, _text = timing_from_reads(reads)
+        timing, text = timing_from_reads(reads)
     except ValueError as exc:
         raise CheckFailed(f"{what}: {exc}") from None
-    return timing, total
+    return timing, total, text
 
 
 def check_gpu(ctx: HostContext) -> CheckResult:
@@ -659,8 +702,10 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("scopes", check_scopes, needs=("ollama", "key")),
     CheckSpec("version", check_version, needs=("ollama", "key")),
     CheckSpec("models", check_models, needs=("ollama", "key")),
-    CheckSpec("chat", check_chat, needs=("models", "key"), quick=False),
+    # stream before chat: chat takes the stream's answer for the stream's model (one generation serves
+    # both), so run one after another they must come in this order.
     CheckSpec("stream", check_stream, needs=("models", "key"), quick=False),
+    CheckSpec("chat", check_chat, needs=("models", "key"), quick=False),
     # After chat and stream: the models they loaded are in /api/ps.
     CheckSpec("gpu", check_gpu, needs=("models", "key"), quick=False, after=("chat", "stream")),
     CheckSpec("cors", check_cors, needs=("https",)),
@@ -671,7 +716,7 @@ CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec("outsider", check_outsider, needs=("reachable",), quick=False),
 )
 CHECK_NAMES = tuple(spec.name for spec in CHECKS)
-GATEWAY_CHECKS = ("tls", "root", "auth", "models", "chat", "stream")
+GATEWAY_CHECKS = ("tls", "root", "auth", "models", "stream", "chat")
 """What a client of the gateway relies on; scopes, version, CORS and the firewall are each host's."""
 
 # Which check establishes each need, to say what blocked a check.
@@ -710,11 +755,15 @@ def run_check(spec: CheckSpec, ctx: HostContext) -> CheckResult:
     )
 
 
-def selected_checks(target: Target, quick: bool = False) -> tuple[CheckSpec, ...]:
+def selected_checks(
+    target: Target, quick: bool = False, only: Collection[str] | None = None
+) -> tuple[CheckSpec, ...]:
     return tuple(
         spec
         for spec in CHECKS
-        if (spec.quick or not quick) and (not target.is_gateway or spec.name in GATEWAY_CHECKS)
+        if (spec.quick or not quick)
+        and (not target.is_gateway or spec.name in GATEWAY_CHECKS)
+        and (only is None or spec.name in only)
     )
 
 
@@ -724,6 +773,7 @@ def check_host(
     on_result: Callable[[Target, CheckResult], None] | None = None,
     quick: bool = False,
     concurrent: bool = True,
+    only: Collection[str] | None = None,
 ) -> list[CheckResult]:
     """Every check against one host; the results in CHECKS' order, on_result sees each as soon as it is
     known.
@@ -734,9 +784,10 @@ def check_host(
     for benchmarks/verify_bench.py).
 
     quick runs only TLS, root, auth, scopes, version, models and CORS: no model is loaded (so none that
-    clients use is evicted), and no probe waits on a dropped port.
+    clients use is evicted), and no probe waits on a dropped port. `only` keeps these checks alone (for
+    benchmarks/verify_bench.py, which times parts of the check apart).
     """
-    specs = selected_checks(target, quick)
+    specs = selected_checks(target, quick, only)
     results: dict[str, CheckResult] = {}
     report_lock = threading.Lock()
     ended = {spec.name: threading.Event() for spec in specs}
@@ -755,7 +806,7 @@ def check_host(
             ended[spec.name].set()  # whatever happened, nothing waits on it forever
 
     with make_client(target, timeout) as client:
-        ctx = HostContext(target=target, client=client, timeout=timeout)
+        ctx = HostContext(target=target, client=client, timeout=timeout, ended=ended)
         if not concurrent:
             for spec in specs:
                 run_one(spec, ctx)

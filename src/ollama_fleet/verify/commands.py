@@ -3,15 +3,17 @@
 verify checks every host from the controller as a client would, hosts in parallel: tls (handshake against
 the fleet CA, days to expiry), root (/health says "Ollama is running"), auth (no key and a wrong key get
 401, every configured key 200), scopes (inference keys get 403 on an admin path, admin keys pass), version
-(the pinned one), models (all configured ones in /api/tags and /v1/models), chat (a completion per model),
-stream (SSE chunks that arrive token by token, not buffered), cors (allowed origin gets the allow headers,
-another does not), raw_port (11434 dropped by the firewall), outsider (lab only: 443 unreachable from the
-outsider netns). A gateway host (group `gateway`) is checked twice: as a host, and as `<host>/gateway` on
-gateway_port: tls, root, auth, models (every host's, listed), chat (each model answers through it) and
-stream (not buffered). A check whose prerequisite failed is shown as blocked. --quick runs tls, root, auth,
-scopes, version, models and cors only: no generation (no model is loaded or evicted) and no firewall probe
-(each waits out a dropped port's silence). The checks of a host run side by side, each after the checks it
-needs (docs/verify.md). status shows each host's last on-host health timer result, read over SSH.
+(the pinned one), models (all configured ones in /api/tags and /v1/models), stream (SSE chunks that arrive
+token by token, not buffered), chat (one completion per model, the stream's answering for its model; a model
+whose load could evict a loaded one is shown by /api/show instead), cors (allowed origin gets the allow
+headers, another does not), raw_port (11434 dropped by the firewall), outsider (lab only: 443 unreachable
+from the outsider netns). A gateway host (group `gateway`) is checked twice: as a host, and as
+`<host>/gateway` on gateway_port: tls, root, auth, models (every host's, listed), chat (each model answers
+through it) and stream (not buffered). A check whose prerequisite failed is shown as blocked. --quick runs
+tls, root, auth, scopes, version, models and cors only: no generation (no model is loaded or evicted) and no
+firewall probe (each waits out a dropped port's silence). The checks of a host run side by side, each after
+the checks it needs (docs/verify.md). status shows each host's last on-host health timer result, read over
+SSH.
 
 Each check ends as ok (passed: proven), FAIL, blocked (not run: a check it needs failed) or n/a (does not
 apply to the host's settings: the feature is off, e.g. auth_enabled false, firewall off, no ollama_origins,

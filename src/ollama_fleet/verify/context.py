@@ -13,6 +13,12 @@ import httpx
 
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.verify import probes
+from ollama_fleet.verify.generation import (
+    GenerationPlan,
+    loaded_from_ps,
+    max_loaded_models,
+    plan_generation,
+)
 from ollama_fleet.verify.reasons import CheckFailed, explain_status, explain_transport
 from ollama_fleet.verify.targets import Target
 
@@ -88,6 +94,13 @@ class HostContext:
     # request queued behind another's generation can run out its timeout (seen: chat behind a 64-token
     # stream on a busy host). Waiting here does not count against the request's timeout.
     _generation_slots: threading.Semaphore | None = field(default=None, repr=False)
+    _plan: GenerationPlan | None = field(default=None, repr=False)
+    _plan_lock: threading.Lock = field(default_factory=lambda: threading.Lock(), repr=False)
+    # Set by check_host: one event per check it runs, set when the check has ended (whatever its outcome).
+    ended: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+    # What the stream check's generation answered (its text), for `chat`: one generation serves both.
+    streamed_text: str | None = None
+    stream_problem: str = ""
 
     @property
     def settings(self) -> FleetSettings:
@@ -126,6 +139,43 @@ class HostContext:
             if self._generation_slots is None:
                 self._generation_slots = threading.Semaphore(self.settings.num_parallel)
             return self._generation_slots
+
+    def generation_plan(self) -> GenerationPlan:
+        """Which models chat and stream generate on and which they only show (verify/generation.py), from
+        one look at /api/ps shared by both checks. A gateway's /api/ps is one host's at random, and the
+        gateway sends a model first to a host that has it loaded: there every model is generated."""
+        with self._plan_lock:  # its own lock: the dropped-port controls do not wait for /api/ps
+            if self._plan is None:
+                self._plan = self._make_plan()
+            return self._plan
+
+    def _make_plan(self) -> GenerationPlan:
+        models = self.target.models
+        if self.target.is_gateway:
+            return GenerationPlan(models[0] if models else None, tuple(models), (), ())
+        response = self.request("GET", "/api/ps", key=self.key)
+        if response.status_code != 200:
+            raise CheckFailed(explain_status(response.status_code, response.text, "GET /api/ps"))
+        try:
+            loaded = loaded_from_ps(response.json())
+        except ValueError:
+            raise CheckFailed(f"GET /api/ps answered 200 but not JSON: {response.text[:120]!r}") from None
+        s = self.settings
+        return plan_generation(
+            models,
+            loaded,
+            s.models.runner_mates(),
+            max_loaded_models(s.ollama.env),
+            vram_decides=s.gpu.vendor in ("nvidia", "amd"),
+        )
+
+    def wait_for(self, check: str) -> bool:
+        """Wait until `check` has ended; False when this run does not include it."""
+        event = self.ended.get(check)
+        if event is None:
+            return False
+        event.wait()
+        return True
 
     def auth_header(self, key: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ollama_fleet.verify.checks import check_host
@@ -22,8 +22,10 @@ def verify_fleet(
     on_result: Callable[[Target, CheckResult], None] | None = None,
     quick: bool = False,
     strict: bool = False,
+    only: Collection[str] | None = None,
 ) -> FleetReport:
-    """Run the checks on all hosts at once (a thread each); results keep the inventory's order."""
+    """Run the checks on all hosts at once (a thread each); results keep the inventory's order. `only`:
+    these checks alone (check_host's)."""
     lock = threading.Lock()
 
     def report_one(target: Target, result: CheckResult) -> None:
@@ -32,7 +34,7 @@ def verify_fleet(
                 on_result(target, result)
 
     def one_host(target: Target) -> HostReport:
-        results = check_host(target, timeout, report_one, quick=quick)
+        results = check_host(target, timeout, report_one, quick=quick, only=only)
         return HostReport(host=target.name, address=target.address, results=tuple(results))
 
     started = time.perf_counter()
