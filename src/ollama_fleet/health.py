@@ -39,13 +39,6 @@ def render_health_files(s: FleetSettings, gpu_vendors: Sequence[str] = ()) -> li
     """The check script and its service and timer units (pure: settings and the host's GPU setup in, text
     out). `gpu_vendors`: those the host serves from (gpu.GpuSetup); the script then also checks that
     Ollama found its GPU at start and that loaded models sit in VRAM."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([*s.nginx.template_dirs, builtin_templates_dir()]),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-    )
-    env.filters["systemd_quote"] = systemd_quote
     context = {
         "s": s,
         "script_path": SCRIPT_PATH,
@@ -59,13 +52,35 @@ def render_health_files(s: FleetSettings, gpu_vendors: Sequence[str] = ()) -> li
         "restart_every_min": RESTART_EVERY_MIN,
     }
 
+    return timed_script_files(s, "health", context, SCRIPT_PATH, TAG, SERVICE, TIMER)
+
+
+def timed_script_files(
+    s: FleetSettings,
+    folder: str,
+    context: dict[str, object],
+    script: PurePosixPath,
+    tag: str,
+    service: str,
+    timer: str,
+) -> list[HealthFile]:
+    """A script run by a timer: `folder`'s templates (overridable like the site's) rendered as written, no
+    block trimming, since Python's indentation and systemd's lines are the text itself."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*s.nginx.template_dirs, builtin_templates_dir()]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["systemd_quote"] = systemd_quote
+
     def render(name: str) -> str:
-        return env.get_template(f"health/{name}.j2").render(**context)
+        return env.get_template(f"{folder}/{name}.j2").render(**context)
 
     return [
-        HealthFile(SCRIPT_PATH, render(f"{TAG}.py"), "755"),
-        HealthFile(UNIT_DIR / SERVICE, render(SERVICE), "644"),
-        HealthFile(UNIT_DIR / TIMER, render(TIMER), "644"),
+        HealthFile(script, render(f"{tag}.py"), "755"),
+        HealthFile(UNIT_DIR / service, render(service), "644"),
+        HealthFile(UNIT_DIR / timer, render(timer), "644"),
     ]
 
 

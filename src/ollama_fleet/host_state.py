@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-import jinja2
-
 from ollama_fleet.health import SERVICE as HEALTH_SERVICE
-from ollama_fleet.health import UNIT_DIR, HealthFile, loopback_address
-from ollama_fleet.render import HOST_EXPORTER, builtin_templates_dir, systemd_quote
+from ollama_fleet.health import HealthFile, loopback_address, timed_script_files
+from ollama_fleet.render import HOST_EXPORTER
 from ollama_fleet.settings import FleetSettings, timespan_seconds
 
 PACKAGE = "prometheus-node-exporter"
@@ -58,13 +56,6 @@ def render_state_files(
     s: FleetSettings, gpu_vendors: Sequence[str] = (), textfile: str = ""
 ) -> list[HealthFile]:
     """The writer script and its service and timer (pure). `textfile`: where the script writes (tests)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([*s.nginx.template_dirs, builtin_templates_dir()]),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-    )
-    env.filters["systemd_quote"] = systemd_quote
     context = {
         "s": s,
         "script_path": SCRIPT_PATH,
@@ -80,11 +71,4 @@ def render_state_files(
         "every": s.monitoring.scrape_interval,
     }
 
-    def render(name: str) -> str:
-        return env.get_template(f"state/{name}.j2").render(**context)
-
-    return [
-        HealthFile(SCRIPT_PATH, render(f"{TAG}.py"), "755"),
-        HealthFile(UNIT_DIR / SERVICE, render(SERVICE), "644"),
-        HealthFile(UNIT_DIR / TIMER, render(TIMER), "644"),
-    ]
+    return timed_script_files(s, "state", context, SCRIPT_PATH, TAG, SERVICE, TIMER)
