@@ -279,9 +279,17 @@ def health_results(fleet: DeployedFleet) -> Iterator[DeployedFleet]:
 def test_status_shows_each_hosts_last_health_result(health_results: DeployedFleet, faulty: str) -> None:
     fleet = health_results
     done = fleet.ollama_fleet("status")
-    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[1:]}
+    # The health table, a blank line, then the dashboard's view read straight from the hosts (no
+    # monitoring host in this inventory): caption, header, a row per host.
+    health, view = done.stdout.split("\n\n", 1)
+    rows = {line.split()[0]: line.split() for line in health.splitlines()[1:]}
     assert set(rows) == set(fleet.hosts)
     assert all(row[1] == "ok" and "version=0.24.0" in " ".join(row) for row in rows.values())
+    caption, _, *view_rows = view.splitlines()
+    assert caption.startswith("straight from the hosts"), view
+    seen = {line.split()[0]: line.split() for line in view_rows if line.split()[0] in fleet.hosts}
+    assert set(seen) == set(fleet.hosts), view
+    assert all(row[1:3] == ["up", "0.24.0"] for row in seen.values()), view
 
     fleet.ssh_ok(faulty, "systemctl stop ollama")
     try:
