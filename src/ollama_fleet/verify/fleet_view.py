@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,10 +19,10 @@ from typing import Any
 from ollama_fleet.health import loopback_address
 from ollama_fleet.monitoring import HOST_JOB, METRICS_JOB, PROMETHEUS_ADDRESS
 from ollama_fleet.render import METRICS_EXPORTER
+from ollama_fleet.verify.status import run_ssh
 from ollama_fleet.verify.targets import Target
 
 RATE_WINDOW = "5m"
-SSH_TIMEOUT = 30.0
 _API = 'server="api"'
 PROMETHEUS_QUERIES = {
     "up": f'max by (host) (up{{job="{METRICS_JOB}"}})',
@@ -72,21 +71,6 @@ class HostView:
 class FleetView:
     source: str  # "prometheus on <host>" | "hosts"
     hosts: tuple[HostView, ...]
-
-
-def _ssh(target: Target, command: str) -> tuple[str, str]:
-    """(stdout, why it failed or "")."""
-    from ollama_fleet.verify.status import ssh_argv
-
-    try:
-        done = subprocess.run(
-            ssh_argv(target, command), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return "", f"ssh failed: {exc}"
-    if done.returncode == 255:
-        return "", f"ssh failed: {done.stderr.strip()[-200:]}"
-    return done.stdout, ""
 
 
 def sectioned(parts: Mapping[str, str]) -> str:
@@ -171,7 +155,7 @@ def views_from_prometheus(hosts: Sequence[str], answers: Mapping[str, str]) -> l
 
 
 def read_from_prometheus(monitor: Target, hosts: Sequence[str]) -> FleetView:
-    output, failure = _ssh(monitor, prometheus_command())
+    output, failure = run_ssh(monitor, prometheus_command())
     if failure:
         return FleetView(
             f"prometheus on {monitor.name}", tuple(HostView(h, None, note=failure) for h in hosts)
@@ -253,7 +237,7 @@ def view_from_host(host: str, parts: Mapping[str, str]) -> HostView:
 def read_from_host(target: Target) -> HostView:
     if not target.settings.serves_api:
         return HostView(target.name, None, note="gateway_only: no Ollama")
-    output, failure = _ssh(target, host_command(target))
+    output, failure = run_ssh(target, host_command(target))
     if failure:
         return HostView(target.name, None, note=failure)
     return view_from_host(target.name, sections(output))

@@ -56,6 +56,19 @@ def ssh_argv(target: Target, command: str) -> list[str]:
     return [*argv, "--", destination, remote]
 
 
+def run_ssh(target: Target, command: str) -> tuple[str, str]:
+    """`command` on the host over SSH: (stdout, why SSH itself failed, or "")."""
+    try:
+        done = subprocess.run(
+            ssh_argv(target, command), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "", f"ssh failed: {exc}"
+    if done.returncode == 255:
+        return "", f"ssh failed: {done.stderr.strip()[-200:]}"
+    return done.stdout, ""
+
+
 def stale_after(interval: str, timeout_seconds: int) -> float:
     """A result older than two intervals (plus the check's own time) means the timer stopped running."""
     return 2 * timespan_seconds(interval) + 3 * timeout_seconds + 30
@@ -97,17 +110,12 @@ def read_status(target: Target) -> HealthStatus:
         return HealthStatus(target.name, "ok", "health timer disabled by settings (health_enabled false)")
     if not target.settings.serves_api:
         return HealthStatus(target.name, "ok", "no health timer: gateway_only, no Ollama to check")
-    try:
-        done = subprocess.run(
-            ssh_argv(target, REMOTE_COMMAND), capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return HealthStatus(target.name, "unreachable", f"ssh failed: {exc}")
-    if done.returncode == 255:
-        return HealthStatus(target.name, "unreachable", f"ssh failed: {done.stderr.strip()[-200:]}")
+    output, failure = run_ssh(target, REMOTE_COMMAND)
+    if failure:
+        return HealthStatus(target.name, "unreachable", failure)
     try:
         return parse_status(
-            target.name, done.stdout, time.time(), stale_after(health.interval, health.timeout_seconds)
+            target.name, output, time.time(), stale_after(health.interval, health.timeout_seconds)
         )
     except ValueError as exc:
         return HealthStatus(target.name, "FAIL", f"cannot read the journal entry: {exc}")
