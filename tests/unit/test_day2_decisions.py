@@ -17,7 +17,7 @@ import pytest
 from test_render import _binary, _free_port
 
 from ollama_fleet.deploys.service import rollback_target
-from ollama_fleet.operations import lock, nginx, release
+from ollama_fleet.operations import deploy_record, lock, nginx, release
 from ollama_fleet.operations.running import (
     NginxWorkers,
     OllamaProcess,
@@ -263,10 +263,39 @@ def test_lock_facts_take_refuse_and_release_on_a_real_directory(tmp_path: Path) 
     assert isinstance(theirs, lock.LockState) and not theirs.acquired and theirs.holder == "me pid=1"
     assert fact(lock.LockTakenOver, holder="you pid=2", stale="someone else") != lock.LockState(True)
     assert fact(lock.LockTakenOver, holder="you pid=2", stale="me pid=1") == lock.LockState(acquired=True)
-    assert fact(lock.LockReleased, holder="me pid=1") is True  # not the holder any more: left alone
+    assert fact(lock.LockReleased, holder="me pid=1") == ("released",)  # not the holder any more: left alone
     assert Path(path).is_dir()
-    assert fact(lock.LockReleased, holder="you pid=2") is True
+    assert fact(lock.LockReleased, holder="you pid=2") == ("released",)
     assert not Path(path).exists()
+
+
+def test_the_deploy_record_is_written_by_the_lock_commands_only_while_the_lock_is_this_runs(
+    tmp_path: Path,
+) -> None:
+    """One command each way: the record's "started" once the lock is taken, "passed" before its release;
+    a run refused the lock writes nothing (the record stays the holder's)."""
+    path, record = str(tmp_path / "run" / "deploy.lock"), tmp_path / "textfile" / "deploy.prom"
+
+    def fact(cls: type, **kwargs: str) -> object:
+        done = subprocess.run(
+            ["sh", "-c", cls().command(path=path, **kwargs)], capture_output=True, text=True, check=True
+        )
+        return cls().process([line for line in done.stdout.split("\n") if line])
+
+    started = deploy_record.record_command(str(record), passed=False)
+    assert fact(lock.LockTaken, holder="me pid=1", then=started) == lock.LockState(True, then="recorded")
+    assert f"{deploy_record.SUCCESS} 0" in record.read_text()
+    record.write_text("theirs")
+    refused = fact(lock.LockTaken, holder="you pid=2", then=started)
+    assert isinstance(refused, lock.LockState) and not refused.acquired and refused.holder == "me pid=1"
+    assert record.read_text() == "theirs"
+    record.unlink()
+    passed = deploy_record.record_command(str(record), passed=True)
+    assert fact(lock.LockReleased, holder="me pid=1", first=passed) == ("recorded", "released")
+    assert f"{deploy_record.SUCCESS} 1" in record.read_text()
+    assert not Path(path).exists()
+    unwritable = deploy_record.record_command("/proc/ollama-fleet-test/deploy.prom", passed=True)
+    assert fact(lock.LockReleased, holder="me pid=1", first=unwritable) == ("released",)
 
 
 # --- quick checks --------------------------------------------------------------------------------------

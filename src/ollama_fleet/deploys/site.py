@@ -33,18 +33,22 @@ from ollama_fleet.gateway import GatewayPlan, answers_loaded_check
 from ollama_fleet.host_keys import changed_key_message
 from ollama_fleet.host_os import host_os, host_os_problems, needs_njs_package_check
 from ollama_fleet.host_state import DEPLOY_TEXTFILE
-from ollama_fleet.operations import connection, deploy_record, lock, release, ufw
+from ollama_fleet.operations import connection, lock, release, ufw
 from ollama_fleet.operations.addresses import StableIpv6Addresses
 from ollama_fleet.operations.certificates import InstalledCertificate
 from ollama_fleet.operations.gpu import GpuDetection, gpu_driver_ready
 from ollama_fleet.operations.shell import fail_command
 from ollama_fleet.operations.together import FactRequest, forget_planned_facts, planned_fact, read_together
+from ollama_fleet.pyinfra_run import read_operation_order_from_frames
 from ollama_fleet.render import tls_paths
 from ollama_fleet.settings import FleetSettings
 from ollama_fleet.settings.paths import pyinfra_inventory_file
 from ollama_fleet.state_probe import fast_rerun_blocker
 from ollama_fleet.verify.after_deploy import FailureCommand, checked_like_a_client
 from ollama_fleet.verify.targets import gateway_target, target_for_settings
+
+# Also for a fleet whose config.py (made by an older `ollama-fleet init`) does not prepare the run.
+read_operation_order_from_frames()
 
 _EXPLAINED: set[int] = set()
 """id() of the pyinfra States whose unconnected hosts were explained (the deploy file runs once per host)."""
@@ -78,12 +82,10 @@ def deploy_site() -> None:
         fast, desired, pair, plan, setup = planned(s)
     finally:
         forget_planned_facts(host)
-    # One deploy at a time on a host: a second run fails here, before it changes anything.
-    lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder())
-    if s.serves_metrics:
-        deploy_record.deploy_recorded(
-            name="Record the deploy's start", path=str(DEPLOY_TEXTFILE), passed=False
-        )
+    # One deploy at a time on a host: a second run fails here, before it changes anything. The deploy's
+    # record for Prometheus is written in the lock's own commands (one command each way).
+    record = str(DEPLOY_TEXTFILE) if s.serves_metrics else None
+    lock.deploy_lock_taken(name="Take the deploy lock", holder=lock.this_holder(), record=record)
     rollback_to: str | None = None
     too_wide: list[ufw.ForeignAllow] = []
     if fast:
@@ -113,11 +115,7 @@ def deploy_site() -> None:
         # A host with a foreign rule to warn about is not recorded: each run warns again.
         if desired is not None and not too_wide:
             record_verified(s, desired)
-    if s.serves_metrics:
-        deploy_record.deploy_recorded(
-            name="Record the deploy as passed", path=str(DEPLOY_TEXTFILE), passed=True
-        )
-    lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder())
+    lock.deploy_lock_released(name="Release the deploy lock", holder=lock.this_holder(), record=record)
 
 
 def planning_reads(s: FleetSettings) -> list[FactRequest]:

@@ -30,6 +30,7 @@ from pyinfra.api.host import Host
 from pyinfra.api.operation import operation
 from pyinfra.context import ctx_host, host
 
+from ollama_fleet.operations.deploy_record import RECORDED, DeployRecorded, record_command
 from ollama_fleet.operations.shell import fail_command, operation_connector_arguments
 
 LOCK_PATH = "/run/ollama-fleet/deploy.lock"
@@ -51,16 +52,21 @@ class LockState:
     acquired: bool
     holder: str = ""
     age_seconds: int = 0  # since the holder's last heartbeat (the lock directory's mtime)
+    then: str = ""  # the last line `then` printed, run once the lock was this run's (LockTaken)
 
 
 def _parse(output: list[str]) -> LockState:
-    line = output[-1].strip() if output else ""
+    line = output[0].strip() if output else ""
     if line == "acquired":
-        return LockState(acquired=True)
+        return LockState(acquired=True, then=output[-1].strip() if len(output) > 1 else "")
     if not line.startswith("held "):
         return LockState(acquired=False, holder=line)
     _, age, holder = [*line.split(" ", 2), "", ""][:3]
     return LockState(acquired=False, holder=holder, age_seconds=int(age) if age.isdigit() else 0)
+
+
+def _holds(lock: str, who: str) -> str:
+    return f'[ "$(cat {lock}/holder 2>/dev/null)" = {who} ]'
 
 
 def _held_line(lock: str) -> str:
@@ -68,16 +74,18 @@ def _held_line(lock: str) -> str:
 
 
 class LockTaken(FactBase[LockState]):
-    """Take the deploy lock for `holder` (atomic mkdir), or say who holds it and for how long."""
+    """Take the deploy lock for `holder` (atomic mkdir), or say who holds it and for how long; `then`
+    (shell text) runs in the same command once the lock is this run's."""
 
-    def command(self, path: str, holder: str) -> str:
+    def command(self, path: str, holder: str, then: str = "") -> str:
         lock, who = shlex.quote(path), shlex.quote(holder)
-        return (
+        take = (
             f"mkdir -p -m 700 $(dirname {lock}); "
             f"if mkdir -m 700 {lock} 2>/dev/null; then printf '%s\\n' {who} > {lock}/holder; echo acquired; "
-            f'elif [ "$(cat {lock}/holder 2>/dev/null)" = {who} ]; then echo acquired; '
+            f"elif {_holds(lock, who)}; then echo acquired; "
             f"else {_held_line(lock)}; fi"
         )
+        return f"{take}; if {_holds(lock, who)}; then {then}; fi" if then else take
 
     def process(self, output: list[str]) -> LockState:
         return _parse(output)
@@ -98,15 +106,17 @@ class LockTakenOver(FactBase[LockState]):
         return _parse(output)
 
 
-class LockReleased(FactBase[bool]):
-    """Remove the lock if `holder` holds it."""
+class LockReleased(FactBase[tuple[str, ...]]):
+    """Remove the lock if `holder` holds it; `first` (shell text) runs in the same command before. Its lines:
+    what `first` printed, then `released`."""
 
-    def command(self, path: str, holder: str) -> str:
+    def command(self, path: str, holder: str, first: str = "") -> str:
         lock, who = shlex.quote(path), shlex.quote(holder)
-        return f'if [ "$(cat {lock}/holder 2>/dev/null)" = {who} ]; then rm -rf {lock}; fi; echo released'
+        release = f"if {_holds(lock, who)}; then rm -rf {lock}; fi; echo released"
+        return f"{{ {first}; }}; {release}" if first else release
 
-    def process(self, output: list[str]) -> bool:
-        return bool(output) and output[-1].strip() == "released"
+    def process(self, output: list[str]) -> tuple[str, ...]:
+        return tuple(line.strip() for line in output)
 
 
 def pid_alive(pid: int) -> bool:
@@ -169,8 +179,7 @@ class Heartbeat:
 def heartbeat_command(path: str, holder: str) -> str:
     """Refresh the lock's mtime if `holder` still holds it; says `beat`, else `lost`."""
     lock, who = shlex.quote(path), shlex.quote(holder)
-    holds = f'[ "$(cat {lock}/holder 2>/dev/null)" = {who} ]'
-    return f"if {holds}; then touch {lock} && echo beat; else echo lost; fi"
+    return f"if {_holds(lock, who)}; then touch {lock} && echo beat; else echo lost; fi"
 
 
 _heartbeats: dict[str, Heartbeat] = {}  # host name -> the heartbeat of the lock this run holds there
@@ -194,37 +203,46 @@ def _start_heartbeat(on: Host, holder: str) -> None:
 
 
 @operation()
-def deploy_lock_taken(holder: str) -> Generator[str, None, None]:
+def deploy_lock_taken(holder: str, record: str | None = None) -> Generator[str, None, None]:
     """
     Take this host's deploy lock while executing (no change reported); fail the host if another run has it.
 
     + holder: this run's holder line (`this_holder()`)
+    + record: the deploy record's path (operations/deploy_record.py), written "started" in the same command
     """
     if not host.state.is_executing:
         return
-    lock: LockState = host.get_fact(LockTaken, path=LOCK_PATH, holder=holder)
+    then = record_command(record, passed=False) if record else ""
+    lock: LockState = host.get_fact(LockTaken, path=LOCK_PATH, holder=holder, then=then)
     stale = None if lock.acquired else stale_reason(lock)
     if stale:
         logger.warning(f"{host.print_prefix}taking over the stale deploy lock of {lock.holder}: {stale}")
         lock = host.get_fact(LockTakenOver, path=LOCK_PATH, holder=holder, stale=lock.holder)
+        if lock.acquired and record:
+            recorded = host.get_fact(DeployRecorded, path=record, passed=False)
+            lock = LockState(acquired=True, then=RECORDED if recorded else "")
     if not lock.acquired:
         yield fail_command(held_message(lock))
         return
     _start_heartbeat(ctx_host.get(), holder)  # type: ignore[no-untyped-call]  # the Host itself: `host` resolves only in this greenlet
+    if record and lock.then != RECORDED:
+        yield fail_command(f"could not write {record}")
 
 
 @operation()
-def deploy_lock_released(holder: str) -> Generator[str, None, None]:
+def deploy_lock_released(holder: str, record: str | None = None) -> Generator[str, None, None]:
     """
     Release this host's deploy lock while executing (no change reported).
 
     + holder: this run's holder line
+    + record: the deploy record's path, written "passed" in the same command, before the release
     """
     if not host.state.is_executing:
         return
     heartbeat = _heartbeats.pop(host.name, None)
     if heartbeat is not None:
         heartbeat.stop()
-    host.get_fact(LockReleased, path=LOCK_PATH, holder=holder)
-    return
-    yield  # a generator with nothing to run
+    first = record_command(record, passed=True) if record else ""
+    said = host.get_fact(LockReleased, path=LOCK_PATH, holder=holder, first=first)
+    if record and RECORDED not in said:
+        yield fail_command(f"could not write {record}")

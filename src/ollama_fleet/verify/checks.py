@@ -772,7 +772,7 @@ def check_host(
     timeout: float,
     on_result: Callable[[Target, CheckResult], None] | None = None,
     quick: bool = False,
-    concurrent: bool = True,
+    concurrent: bool | None = None,
     only: Collection[str] | None = None,
 ) -> list[CheckResult]:
     """Every check against one host; the results in CHECKS' order, on_result sees each as soon as it is
@@ -781,13 +781,16 @@ def check_host(
     Each check starts as soon as the checks it waits for (waits_for) have ended, and runs beside every
     other: the waits for dropped ports, the generations and the outsider's probe overlap instead of
     adding up. concurrent=False runs them one after another in CHECKS' order (the old way, a baseline
-    for benchmarks/verify_bench.py).
+    for benchmarks/verify_bench.py). By default the quick check runs that way: it has no wait to overlap,
+    and one after another its requests share one kept-alive connection, where checks in flight together
+    each open their own (a TLS handshake each: most of a quick check's CPU on the controller).
 
     quick runs only TLS, root, auth, scopes, version, models and CORS: no model is loaded (so none that
     clients use is evicted), and no probe waits on a dropped port. `only` keeps these checks alone (for
     benchmarks/verify_bench.py, which times parts of the check apart).
     """
     specs = selected_checks(target, quick, only)
+    concurrent = not quick if concurrent is None else concurrent
     results: dict[str, CheckResult] = {}
     report_lock = threading.Lock()
     ended = {spec.name: threading.Event() for spec in specs}
