@@ -48,17 +48,19 @@ def prepare_pyinfra_run() -> None:
     """For a pyinfra run's config.py: raise the open-files limit and give pyinfra its cap on hosts at once
     for the new limit (it computed it when imported, from the old one: under 13 files, a cap of 0 hosts,
     and pyinfra waits forever). Exits with the advice when even the hard limit cannot hold one host.
-    Then every host at once up to that cap, and the operation order read from frames (pyinfra_run.py)."""
+    Then every host at once up to that cap, the operation order read from frames, and idle connections
+    that wake once a second (pyinfra_run.py: before pyinfra connects)."""
     import pyinfra.api.state
     from pyinfra.context import config, ctx_config
 
-    from ollama_fleet.pyinfra_run import read_operation_order_from_frames
+    from ollama_fleet.pyinfra_run import quieter_idle_connections, read_operation_order_from_frames
 
     soft, _ = raise_open_files_limit()
     cap = (soft - FDS_RESERVED) // FDS_PER_HOST if soft != resource.RLIM_INFINITY else 100_000
     if cap < 1:
         raise SystemExit(f"ollama-fleet: pyinfra cannot hold even one host open: {open_files_advice(1)}")
     pyinfra.api.state.MAX_PARALLEL = cap  # a module global of pyinfra 3.10, read by State.init
-    if ctx_config.isset() and not config.PARALLEL:  # `--parallel N`, applied after config.py, still wins
+    if ctx_config.isset() and not config.PARALLEL:  # type: ignore[no-untyped-call]  # `--parallel N` wins
         config.PARALLEL = cap
     read_operation_order_from_frames()
+    quieter_idle_connections()

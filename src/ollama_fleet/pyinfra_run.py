@@ -1,4 +1,4 @@
-"""Two settings of a pyinfra run that decide how its cost grows with the fleet (docs/scale.md).
+"""Three settings of a pyinfra run that decide how its cost grows with the fleet (docs/scale.md).
 
 - **Every host at once.** Unless told otherwise, pyinfra runs at most 20 x the controller's cores hosts at
   once (40 on 2 cores), so a larger fleet goes through each operation in waves, each as slow as its slowest
@@ -10,6 +10,12 @@
   host, a quarter of a no-change run's controller CPU at 64 hosts. `operation_order_from_stack` returns the
   same line numbers from the frames themselves; it replaces pyinfra's only where pyinfra's is the one it was
   written against (KNOWN_ORDER_SOURCE), and pyinfra's own stays otherwise.
+- **Idle connections that wake once a second, not ten times.** Each host's SSH connection stays open for
+  the whole run, and paramiko's reader wakes every 0.1 s to see whether it should stop: 0.32 ms of
+  controller CPU per host per second of the run, measured on 64 idle hosts. It made a first deploy's
+  controller CPU per host grow with the run's length (here, with the fleet: 64 hosts share 2 cores), and
+  at 1,000 hosts it is a third of a core spent waiting. At 1 s it is 0.14 ms (the rest is pyinfra's own).
+  Nothing else waits on it: a closed connection wakes the reader at once.
 """
 
 from __future__ import annotations
@@ -64,5 +70,21 @@ def read_operation_order_from_frames() -> bool:
         return True
     if order_source_digest(util.get_operation_order_from_stack) != KNOWN_ORDER_SOURCE:
         return False
-    operation.get_operation_order_from_stack = operation_order_from_stack
+    operation.get_operation_order_from_stack = operation_order_from_stack  # type: ignore[attr-defined]
+    return True
+
+
+IDLE_CHECK_SECONDS = 1.0
+PARAMIKO_IDLE_CHECK = 0.1  # paramiko's Transport._active_check_timeout (2.x, 3.x, 4.x)
+
+
+def quieter_idle_connections() -> bool:
+    """Make SSH connections opened from now on wake every IDLE_CHECK_SECONDS when idle; False (paramiko's
+    own kept) when paramiko no longer has the setting this was measured with."""
+    from paramiko.transport import Transport
+
+    current = getattr(Transport, "_active_check_timeout", None)
+    if current not in (PARAMIKO_IDLE_CHECK, IDLE_CHECK_SECONDS):
+        return False
+    setattr(Transport, "_active_check_timeout", IDLE_CHECK_SECONDS)  # noqa: B010  # paramiko's, untyped
     return True

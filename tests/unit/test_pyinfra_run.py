@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +14,8 @@ import pyinfra.api.util
 import pytest
 
 from ollama_fleet import pyinfra_run
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.unit
 
@@ -76,3 +80,36 @@ def test_the_replacement_is_installed_only_over_the_known_function(monkeypatch: 
     monkeypatch.setattr(module, "get_operation_order_from_stack", original)
     assert pyinfra_run.read_operation_order_from_frames() is True
     assert module.get_operation_order_from_stack is pyinfra_run.operation_order_from_stack
+
+
+def test_idle_connections_wake_once_a_second_only_where_paramiko_has_the_measured_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from paramiko.transport import Transport
+
+    monkeypatch.setattr(Transport, "_active_check_timeout", pyinfra_run.PARAMIKO_IDLE_CHECK)
+    assert pyinfra_run.quieter_idle_connections() is True
+    assert Transport._active_check_timeout == pyinfra_run.IDLE_CHECK_SECONDS
+    assert pyinfra_run.quieter_idle_connections() is True  # again: unchanged
+    monkeypatch.setattr(Transport, "_active_check_timeout", 0.25)  # a paramiko that changed it
+    assert pyinfra_run.quieter_idle_connections() is False
+    assert Transport._active_check_timeout == 0.25
+
+
+def test_a_pyinfra_run_is_prepared_by_the_repositorys_config(tmp_path: Path) -> None:
+    """config.py (pyinfra reads it before connecting) sets all three: hosts at once, order, idle wake-ups."""
+    code = (
+        "import runpy, sys, pyinfra.api.state\n"
+        "from pyinfra.api import Config\n"
+        "from pyinfra.context import ctx_config\n"
+        "from paramiko.transport import Transport\n"
+        "config = Config(); ctx_config.set(config)\n"
+        f"runpy.run_path({str(REPO / 'config.py')!r})\n"
+        "operation = sys.modules['pyinfra.api.operation']\n"
+        "print(config.PARALLEL == pyinfra.api.state.MAX_PARALLEL > 40,\n"
+        "      operation.get_operation_order_from_stack.__module__, Transport._active_check_timeout)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["True", "ollama_fleet.pyinfra_run", "1.0"], done.stderr
