@@ -272,8 +272,8 @@ def test_lock_facts_take_refuse_and_release_on_a_real_directory(tmp_path: Path) 
 def test_the_deploy_record_is_written_by_the_lock_commands_only_while_the_lock_is_this_runs(
     tmp_path: Path,
 ) -> None:
-    """One command each way: the record's "started" once the lock is taken, "passed" before its release;
-    a run refused the lock writes nothing (the record stays the holder's)."""
+    """One command each way: the record's "started" once the lock is taken (or a stale one taken over),
+    "passed" before its release; a run refused the lock writes nothing (the record stays the holder's)."""
     path, record = str(tmp_path / "run" / "deploy.lock"), tmp_path / "textfile" / "deploy.prom"
 
     def fact(cls: type, **kwargs: str) -> object:
@@ -289,9 +289,16 @@ def test_the_deploy_record_is_written_by_the_lock_commands_only_while_the_lock_i
     refused = fact(lock.LockTaken, holder="you pid=2", then=started)
     assert isinstance(refused, lock.LockState) and not refused.acquired and refused.holder == "me pid=1"
     assert record.read_text() == "theirs"
+    # a stale lock taken over: the record is written in the takeover's command, and only if it took it
+    not_stale = fact(lock.LockTakenOver, holder="you pid=2", stale="someone else", then=started)
+    assert isinstance(not_stale, lock.LockState) and not not_stale.acquired
+    assert record.read_text() == "theirs"
+    taken = fact(lock.LockTakenOver, holder="you pid=2", stale="me pid=1", then=started)
+    assert taken == lock.LockState(True, then="recorded")
+    assert f"{deploy_record.SUCCESS} 0" in record.read_text()
     record.unlink()
     passed = deploy_record.record_command(str(record), passed=True)
-    assert fact(lock.LockReleased, holder="me pid=1", first=passed) == ("recorded", "released")
+    assert fact(lock.LockReleased, holder="you pid=2", first=passed) == ("recorded", "released")
     assert f"{deploy_record.SUCCESS} 1" in record.read_text()
     assert not Path(path).exists()
     unwritable = deploy_record.record_command("/proc/ollama-fleet-test/deploy.prom", passed=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra.api.facts import FactBase
 
 STARTED = "ollama_fleet_deploy_timestamp_seconds"
 SUCCESS = "ollama_fleet_deploy_success"
@@ -40,13 +39,3 @@ def record_command(path: str, passed: bool) -> str:
         f'printf "{text}" > {target}.tmp && chmod 644 {target}.tmp && '
         f"mv {target}.tmp {target} && echo {RECORDED}"
     )
-
-
-class DeployRecorded(FactBase[bool]):
-    """Write the record at `path` (record_command) on its own: after a stale lock was taken over."""
-
-    def command(self, path: str, passed: bool) -> str:
-        return record_command(path, passed)
-
-    def process(self, output: list[str]) -> bool:
-        return RECORDED in output[-1:]

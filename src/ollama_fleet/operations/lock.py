@@ -30,7 +30,7 @@ from pyinfra.api.host import Host
 from pyinfra.api.operation import operation
 from pyinfra.context import ctx_host, host
 
-from ollama_fleet.operations.deploy_record import RECORDED, DeployRecorded, record_command
+from ollama_fleet.operations.deploy_record import RECORDED, record_command
 from ollama_fleet.operations.shell import fail_command, operation_connector_arguments
 
 LOCK_PATH = "/run/ollama-fleet/deploy.lock"
@@ -69,6 +69,11 @@ def _holds(lock: str, who: str) -> str:
     return f'[ "$(cat {lock}/holder 2>/dev/null)" = {who} ]'
 
 
+def _then_if_ours(take: str, lock: str, who: str, then: str) -> str:
+    """`take`, then `then` in the same command if the lock is now `who`'s (its output after take's)."""
+    return f"{take}; if {_holds(lock, who)}; then {then}; fi" if then else take
+
+
 def _held_line(lock: str) -> str:
     return f'echo "held $(( $(date +%s) - $(stat -c %Y {lock}) )) $(cat {lock}/holder 2>/dev/null)"'
 
@@ -85,22 +90,24 @@ class LockTaken(FactBase[LockState]):
             f"elif {_holds(lock, who)}; then echo acquired; "
             f"else {_held_line(lock)}; fi"
         )
-        return f"{take}; if {_holds(lock, who)}; then {then}; fi" if then else take
+        return _then_if_ours(take, lock, who, then)
 
     def process(self, output: list[str]) -> LockState:
         return _parse(output)
 
 
 class LockTakenOver(FactBase[LockState]):
-    """Replace a stale lock held by `stale` with `holder` (nothing happens if its holder changed since)."""
+    """Replace a stale lock held by `stale` with `holder` (nothing happens if its holder changed since);
+    `then` as LockTaken's."""
 
-    def command(self, path: str, holder: str, stale: str) -> str:
+    def command(self, path: str, holder: str, stale: str, then: str = "") -> str:
         lock, who, old = shlex.quote(path), shlex.quote(holder), shlex.quote(stale)
-        return (
-            f'if [ "$(cat {lock}/holder 2>/dev/null)" = {old} ]; then '
+        take = (
+            f"if {_holds(lock, old)}; then "
             f"printf '%s\\n' {who} > {lock}/holder.new && mv {lock}/holder.new {lock}/holder && "
             f"touch {lock} && echo acquired; else {_held_line(lock)}; fi"
         )
+        return _then_if_ours(take, lock, who, then)
 
     def process(self, output: list[str]) -> LockState:
         return _parse(output)
@@ -217,10 +224,7 @@ def deploy_lock_taken(holder: str, record: str | None = None) -> Generator[str, 
     stale = None if lock.acquired else stale_reason(lock)
     if stale:
         logger.warning(f"{host.print_prefix}taking over the stale deploy lock of {lock.holder}: {stale}")
-        lock = host.get_fact(LockTakenOver, path=LOCK_PATH, holder=holder, stale=lock.holder)
-        if lock.acquired and record:
-            recorded = host.get_fact(DeployRecorded, path=record, passed=False)
-            lock = LockState(acquired=True, then=RECORDED if recorded else "")
+        lock = host.get_fact(LockTakenOver, path=LOCK_PATH, holder=holder, stale=lock.holder, then=then)
     if not lock.acquired:
         yield fail_command(held_message(lock))
         return
