@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shlex
 
-
 STARTED = "ollama_fleet_deploy_timestamp_seconds"
 SUCCESS = "ollama_fleet_deploy_success"
 RECORDED = "recorded"  # the last line of record_command's output once written
