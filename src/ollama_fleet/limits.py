@@ -51,16 +51,18 @@ def prepare_pyinfra_run() -> None:
     Then every host at once up to that cap, the operation order read from frames, and idle connections
     that wake once a second (pyinfra_run.py: before pyinfra connects)."""
     import pyinfra.api.state
-    from pyinfra.context import config, ctx_config
 
-    from ollama_fleet.pyinfra_run import quieter_idle_connections, read_operation_order_from_frames
+    from ollama_fleet.pyinfra_run import (
+        every_host_at_once,
+        quieter_idle_connections,
+        read_operation_order_from_frames,
+    )
 
     soft, _ = raise_open_files_limit()
     cap = (soft - FDS_RESERVED) // FDS_PER_HOST if soft != resource.RLIM_INFINITY else 100_000
     if cap < 1:
         raise SystemExit(f"ollama-fleet: pyinfra cannot hold even one host open: {open_files_advice(1)}")
     pyinfra.api.state.MAX_PARALLEL = cap  # a module global of pyinfra 3.10, read by State.init
-    if ctx_config.isset() and not config.PARALLEL:  # type: ignore[no-untyped-call]  # `--parallel N` wins
-        config.PARALLEL = cap
+    every_host_at_once(cap)
     read_operation_order_from_frames()
     quieter_idle_connections()

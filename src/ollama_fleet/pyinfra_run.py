@@ -26,6 +26,16 @@ import inspect
 import sys
 from typing import Any
 
+
+def every_host_at_once(cap: int) -> None:
+    """Run up to `cap` hosts at once (what the open-files limit holds), unless `--parallel N` says: it is
+    applied after config.py, which calls this while pyinfra's run config is set."""
+    from pyinfra.context import config, ctx_config
+
+    if ctx_config.isset() and not config.PARALLEL:  # type: ignore[no-untyped-call]
+        config.PARALLEL = cap
+
+
 # sha256 of pyinfra.api.util.get_operation_order_from_stack's source (pyinfra 3.10): the behaviour
 # operation_order_from_stack reproduces. tests/unit/test_pyinfra_run.py compares the two on real stacks.
 KNOWN_ORDER_SOURCE = "f4807f61585570e091fd453c7552d9e2b49329555f07f395a8e8f1d2a398a0b2"
