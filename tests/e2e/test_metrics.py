@@ -74,6 +74,10 @@ class Monitored:
     def url(self, host: str, port: int = 443) -> str:
         return f"https://{self.fleet.address(host)}:{port}"
 
+    @staticmethod
+    def get_with_key(client: httpx.Client, url: str, key: str) -> httpx.Response:
+        return client.get(url, headers={"Authorization": f"Bearer {key}"})
+
     def query(self, promql: str) -> Series:
         """Prometheus's answer on the monitoring host (its loopback), summed by key and model."""
         url = "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(promql)
@@ -130,15 +134,10 @@ def monitored(lab: LabState, tmp_path_factory: pytest.TempPathFactory) -> Monito
 def test_metrics_answer_the_metrics_key_only_and_hold_no_key(monitored: Monitored) -> None:
     fleet, host = monitored.fleet, monitored.fleet.hosts[1]
     with monitored.client() as client:
-        as_ci = client.get(
-            f"{monitored.url(host)}/metrics", headers={"Authorization": f"Bearer {fleet.keys['ci']}"}
-        )
-        page = client.get(
-            f"{monitored.url(host)}/metrics", headers={"Authorization": f"Bearer {monitored.monitor_key}"}
-        )
-        monitor_on_api = client.get(
-            f"{monitored.url(host)}/v1/models", headers={"Authorization": f"Bearer {monitored.monitor_key}"}
-        )
+        url = monitored.url(host)
+        as_ci = monitored.get_with_key(client, f"{url}/metrics", fleet.keys["ci"])
+        page = monitored.get_with_key(client, f"{url}/metrics", monitored.monitor_key)
+        monitor_on_api = monitored.get_with_key(client, f"{url}/v1/models", monitored.monitor_key)
     assert as_ci.status_code == 403 and as_ci.json()["error"]["code"] == "insufficient_scope"
     assert page.status_code == 200 and "ollama_fleet_requests_total" in page.text
     assert monitor_on_api.status_code == 403
@@ -468,13 +467,9 @@ def _until(found: Any, expected: Any, timeout: float = 60) -> Any:
 def test_host_state_needs_the_metrics_key_and_node_exporter_stays_on_loopback(monitored: Monitored) -> None:
     fleet, host = monitored.fleet, monitored.fleet.hosts[0]
     with monitored.client() as client:
-        as_ci = client.get(
-            f"{monitored.url(host)}/metrics/host", headers={"Authorization": f"Bearer {fleet.keys['ci']}"}
-        )
-        page = client.get(
-            f"{monitored.url(host)}/metrics/host",
-            headers={"Authorization": f"Bearer {monitored.monitor_key}"},
-        )
+        url = f"{monitored.url(host)}/metrics/host"
+        as_ci = monitored.get_with_key(client, url, fleet.keys["ci"])
+        page = monitored.get_with_key(client, url, monitored.monitor_key)
     assert as_ci.status_code == 403 and as_ci.json()["error"]["code"] == "insufficient_scope"
     assert page.status_code == 200 and "ollama_fleet_state_timestamp_seconds" in page.text
     assert "node_filesystem_avail_bytes" in page.text
